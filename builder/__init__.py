@@ -1,0 +1,1 @@
+"""Torch side: VampNet/LAC checkpoints, export-friendly modules, ONNX export and assembly."""

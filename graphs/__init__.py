@@ -1,0 +1,1 @@
+"""onnxscript side: PRNG, masks, sampling and the generation loops of the single model."""

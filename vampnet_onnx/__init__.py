@@ -1,0 +1,1 @@
+"""Runtime side of vampnet-onnx: onnxruntime + numpy only (never torch)."""
