@@ -1,0 +1,155 @@
+"""Stitch the exported components and the onnxscript graphs into the single model.
+
+    model = assemble(codec, coarse, c2f)        # an onnx.ModelProto, weights included
+
+1. Each component is exported on its own (builder/export.py) and becomes a local function.
+2. The main graph (graphs/model.py) is converted from onnxscript; its stage functions are
+   inlined so that every component call sits in the main graph or in one of its Loop bodies.
+3. Each component call gets the names of its weights appended: main-graph initializers,
+   referenced from the outer scope (no copy per Loop body; onnx-notes section 3).
+4. Every input but `audio` gets its default as an initializer of the same name, and the
+   metadata of design.md is recorded.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx.inliner
+import torch
+from onnx import helper, numpy_helper
+from torch.export import Dim
+
+from builder.codec import Codec
+from builder.export import DOMAIN, component_function, export_component
+from graphs.model import MAX_STEPS, GraphConfig, main_graph
+from graphs.portable import make_portable
+
+FORMAT_VERSION = "1"
+STAGES = ("encode", "decode", "coarse_stage", "c2f_stage")
+
+# design.md, "The model's interface (v1)": upstream's build_mask / vamp defaults.
+DEFAULTS = {
+    "seed": np.array(0, np.int64),
+    "mask": np.zeros((1, 14, 0), np.int64),
+    "rand_mask_intensity": np.array(1.0, np.float32),
+    "prefix_s": np.array(0.0, np.float32),
+    "suffix_s": np.array(0.0, np.float32),
+    "periodic_prompt": np.array(7, np.int64),
+    "periodic_prompt_width": np.array(1, np.int64),
+    "dropout": np.array(0.0, np.float32),
+    "ncc": np.array(0, np.int64),
+    "upper_codebook_mask": np.array(3, np.int64),
+    "sampling_steps": np.array(12, np.int64),
+    "temperature": np.array(1.0, np.float32),
+    "mask_temperature": np.array(10.5, np.float32),
+    "top_p": np.array(1.0, np.float32),
+    "sample_cutoff": np.array(1.0, np.float32),
+    "c2f_sampling_steps": np.array(2, np.int64),
+    "c2f_temperature": np.array(1.0, np.float32),
+    "c2f_mask_temperature": np.array(10.5, np.float32),
+    "c2f_top_p": np.array(1.0, np.float32),
+    "c2f_sample_cutoff": np.array(1.0, np.float32),
+}
+
+_EXAMPLE_FRAMES = 40  # >= 2, or the exporter freezes the time axis (onnx-notes pitfall 1)
+_EXAMPLE_BATCH = 2  # a batch of 1 gets specialised too
+
+
+def graph_config(codec: Codec, coarse, c2f) -> GraphConfig:
+    cc, fc = coarse.config, c2f.config
+    if fc.n_conditioning_codebooks != cc.n_codebooks or cc.n_conditioning_codebooks != 0:
+        raise ValueError(
+            f"the c2f model conditions on {fc.n_conditioning_codebooks} codebooks but the coarse model "
+            f"makes {cc.n_codebooks} (with {cc.n_conditioning_codebooks} conditioning); they are not a pair"
+        )
+    if fc.n_codebooks != codec.config.n_codebooks:
+        raise ValueError(f"the c2f model has {fc.n_codebooks} codebooks, the codec {codec.config.n_codebooks}")
+    if cc.vocab_size != codec.config.codebook_size or fc.vocab_size != codec.config.codebook_size:
+        raise ValueError("the transformers' vocab_size differs from the codec's codebook_size")
+    return GraphConfig(
+        sample_rate=codec.config.sample_rate,
+        hop_length=codec.config.hop_length,
+        n_codebooks=codec.config.n_codebooks,
+        n_coarse=cc.n_codebooks,
+        vocab_size=codec.config.codebook_size,
+    )
+
+
+def export_components(codec: Codec, coarse, c2f) -> dict[str, onnx.ModelProto]:
+    """Each component as its own ONNX model with dynamic batch and time axes."""
+    hop, k = codec.config.hop_length, codec.config.n_codebooks
+    batch, frames = Dim("B", min=1), Dim("T", min=1)
+    codes = lambda c: torch.zeros(_EXAMPLE_BATCH, c, _EXAMPLE_FRAMES, dtype=torch.int64)  # noqa: E731
+    names = {"codes:0": "B", "codes:2": "T", "audio:0": "B", "audio:2": "L"}
+    return {
+        "codec_encoder": export_component(
+            codec.encoder, (torch.zeros(_EXAMPLE_BATCH, 1, _EXAMPLE_FRAMES * hop),),
+            {"audio": {0: batch, 2: frames * hop}}, ["audio"], ["codes"], names,
+        ),
+        "codec_decoder": export_component(
+            codec.decoder, (codes(k),), {"codes": {0: batch, 2: frames}}, ["codes"], ["audio"], names,
+        ),
+        "coarse_transformer": export_component(
+            coarse, (codes(coarse.config.n_codebooks),), {"codes": {0: batch, 2: frames}}, ["codes"], ["logits"], names,
+        ),
+        "c2f_transformer": export_component(
+            c2f, (codes(c2f.config.n_codebooks),), {"codes": {0: batch, 2: frames}}, ["codes"], ["logits"], names,
+        ),
+    }
+
+
+def _bind_weights(nodes, weights: dict[str, list[str]]) -> None:
+    for node in nodes:
+        if node.domain == DOMAIN and node.op_type in weights:
+            node.input.extend(weights[node.op_type])
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _bind_weights(g.node, weights)
+
+
+def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
+             components: dict[str, onnx.ModelProto] | None = None) -> onnx.ModelProto:
+    config = graph_config(codec, coarse, c2f)
+    components = components or export_components(codec, coarse, c2f)
+
+    model = main_graph(config).to_model_proto()
+    model = onnx.inliner.inline_selected_functions(model, [(DOMAIN, s) for s in STAGES])
+    functions = [f for f in model.functions if f.name not in STAGES]
+
+    weights, weight_names = [], {}
+    for name, component in components.items():
+        function, outer = component_function(component, name)
+        functions.append(function)
+        weights.extend(outer)
+        weight_names[name] = [w.name for w in outer]
+    _bind_weights(model.graph.node, weight_names)
+    del model.functions[:]
+    model.functions.extend(functions)
+    make_portable(model)
+
+    inputs = {v.name for v in model.graph.input}
+    for name, value in DEFAULTS.items():
+        assert name in inputs, name
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+    model.graph.initializer.extend(weights)
+
+    props = {
+        "format_version": FORMAT_VERSION,
+        "sample_rate": config.sample_rate,
+        "hop_length": config.hop_length,
+        "n_codebooks": config.n_codebooks,
+        "n_coarse_codebooks": config.n_coarse,
+        "vocab_size": config.vocab_size,
+        "mask_token": config.vocab_size,
+        "coarse_chunk_frames": config.coarse_chunk,
+        "c2f_chunk_frames": config.c2f_chunk,
+        "max_sampling_steps": MAX_STEPS,
+        "defaults": json.dumps({k: v.tolist() for k, v in DEFAULTS.items() if k != "mask"}),
+        **(metadata or {}),
+    }
+    helper.set_model_props(model, {k: str(v) for k, v in props.items()})
+    model.producer_name = "vampnet-onnx"
+    model.doc_string = "VampNet as one ONNX model: audio (B, S) at 44.1 kHz in, generated audio out."
+    return model

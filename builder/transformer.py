@@ -1,0 +1,391 @@
+"""VampNet's bidirectional transformer as a small, export-friendly torch module.
+
+`load_transformer(path, codec, kind)` reads a VampNet `coarse.pth` / `c2f.pth`, folds weight norm and
+LoRA into plain weights (reference §2) and returns a `VampNetTransformer` whose forward maps token codes
+straight to logits:
+
+    codes (B, C, T) int64, values in [0, V] (V = the MASK token)  ->  logits (B, T·C_p, V) float32
+
+with sequence index `n = t·C_p + c` (reference §0, §3.6 step 5): `logits[b, n, :]` is upstream's
+`logits[b, :, n]`. The input embedding (reference §3.5) is part of the module: a per-codebook table
+(C, V+1, d_q) made of the codec's raw codebook rows plus the model's learned MASK row at index V.
+
+The math follows upstream op for op (same einsums, same scalar forms), so that torch CPU results match
+upstream's to the last bit where the kernels are the same. Everything that depends on the sequence length
+is computed from `codes.shape[2]` inside `forward`, so `torch.export` keeps T dynamic.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import Checkpoint, CheckpointError
+
+LORA_R = 8  # vampnet.modules.transformer.LORA_R (not a kwarg)
+NUM_BUCKETS = 32  # T5 relative attention buckets (bidirectional: 16 per side)
+MAX_DISTANCE = 128
+RMS_EPS = 1e-6
+
+# VampNet.__init__ defaults on upstream main (reference §1.3.1): what a file's missing kwargs become.
+VAMPNET_DEFAULTS = {
+    "n_heads": 20,
+    "n_layers": 16,
+    "r_cond_dim": 0,
+    "n_codebooks": 9,
+    "n_conditioning_codebooks": 0,
+    "latent_dim": 8,
+    "embedding_dim": 1280,
+    "vocab_size": 1024,
+    "flash_attn": True,
+    "noise_mode": "mask",
+    "dropout": 0.1,
+    "ctrl_dims": None,
+    "cfg_dropout_prob": 0.2,
+    "cond_dim": 0,
+}
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    n_heads: int = 20
+    n_layers: int = 16
+    n_codebooks: int = 9
+    n_conditioning_codebooks: int = 0
+    latent_dim: int = 8
+    embedding_dim: int = 1280
+    vocab_size: int = 1024
+
+    @property
+    def n_predict_codebooks(self) -> int:
+        return self.n_codebooks - self.n_conditioning_codebooks
+
+    @property
+    def head_dim(self) -> int:
+        return self.embedding_dim // self.n_heads
+
+    @property
+    def mask_token(self) -> int:
+        return self.vocab_size
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> "TransformerConfig":
+        """As audiotools' `BaseModel.load` does: unknown kwargs are dropped, missing ones take VampNet's
+        class defaults. Configurations whose weights this module cannot represent are refused."""
+        kw = {**VAMPNET_DEFAULTS, **{k: v for k, v in kwargs.items() if k in VAMPNET_DEFAULTS}}
+        if kw["flash_attn"]:
+            how = "records flash_attn=True" if "flash_attn" in kwargs else "does not record flash_attn (VampNet's default is True)"
+            raise CheckpointError(
+                f"the model {how}: flash-attention models use FlashMHA weights without the relative position "
+                f"bias, which this exporter does not support (the released coarse/c2f files record flash_attn=False)"
+            )
+        if kw["r_cond_dim"] != 0:
+            raise CheckpointError(
+                f"r_cond_dim={kw['r_cond_dim']}: conditioned (FiLM) VampNet models are not supported; "
+                f"upstream asserts r_cond_dim == 0 for generation"
+            )
+        if kw["noise_mode"] != "mask":
+            raise CheckpointError(f"noise_mode={kw['noise_mode']!r}: only 'mask' models (with a MASK token) are supported")
+        if kw["ctrl_dims"] is not None:
+            raise CheckpointError(f"ctrl_dims={kw['ctrl_dims']!r}: models with control inputs are not supported")
+        cfg = cls(**{f: int(kw[f]) for f in cls.__dataclass_fields__})
+        if min(cfg.n_heads, cfg.n_layers, cfg.n_codebooks, cfg.latent_dim, cfg.embedding_dim, cfg.vocab_size) <= 0:
+            raise CheckpointError(f"invalid VampNet configuration {cfg}")
+        if not 0 <= cfg.n_conditioning_codebooks < cfg.n_codebooks:
+            raise CheckpointError(
+                f"n_conditioning_codebooks={cfg.n_conditioning_codebooks} must be in [0, n_codebooks={cfg.n_codebooks})"
+            )
+        if cfg.embedding_dim % cfg.n_heads:
+            raise CheckpointError(f"embedding_dim={cfg.embedding_dim} is not divisible by n_heads={cfg.n_heads}")
+        return cfg
+
+
+def checkpoint_shapes(cfg: TransformerConfig) -> "OrderedDict[str, tuple[int, ...]]":
+    """Upstream's state_dict keys and shapes, in upstream's order (reference table 1.3.2, flash_attn False)."""
+    E, C, dq, V, r = cfg.embedding_dim, cfg.n_codebooks, cfg.latent_dim, cfg.vocab_size, LORA_R
+    s: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+    s["embedding.special.MASK"] = (C, dq)
+    s["embedding.out_proj.weight"] = (E, C * dq, 1)
+    s["embedding.out_proj.bias"] = (E,)
+
+    def lora(prefix, out_f, in_f):
+        s[f"{prefix}.weight"] = (out_f, in_f)
+        s[f"{prefix}.lora_A"] = (r, in_f)
+        s[f"{prefix}.lora_B"] = (out_f, r)
+
+    for i in range(cfg.n_layers):
+        p = f"transformer.layers.{i}"
+        s[f"{p}.norm_1.weight"] = (E,)
+        lora(f"{p}.self_attn.w_qs", E, E)
+        s[f"{p}.self_attn.w_ks.weight"] = (E, E)
+        lora(f"{p}.self_attn.w_vs", E, E)
+        lora(f"{p}.self_attn.fc", E, E)
+        if i == 0:
+            s[f"{p}.self_attn.relative_attention_bias.weight"] = (NUM_BUCKETS, cfg.n_heads)
+        s[f"{p}.norm_3.weight"] = (E,)
+        lora(f"{p}.feed_forward.w_1", 4 * E, E)
+        lora(f"{p}.feed_forward.w_2", E, 2 * E)
+    s["transformer.norm.weight"] = (E,)
+    s["classifier.layers.0.bias"] = (V * cfg.n_predict_codebooks,)
+    s["classifier.layers.0.weight_g"] = (V * cfg.n_predict_codebooks, 1, 1)
+    s["classifier.layers.0.weight_v"] = (V * cfg.n_predict_codebooks, E, 1)
+    return s
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Modules. Parameters are allocated empty (no random init: the real model has 336 M of them) and filled by
+# `load_state_dict`; they never require grad.
+
+
+def _param(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape), requires_grad=False)
+
+
+class Linear(nn.Module):
+    """Bias-free linear layer (LoRA already merged into `weight`)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = _param(out_features, in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = RMS_EPS):
+        super().__init__()
+        self.weight = _param(dim)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(var + self.eps)
+        return self.weight * x
+
+
+class CodebookEmbedding(nn.Module):
+    """codes (B, C, T) -> (B, E, T): look up each codebook's latent table, concatenate the C latents along
+    channels (channel c·d_q + j), then `out_proj`, a k=1 Conv1d with bias (reference §3.5)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        C, V, dq = cfg.n_codebooks, cfg.vocab_size, cfg.latent_dim
+        self.n_codebooks, self.latent_dim = C, dq
+        # table[c, v] = codec codebook c row v for v < V; table[c, V] = MASK[c].
+        self.table = _param(C, V + 1, dq)
+        self.register_buffer("offsets", torch.arange(C, dtype=torch.long)[:, None] * (V + 1), persistent=False)
+        self.out_proj_weight = _param(cfg.embedding_dim, C * dq, 1)
+        self.out_proj_bias = _param(cfg.embedding_dim)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        # One gather from the flattened (C·(V+1), d_q) table; codebook c's rows start at c·(V+1).
+        lat = F.embedding(codes + self.offsets, self.table.flatten(0, 1))  # (B, C, T, d_q)
+        lat = lat.permute(0, 1, 3, 2).flatten(1, 2)  # (B, C·d_q, T)
+        return F.conv1d(lat, self.out_proj_weight, self.out_proj_bias)
+
+
+class RelativePositionBias(nn.Module):
+    """T5 bidirectional bucketed relative position bias, (H, 1, T, T) (reference §3.6)."""
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.weight = _param(NUM_BUCKETS, n_heads)
+
+    @staticmethod
+    def buckets(length: int, device=None) -> torch.Tensor:
+        pos = torch.arange(length, dtype=torch.long, device=device)
+        rel = pos[None, :] - pos[:, None]  # key − query
+        half = NUM_BUCKETS // 2
+        max_exact = half // 2
+        out = (rel > 0).to(torch.long) * half
+        a = torch.abs(rel)
+        is_small = a < max_exact
+        # |rel| is clamped to ≥ 1 before the log so that no −inf is ever cast to int64 (a = 0 takes the exact
+        # branch anyway, so the buckets are unchanged); otherwise upstream's expression verbatim.
+        large = max_exact + (
+            torch.log(a.clamp(min=1).float() / max_exact) / math.log(MAX_DISTANCE / max_exact) * (half - max_exact)
+        ).to(torch.long)
+        large = torch.clamp(large, max=half - 1)
+        return out + torch.where(is_small, a, large)
+
+    def forward(self, length: int) -> torch.Tensor:
+        values = F.embedding(self.buckets(length, self.weight.device), self.weight)  # (T, T, H)
+        return values.permute(2, 0, 1).unsqueeze(1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        E = cfg.embedding_dim
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.w_qs, self.w_ks, self.w_vs, self.fc = Linear(E, E), Linear(E, E), Linear(E, E), Linear(E, E)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H·d_h) -> (H, B, T, d_h), feature h·d_h + j
+        return x.unflatten(-1, (self.n_heads, self.head_dim)).permute(2, 0, 1, 3)
+
+    def forward(self, y: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(self.w_qs(y)), self._heads(self.w_ks(y)), self._heads(self.w_vs(y))
+        attn = torch.einsum("hblk,hbtk->hblt", q, k) / math.sqrt(self.head_dim)
+        attn = attn + position_bias
+        # (upstream's masked_fill with an all-ones mask never fires and is left out)
+        attn = torch.softmax(attn, dim=3)
+        out = torch.einsum("hblt,hbtv->hblv", attn, v)
+        out = out.permute(1, 2, 0, 3).flatten(2, 3)  # (B, T, E)
+        return self.fc(out)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """VampNet's NewGELU, in upstream's evaluation order."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class FeedForward(nn.Module):
+    """GEGLU: w_1 to 4E, first half gated by GELU_tanh of the second half, w_2 from 2E back to E."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        E = cfg.embedding_dim
+        self.w_1, self.w_2 = Linear(E, 4 * E), Linear(2 * E, E)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p1, p2 = self.w_1(x).chunk(2, dim=-1)
+        return self.w_2(p1 * gelu_tanh(p2))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.norm_1 = RMSNorm(cfg.embedding_dim)
+        self.self_attn = Attention(cfg)
+        self.norm_3 = RMSNorm(cfg.embedding_dim)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.norm_1(x), position_bias)
+        return x + self.feed_forward(self.norm_3(x))
+
+
+class VampNetTransformer(nn.Module):
+    """codes (B, C, T) int64 in [0, V] -> logits (B, T·C_p, V) float32, n = t·C_p + c."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.config = cfg
+        E, V, Cp = cfg.embedding_dim, cfg.vocab_size, cfg.n_predict_codebooks
+        self.embedding = CodebookEmbedding(cfg)
+        self.position_bias = RelativePositionBias(cfg.n_heads)  # layer 0's table, used by every layer
+        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(E)
+        self.classifier_weight = _param(V * Cp, E, 1)  # weight norm folded
+        self.classifier_bias = _param(V * Cp)
+        self.checkpoint_parameters: int | None = None
+        self.eval()
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        x = self.embedding(codes).transpose(1, 2)  # (B, T, E)
+        bias = self.position_bias(codes.shape[2])
+        for layer in self.layers:
+            x = layer(x, bias)
+        x = self.norm(x).transpose(1, 2)  # (B, E, T)
+        o = F.conv1d(x, self.classifier_weight, self.classifier_bias)  # (B, V·C_p, T), channel p·C_p + c
+        o = o.unflatten(1, (cfg.vocab_size, cfg.n_predict_codebooks))  # (B, V, C_p, T)
+        return o.permute(0, 3, 2, 1).flatten(1, 2)  # (B, T·C_p, V)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _codebook_dims(codec) -> list[int]:
+    d = codec.config.codebook_dim
+    return [int(x) for x in d] if isinstance(d, (list, tuple)) else [int(d)]
+
+
+def load_transformer(path, codec, kind: str, lora=None) -> VampNetTransformer:
+    """Build the eval-mode transformer of a VampNet checkpoint.
+
+    `codec` is the loaded codec (anything with `.codebooks`, a float tensor (K, V, d_q) of raw codebook rows,
+    and `.config.codebook_dim`); its codebooks are the model's input embedding. `kind` is "coarse" or "c2f".
+    `lora` is an optional LoRA-only state dict file overlaid before folding (upstream's coarse_lora_ckpt /
+    c2f_lora_ckpt: the delta is applied once). Every tensor is checked for presence and exact shape.
+    """
+    if kind not in ("coarse", "c2f"):
+        raise ValueError(f"kind must be 'coarse' or 'c2f', not {kind!r}")
+    ckpt = Checkpoint(path, kind)
+    n_params = sum(t.numel() for t in ckpt.state.values())
+    if lora is not None:
+        ckpt.add_lora(lora)
+    try:
+        cfg = TransformerConfig.from_kwargs(ckpt.kwargs)
+    except CheckpointError as e:
+        raise CheckpointError(f"{ckpt.path}: {e}") from None
+
+    codec_name = getattr(codec, "path", None) or "the codec"
+    dims = _codebook_dims(codec)
+    if any(d != cfg.latent_dim for d in dims):
+        raise CheckpointError(
+            f"{codec_name} has codebook_dim {dims[0] if len(set(dims)) == 1 else dims} but the {kind} model "
+            f"{ckpt.path} has latent_dim {cfg.latent_dim}: the transformer embeds the codec's codebook rows, so "
+            f"they must be equal (is this the codec the model was trained with?)"
+        )
+    books = codec.codebooks
+    if books.ndim != 3:
+        raise CheckpointError(f"{codec_name}: codebooks must be (K, V, d_q), got shape {tuple(books.shape)}")
+    K, Vc, dq = books.shape
+    if cfg.n_codebooks > K:
+        raise CheckpointError(
+            f"the {kind} model {ckpt.path} uses {cfg.n_codebooks} codebooks but {codec_name} has only {K}"
+        )
+    if Vc != cfg.vocab_size:
+        raise CheckpointError(
+            f"{codec_name} has codebook_size {Vc} but the {kind} model {ckpt.path} has vocab_size {cfg.vocab_size}"
+        )
+    if dq != cfg.latent_dim:
+        raise CheckpointError(
+            f"{codec_name} codebook rows have {dq} dims but the {kind} model {ckpt.path} has latent_dim {cfg.latent_dim}"
+        )
+
+    shapes = checkpoint_shapes(cfg)
+    E, C, V, Cp = cfg.embedding_dim, cfg.n_codebooks, cfg.vocab_size, cfg.n_predict_codebooks
+
+    def lora_linear(prefix):
+        out_f, in_f = shapes[f"{prefix}.weight"]
+        return ckpt.lora_linear(prefix, out_f, in_f, r=LORA_R)
+
+    mask_rows = ckpt.take("embedding.special.MASK", shapes["embedding.special.MASK"])
+    w: dict[str, torch.Tensor] = {
+        "embedding.table": torch.cat([books[:C].float(), mask_rows[:, None, :]], dim=1),
+        "embedding.out_proj_weight": ckpt.take("embedding.out_proj.weight", shapes["embedding.out_proj.weight"]),
+        "embedding.out_proj_bias": ckpt.take("embedding.out_proj.bias", shapes["embedding.out_proj.bias"]),
+        "position_bias.weight": ckpt.take(
+            "transformer.layers.0.self_attn.relative_attention_bias.weight",
+            shapes["transformer.layers.0.self_attn.relative_attention_bias.weight"],
+        ),
+    }
+    for i in range(cfg.n_layers):
+        p, q = f"transformer.layers.{i}", f"layers.{i}"
+        w[f"{q}.norm_1.weight"] = ckpt.take(f"{p}.norm_1.weight", shapes[f"{p}.norm_1.weight"])
+        w[f"{q}.self_attn.w_qs.weight"] = lora_linear(f"{p}.self_attn.w_qs")
+        w[f"{q}.self_attn.w_ks.weight"] = ckpt.take(f"{p}.self_attn.w_ks.weight", (E, E))
+        w[f"{q}.self_attn.w_vs.weight"] = lora_linear(f"{p}.self_attn.w_vs")
+        w[f"{q}.self_attn.fc.weight"] = lora_linear(f"{p}.self_attn.fc")
+        w[f"{q}.norm_3.weight"] = ckpt.take(f"{p}.norm_3.weight", shapes[f"{p}.norm_3.weight"])
+        w[f"{q}.feed_forward.w_1.weight"] = lora_linear(f"{p}.feed_forward.w_1")
+        w[f"{q}.feed_forward.w_2.weight"] = lora_linear(f"{p}.feed_forward.w_2")
+    w["norm.weight"] = ckpt.take("transformer.norm.weight", (E,))
+    w["classifier_weight"] = ckpt.weight_norm("classifier.layers.0", shapes["classifier.layers.0.weight_v"])
+    w["classifier_bias"] = ckpt.take("classifier.layers.0.bias", (V * Cp,))
+    ckpt.warn_unused()
+
+    model = VampNetTransformer(cfg)
+    model.load_state_dict({k: v.contiguous() for k, v in w.items()}, strict=True, assign=True)
+    model.checkpoint_parameters = n_params
+    model.checkpoint_path = Path(path)
+    return model.eval()

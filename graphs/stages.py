@@ -1,0 +1,156 @@
+"""The stages of the single model: encode, coarse vamp, coarse-to-fine, decode.
+
+Each stage calls an exported component as an opaque op of the "vampnet" domain
+(`vampnet.codec_encoder`, `vampnet.coarse_transformer`, `vampnet.c2f_transformer`,
+`vampnet.codec_decoder`). The assembler (builder/assemble.py) inlines these stage functions into
+the main graph and then hands each component call its weights from the main graph's
+initializers, so the transformers inside the step Loops read their weights from the outer scope
+instead of carrying copies.
+
+Chunking follows upstream's Interface (reference 6.6, 6.7): the coarse stage works on
+`chunk`-frame pieces (575 frames = 10 s; the last one shorter) and pins the first and last frame of
+each chunk as prompt where the row keeps anything at all; coarse-to-fine works on 173-frame pieces
+(3 s), the tail padded with token 0 and generated, then cropped. Every chunk and step draws its own
+noise (upstream re-seeds every coarse chunk with the same seed; we do not).
+"""
+import onnxscript
+from onnxscript import BOOL, FLOAT, INT64, UINT32
+
+from graphs.opsets import op, vampnet
+from graphs.prng import derive_key, uniform
+from graphs.sampling import count_masked, generation_step
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def sampling_noise(
+    key: UINT32, step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
+) -> tuple[FLOAT["B", "N", "V"], FLOAT["B", "N"]]:
+    """Exponential noise q for the token draw (argmax p/q) and uniforms u for re-masking.
+
+    q is only drawn on steps that sample; argmax steps get ones (unused) instead of N·V hashes.
+    """
+    step_key = derive_key(key, step)
+    shape = op.Shape(logits)
+    sample = op.Cast(step, to=FLOAT.dtype) / op.Cast(steps, to=FLOAT.dtype) <= sample_cutoff
+    if sample:
+        q = op.Neg(op.Log(uniform(derive_key(step_key, 0), shape)))
+    else:
+        q = op.Expand(op.Constant(value_float=1.0), shape)
+    u = uniform(derive_key(step_key, 1), op.Slice(shape, [0], [2]))
+    return q, u
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def apply_mask(z: INT64["B", "C", "T"], mask: INT64["B", "C", "T"], mask_token: INT64) -> INT64["B", "C", "T"]:
+    return op.Where(op.Equal(mask, 1), mask_token, z)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def with_anchors(mask: INT64["B", "C", "T"]) -> INT64["B", "C", "T"]:
+    """Upstream's stitching anchors: in a row that keeps any token, keep its first and last frame."""
+    keeps_any = op.ReduceMin(mask, [1, 2], keepdims=1) == 0  # (B, 1, 1)
+    t = op.Shape(mask, start=2, end=3)
+    frame = op.Range(0, op.Squeeze(t), 1)
+    edge = op.Unsqueeze(op.Or(frame == 0, frame == op.Squeeze(t) - 1), [0, 1])  # (1, 1, T)
+    return op.Where(op.And(keeps_any, edge), op.CastLike(0, mask), mask)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def encode(audio: FLOAT["B", "S"], hop: INT64) -> INT64["B", "K", "T"]:
+    """Right-pad to whole hops (at least one, so an empty input still runs) and encode."""
+    s = op.Shape(audio, start=1, end=2)
+    frames = op.Max(op.Div(s + hop - 1, hop), 1)
+    padded = op.Pad(audio, op.Concat([0, 0], [0], frames * hop - s, axis=0))
+    return vampnet.codec_encoder(op.Unsqueeze(padded, [1]))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def decode(codes: INT64["B", "K", "T"], audio: FLOAT["B", "S"]) -> FLOAT["B", "S"]:
+    """Decode and trim to the input's length."""
+    s = op.Shape(audio, start=1, end=2)
+    decoded = op.Squeeze(vampnet.codec_decoder(codes), [1])
+    return op.Slice(decoded, [0], s, [1])
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def coarse_stage(
+    codes: INT64["B", "K", "T"],
+    mask: INT64["B", "K", "T"],
+    key: UINT32,
+    chunk: INT64,
+    n_coarse: INT64,
+    mask_token: INT64,
+    steps: INT64,
+    temperature: FLOAT,
+    mask_temperature: FLOAT,
+    top_p: FLOAT,
+    sample_cutoff: FLOAT,
+) -> INT64["B", "K", "T"]:
+    """Coarse vamp: regenerate the first `n_coarse` codebooks, chunk by chunk; fine codebooks pass through."""
+    n_frames = op.Shape(codes, start=2, end=3)
+    n_chunks = op.Squeeze(op.Div(n_frames + chunk - 1, chunk))
+    z = op.Slice(codes, [0], op.Unsqueeze(n_coarse, [0]), [1])
+    m = op.Slice(mask, [0], op.Unsqueeze(n_coarse, [0]), [1])
+    result = op.Slice(z, [0], [0], [2])  # (B, n_coarse, 0), grown chunk by chunk
+    no_conditioning = op.Constant(value_int=0)
+    for c in range(n_chunks):
+        start = op.Unsqueeze(c * chunk, [0])
+        z_c = op.Slice(z, start, start + chunk, [2])
+        m_c = with_anchors(op.Slice(m, start, start + chunk, [2]))
+        chunk_key = derive_key(key, c)
+        zm = apply_mask(z_c, m_c, mask_token)
+        n0 = count_masked(zm)
+        x = z_c
+        for i in range(steps):
+            logits = vampnet.coarse_transformer(zm)
+            q, u = sampling_noise(chunk_key, i, steps, sample_cutoff, logits)
+            zm, x = generation_step(
+                logits, zm, z_c, n0, i, steps, temperature, mask_temperature, top_p, sample_cutoff,
+                q, u, no_conditioning,
+            )
+        result = op.Concat(result, x, axis=2)
+    fine = op.Slice(codes, op.Unsqueeze(n_coarse, [0]), [9223372036854775807], [1])
+    return op.Concat(result, fine, axis=1)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def c2f_stage(
+    codes: INT64["B", "K", "T"],
+    mask: INT64["B", "K", "T"],
+    key: UINT32,
+    chunk: INT64,
+    n_conditioning: INT64,
+    mask_token: INT64,
+    steps: INT64,
+    temperature: FLOAT,
+    mask_temperature: FLOAT,
+    top_p: FLOAT,
+    sample_cutoff: FLOAT,
+) -> INT64["B", "K", "T"]:
+    """Coarse-to-fine: the coarse codebooks condition, the fine ones are generated where the mask says."""
+    n_frames = op.Shape(codes, start=2, end=3)
+    n_chunks = op.Div(n_frames + chunk - 1, chunk)
+    tail = n_chunks * chunk - n_frames
+    # upstream pads the last chunk with token 0, generated (mask 1), and crops it afterwards
+    z = op.Pad(codes, op.Concat([0, 0, 0, 0, 0], tail, axis=0), op.Constant(value_int=0))
+    m = op.Pad(mask, op.Concat([0, 0, 0, 0, 0], tail, axis=0), op.Constant(value_int=1))
+    is_fine = op.Range(0, op.Squeeze(op.Shape(m, start=1, end=2)), 1) >= n_conditioning
+    m = op.Where(op.Unsqueeze(is_fine, [0, 2]), m, op.CastLike(0, m))
+    result = op.Slice(z, [0], [0], [2])
+    for c in range(op.Squeeze(n_chunks)):
+        start = op.Unsqueeze(c * chunk, [0])
+        z_c = op.Slice(z, start, start + chunk, [2])
+        m_c = op.Slice(m, start, start + chunk, [2])
+        chunk_key = derive_key(key, c)
+        zm = apply_mask(z_c, m_c, mask_token)
+        n0 = count_masked(zm)
+        x = z_c
+        for i in range(steps):
+            logits = vampnet.c2f_transformer(zm)
+            q, u = sampling_noise(chunk_key, i, steps, sample_cutoff, logits)
+            zm, x = generation_step(
+                logits, zm, z_c, n0, i, steps, temperature, mask_temperature, top_p, sample_cutoff,
+                q, u, n_conditioning,
+            )
+        result = op.Concat(result, x, axis=2)
+    return op.Slice(result, [0], n_frames, [2])

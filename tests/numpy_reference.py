@@ -1,0 +1,358 @@
+"""Plain-numpy references for the graph functions, used by the tests (no onnx, no onnxscript).
+
+Each function mirrors one graph function of the same name; the graph side must equal these exactly
+(integer results bit for bit, the uniforms too, since their last step is exact in float32).
+The mask references are written the way upstream writes them (loops and slices over frames), not
+the way the graph vectorises them, so that the two are independent derivations.
+
+Sections:
+    1. PRNG          (graphs/prng.py)
+    2. Masks         (graphs/masks.py)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# ============================================================================================
+# 1. PRNG (graphs/prng.py)
+# ============================================================================================
+
+SEED_HI_SALT = 0x9E3779B9
+DERIVE_SALT = 0x85EBCA6B
+
+
+def hash32(x) -> np.ndarray:
+    """lowbias32, uint32 wrap-around."""
+    x = np.asarray(x, dtype=np.uint32).copy()
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
+    return x
+
+
+def seed_key(seed: int) -> np.uint32:
+    seed = int(seed)
+    lo, hi = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF  # Python ints: exact for any seed
+    return np.uint32(hash32(lo ^ int(hash32(hi ^ SEED_HI_SALT))))
+
+
+def derive_key(key, n: int) -> np.uint32:
+    return np.uint32(hash32(int(hash32(int(key) ^ DERIVE_SALT)) ^ (int(n) & 0xFFFFFFFF)))
+
+
+def random_bits(key, shape) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    index = np.arange(count, dtype=np.int64).astype(np.uint32)
+    return hash32(hash32(index) ^ np.uint32(key)).reshape(tuple(shape))
+
+
+def uniform(key, shape) -> np.ndarray:
+    m = random_bits(key, shape) >> np.uint32(9)
+    return ((2 * m.astype(np.int64) + 1).astype(np.float32) * np.float32(2.0**-24)).astype(np.float32)
+
+
+def randint(key, shape, high: int) -> np.ndarray:
+    high = max(int(high), 1)
+    draw = np.floor(uniform(key, shape).astype(np.float64) * high).astype(np.int64)
+    return np.minimum(draw, high - 1)
+
+
+def key_path(seed: int, *path: int) -> np.uint32:
+    """derive_key applied along a stream path from seed_key(seed)."""
+    key = seed_key(seed)
+    for n in path:
+        key = derive_key(key, n)
+    return key
+
+
+# ============================================================================================
+# 2. Masks (graphs/masks.py): upstream vampnet/mask.py semantics, with our PRNG's draws
+# ============================================================================================
+
+MASK_RANDOM, MASK_ROLL, MASK_DROPOUT = 0, 1, 2
+SAMPLE_RATE, HOP = 44100, 768
+SECONDS_MAX = 1.0e6
+PERIOD_MAX = WIDTH_MAX = 1 << 24
+
+
+def s2t(seconds) -> int:
+    """Upstream Interface.s2t on the float32 value (Python float math)."""
+    return int(math.ceil(float(np.float32(seconds)) * SAMPLE_RATE / HOP))
+
+
+def clamp_real(x, lo: float, hi: float) -> np.float32:
+    """The documented clamping of real parameters: NaN acts as 0, then clip to [lo, hi]."""
+    x = np.float32(x)
+    if np.isnan(x):
+        x = np.float32(0.0)
+    return np.float32(min(max(x, np.float32(lo)), np.float32(hi)))
+
+
+def clamp_int(x, lo: int, hi: int) -> int:
+    return min(max(int(x), lo), hi)
+
+
+def random_mask(shape, key, intensity) -> np.ndarray:
+    return (uniform(key, shape) < np.float32(intensity)).astype(np.int64)
+
+
+def inpaint_mask(shape, n_prefix: int, n_suffix: int) -> np.ndarray:
+    mask = np.ones(shape, np.int64)
+    if n_prefix > 0:
+        mask[:, :, :n_prefix] = 0
+    if n_suffix > 0:
+        mask[:, :, -n_suffix:] = 0
+    return mask
+
+
+def periodic_mask(shape, key, period: int, width: int) -> np.ndarray:
+    """Upstream's loop over anchors, then np.roll per row (ours: one offset per batch row)."""
+    B, K, T = shape
+    mask = np.ones(shape, np.int64)
+    if period == 0:
+        return mask
+    offsets = randint(key, (B,), period)
+    for b in range(B):
+        for j in range(T):
+            if j % period == 0:
+                j0 = max(0, j - width // 2)
+                j1 = min(T - 1, j + width // 2) + 1
+                mask[b, :, j0:j1] = 0
+        mask[b] = np.roll(mask[b], int(offsets[b]), axis=-1)  # out[(t + off) % T] = in[t]
+    return mask
+
+
+def dropout_mask(mask: np.ndarray, key, p) -> np.ndarray:
+    mask = mask.copy()
+    B, K, T = mask.shape
+    n = int(T * float(np.float32(p)))
+    frames = randint(key, (B, n), T)
+    for b in range(B):
+        mask[b][:, frames[b]] = 1
+    return mask
+
+
+def codebook_unmask(mask: np.ndarray, ncc: int) -> np.ndarray:
+    mask = mask.copy()
+    mask[:, :ncc, :] = 0
+    return mask
+
+
+def codebook_mask(mask: np.ndarray, upper: int) -> np.ndarray:
+    mask = mask.copy()
+    mask[:, upper:, :] = 1
+    return mask
+
+
+def build_mask(
+    shape,
+    key,
+    rand_mask_intensity=1.0,
+    prefix_s=0.0,
+    suffix_s=0.0,
+    periodic_prompt=7,
+    periodic_prompt_width=1,
+    dropout=0.0,
+    ncc=0,
+    upper_codebook_mask=3,
+) -> np.ndarray:
+    """Upstream build_mask order, after the documented clamping (graphs/masks.py table)."""
+    K = shape[1]
+    mask = random_mask(shape, derive_key(key, MASK_RANDOM), clamp_real(rand_mask_intensity, 0.0, 1.0))
+    n_prefix = s2t(clamp_real(prefix_s, 0.0, SECONDS_MAX))
+    n_suffix = s2t(clamp_real(suffix_s, 0.0, SECONDS_MAX))
+    mask = np.minimum(mask, inpaint_mask(shape, n_prefix, n_suffix))
+    period = clamp_int(periodic_prompt, 0, PERIOD_MAX)
+    width = clamp_int(periodic_prompt_width, 0, WIDTH_MAX)
+    mask = np.minimum(mask, periodic_mask(shape, derive_key(key, MASK_ROLL), period, width))
+    mask = dropout_mask(mask, derive_key(key, MASK_DROPOUT), clamp_real(dropout, 0.0, 1.0))
+    mask = codebook_unmask(mask, clamp_int(ncc, 0, K))
+    return codebook_mask(mask, clamp_int(upper_codebook_mask, 0, K))
+
+
+def fit_mask(mask: np.ndarray, shape) -> np.ndarray:
+    """Row b ← mask row b mod Bm; codebooks/frames cropped or padded with 1; values clipped to [0, 1]."""
+    B, K, T = shape
+    mask = np.clip(mask, 0, 1)
+    Bm, Km, Tm = mask.shape
+    out = np.ones(shape, np.int64)
+    if Bm == 0:
+        return out
+    k, t = min(K, Km), min(T, Tm)
+    for b in range(B):
+        out[b, :k, :t] = mask[b % Bm, :k, :t]
+    return out
+
+
+def resolve_mask(mask: np.ndarray, shape, key, **params) -> np.ndarray:
+    return build_mask(shape, key, **params) if mask.size == 0 else fit_mask(mask, shape)
+
+
+# ============================================================================================
+# 3. Sampling, schedule, re-masking (graphs/sampling.py): upstream VampNet.generate's loop body
+#    (reference §5.2-5.4), written with upstream's per-element float32 operations; noise injected.
+# ============================================================================================
+
+MASK_TOKEN = 1024
+GAMMA_MIN = np.float32(1e-10)
+TEMPERATURE_MIN, TEMPERATURE_MAX = np.float32(1e-6), np.float32(1e6)
+MASK_TEMPERATURE_MAX = np.float32(1e6)
+U_MIN, U_MAX = np.float32(1e-20), np.float32(1.0 - 2.0**-24)
+
+
+def schedule_ratio(step: int, steps: int) -> np.float32:
+    """r = fl32((i + 1) / S) (Python float division, then a float32 tensor)."""
+    return np.float32((int(step) + 1) / max(int(steps), 1))
+
+
+def mask_schedule(step: int, steps: int) -> np.float32:
+    """γ = clamp(cos(r·π/2), 1e-10, 1): float32 angle (r·fl32(π), then /2); its cosine rounded
+    once from float64 (correctly rounded; torch's float32 cos is 1 ulp off that for a few (i, S))."""
+    angle = schedule_ratio(step, steps) * np.float32(math.pi) / np.float32(2.0)
+    gamma = np.float32(math.cos(float(angle)))
+    return np.float32(min(max(gamma, GAMMA_MIN), np.float32(1.0)))
+
+
+def count_masked(zm: np.ndarray) -> np.ndarray:
+    """N0 per row over all codebooks (upstream sums this over the batch too; pass
+    np.full(B, count_masked(zm).sum()) as n0 to reproduce that)."""
+    return (zm == MASK_TOKEN).sum(axis=(1, 2)).astype(np.int64)
+
+
+def num_to_mask(gamma, n0, n_masked, is_last: bool, n_tokens: int) -> np.ndarray:
+    """Upstream: k = floor(fl32(γ·N0)); non-final steps k = max(1, min(n_masked − 1, k));
+    then ours: k in [0, N − 1] (so indexing the sorted row never fails)."""
+    out = []
+    for n0_b, masked_b in zip(np.asarray(n0), np.asarray(n_masked)):
+        k = int(np.floor(np.float32(gamma) * np.float32(n0_b)))
+        if not is_last:
+            k = max(1, min(int(masked_b) - 1, k))
+        out.append(max(min(k, int(n_tokens) - 1), 0))
+    return np.array(out, np.int64)
+
+
+def softmax32(x: np.ndarray) -> np.ndarray:
+    """float32 softmax over the last axis (max-subtracted, as torch and ORT do)."""
+    x = np.asarray(x, np.float32)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True, dtype=np.float32)).astype(np.float32)
+
+
+def top_p_filter(logits: np.ndarray, top_p) -> np.ndarray:
+    """Upstream sample_from_logits' top-p block, on a copy (upstream edits the logits in place).
+
+    Sort descending (ties: lower token id first, like ONNX TopK), cum = cumsum(softmax(sorted raw
+    logits)) (torch's CPU cumsum accumulates in float64), remove = cum > top_p shifted right by one
+    (top-1 always kept), removed logits = −inf. top_p NaN or >= 1: off; < 0 acts as 0.
+    """
+    top_p = np.float32(top_p)
+    logits = np.array(logits, np.float32)
+    if not top_p < 1.0:
+        return logits
+    top_p = max(top_p, np.float32(0.0))
+    order = np.argsort(-logits, axis=-1, kind="stable")
+    sorted_logits = np.take_along_axis(logits, order, axis=-1)
+    cum = np.cumsum(softmax32(sorted_logits).astype(np.float64), axis=-1).astype(np.float32)
+    remove_sorted = cum > top_p
+    remove_sorted[..., 1:] = remove_sorted[..., :-1].copy()
+    remove_sorted[..., 0] = False
+    remove = np.zeros_like(remove_sorted)
+    np.put_along_axis(remove, order, remove_sorted, axis=-1)
+    logits[remove] = -np.inf
+    return logits
+
+
+def effective_temperature(temperature) -> np.float32:
+    """Upstream: softmax(logits / τ) if τ > 0 else softmax(logits); ours also clamps τ to [1e-6, 1e6]."""
+    tau = np.float32(temperature)
+    tau = tau if tau > 0 else np.float32(1.0)  # NaN > 0 is False
+    return np.float32(min(max(tau, TEMPERATURE_MIN), TEMPERATURE_MAX))
+
+
+def sample_tokens(logits, temperature, sample: bool, q):
+    """(tokens (B, N) int64, chosen_prob (B, N) float32): probs = softmax(logits/τ);
+    multinomial ≡ argmax(probs / q) with q ~ Exp(1); argmax mode takes argmax(logits)."""
+    logits = np.asarray(logits, np.float32)
+    probs = softmax32(logits / effective_temperature(temperature))
+    if sample:
+        tokens = np.argmax(probs / np.asarray(q, np.float32), axis=-1)
+    else:
+        tokens = np.argmax(logits, axis=-1)
+    tokens = tokens.astype(np.int64)
+    return tokens, np.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+
+
+def remask(prob, u, k, mask_temp) -> np.ndarray:
+    """Upstream mask_by_random_topk with injected uniforms u (clipped to upstream's [1e-20, 1))."""
+    prob = np.asarray(prob, np.float32)
+    u = np.clip(np.asarray(u, np.float32), U_MIN, U_MAX)
+    with np.errstate(divide="ignore"):
+        gumbel = -np.log(-np.log(u))
+        conf = np.log(prob) + np.float32(mask_temp) * gumbel
+    sorted_conf = np.sort(conf, axis=-1)
+    mask = np.zeros(conf.shape, bool)
+    for b in range(conf.shape[0]):
+        if conf.shape[1] > 0:
+            mask[b] = conf[b] < sorted_conf[b, int(k[b])]
+    return mask
+
+
+def effective_mask_temperature(mask_temperature) -> np.float32:
+    kappa = np.float32(mask_temperature)
+    kappa = kappa if kappa > 0 else np.float32(0.0)
+    return np.float32(min(kappa, MASK_TEMPERATURE_MAX))
+
+
+def flatten_codes(codes: np.ndarray) -> np.ndarray:
+    """(B, C_p, T) -> (B, N), n = t·C_p + c (einops "b c t -> b (t c)")."""
+    B, Cp, T = codes.shape
+    return codes.transpose(0, 2, 1).reshape(B, T * Cp)
+
+
+def unflatten_codes(flat: np.ndarray, n_codebooks: int) -> np.ndarray:
+    B, N = flat.shape
+    return flat.reshape(B, N // n_codebooks, n_codebooks).transpose(0, 2, 1)
+
+
+def generation_step(
+    logits, zm, z, n0, step, steps, temperature, mask_temperature, top_p, sample_cutoff, q, u,
+    n_conditioning,
+):
+    """One iteration of upstream generate (reference §5.2 steps 7.4-7.13, and 8) -> (zm_next, out)."""
+    steps = max(int(steps), 1)
+    C = zm.shape[1]
+    cc = min(max(int(n_conditioning), 0), C)
+    r = schedule_ratio(step, steps)
+    is_last = int(step) == steps - 1
+    sample = bool(np.float32(int(step) / steps) <= np.float32(sample_cutoff))
+    sampled, prob = sample_tokens(top_p_filter(logits, top_p), temperature, sample, q)
+    zf = flatten_codes(zm[:, cc:, :])
+    masked = zf == MASK_TOKEN
+    x = np.where(masked, sampled, zf)
+    prob = np.where(masked, prob, np.float32(np.inf)).astype(np.float32)
+    k = num_to_mask(mask_schedule(step, steps), n0, masked.sum(axis=1), is_last, zf.shape[1])
+    t = effective_mask_temperature(mask_temperature) * (np.float32(1.0) - r)
+    zf_next = np.where(remask(prob, u, k, t), MASK_TOKEN, x)
+    keep = z[:, :cc, :]
+    zm_next = np.concatenate([keep, unflatten_codes(zf_next, C - cc)], axis=1)
+    out = np.concatenate([keep, unflatten_codes(x, C - cc)], axis=1)
+    return zm_next.astype(np.int64), out.astype(np.int64)
+
+
+def generate(forward, z, mask, steps, noise, temperature=1.0, mask_temperature=10.5, top_p=1.0,
+             sample_cutoff=1.0, n_conditioning=0, n0=None):
+    """Upstream generate's loop (§5.2) around `forward(zm) -> logits (B, N, V)`;
+    `noise(i) -> (q, u)` gives step i's draws; n0 defaults to our per-row count."""
+    zm = np.where(np.asarray(mask) != 0, MASK_TOKEN, z).astype(np.int64)
+    n0 = count_masked(zm) if n0 is None else n0
+    out = z
+    for i in range(int(steps)):
+        q, u = noise(i)
+        zm, out = generation_step(forward(zm), zm, z, n0, i, steps, temperature, mask_temperature,
+                                  top_p, sample_cutoff, q, u, n_conditioning)
+    return out

@@ -1,0 +1,801 @@
+"""End-to-end tests of the host side: ``vampnet-onnx vamp/info/build/demo`` and the audio handling.
+
+The CLI runs against the ``model_path`` fixture. Today that is the stub of tests/stub_model.py
+(exactly the v1 interface, built with onnx.helper in this process). To run the same tests on a
+real (tiny) model, set VAMPNET_ONNX_TEST_MODEL=/path/to/model.onnx or change the fixture; the
+tests only assume the v1 interface and that every input can change ``audio_out``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from vampnet_onnx import audio as vaudio
+from vampnet_onnx import cli
+from vampnet_onnx.cli import main
+from vampnet_onnx.model import DESIGN_DEFAULTS, Model, ModelError
+
+REPO = Path(__file__).resolve().parents[1]
+HOP = 768
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures and helpers
+
+
+def _stub_module():
+    spec = importlib.util.spec_from_file_location("vampnet_onnx_stub_model",
+                                                  Path(__file__).with_name("stub_model.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def stub_path(tmp_path_factory) -> Path:
+    """The stub model (tests/stub_model.py), built with onnx in this process."""
+    pytest.importorskip("onnx")
+    path = tmp_path_factory.mktemp("model") / "stub.onnx"
+    return _stub_module().build_stub_model(path)
+
+
+@pytest.fixture(scope="session")
+def model_path(request) -> Path:
+    """The model the CLI is tested with: the stub, or VAMPNET_ONNX_TEST_MODEL if set."""
+    override = os.environ.get("VAMPNET_ONNX_TEST_MODEL")
+    if override:
+        return Path(override)
+    return request.getfixturevalue("stub_path")
+
+
+@pytest.fixture(scope="session")
+def stub_no_defaults(tmp_path_factory) -> Path:
+    pytest.importorskip("onnx")
+    path = tmp_path_factory.mktemp("model_nodefaults") / "stub.onnx"
+    return _stub_module().build_stub_model(path, with_defaults_metadata=False)
+
+
+@pytest.fixture(scope="session")
+def stub_external(tmp_path_factory) -> Path:
+    pytest.importorskip("onnx")
+    path = tmp_path_factory.mktemp("model_external") / "stub.onnx"
+    return _stub_module().build_stub_model(path, external_data=True)
+
+
+def music(sr: int, seconds: float, channels: int, seed: int = 0, level: float = 0.3) -> np.ndarray:
+    """A few partials with a slow envelope, different per channel, (frames, channels) float64."""
+    rng = np.random.default_rng(seed)
+    n = int(round(sr * seconds))
+    t = np.arange(n) / sr
+    out = np.zeros((n, channels))
+    for c in range(channels):
+        for f in rng.uniform(110, 2000, size=4):
+            out[:, c] += np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) / 4
+        out[:, c] *= 0.6 + 0.4 * np.sin(2 * np.pi * 0.7 * t + c)
+    return level * out
+
+
+def write_input(path: Path, sr: int = 44100, seconds: float = 1.0, channels: int = 1,
+                subtype: str = "FLOAT", seed: int = 0, level: float = 0.3) -> Path:
+    sf.write(str(path), music(sr, seconds, channels, seed, level), sr, subtype=subtype)
+    return path
+
+
+def read(path: Path) -> tuple[np.ndarray, int]:
+    data, sr = sf.read(str(path), dtype="float64", always_2d=True)
+    return data, sr
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files an interrupted write could have left (hidden *.tmp)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def assert_one_line_error(rc: int, err: str, expect_rc: int | None = None, contains: str = "") -> None:
+    assert rc != 0
+    if expect_rc is not None:
+        assert rc == expect_rc, err
+    assert "Traceback" not in err, err
+    lines = [s for s in err.strip().splitlines() if s.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vampnet-onnx: error: "), err
+    assert contains.lower() in lines[0].lower(), err
+
+
+@pytest.fixture
+def wav(tmp_path) -> Path:
+    return write_input(tmp_path / "in.wav", sr=44100, seconds=1.0, channels=1)
+
+
+def vamp(capsys, *args) -> tuple[int, str, str]:
+    rc = main(["vamp", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# --------------------------------------------------------------------------------------------
+# the stub itself
+
+
+def test_stub_matches_its_numpy_reference(stub_path):
+    stub = _stub_module()
+    m = Model(stub_path)
+    rng = np.random.default_rng(1)
+    a = (rng.standard_normal((2, 2000)) * 0.1).astype(np.float32)
+    out = m.run(a)
+    ref = stub.reference(a)
+    assert out["audio_out"].shape == a.shape
+    for k, v in ref.items():
+        assert out[k].shape == (2, 14, math.ceil(2000 / HOP))
+        np.testing.assert_array_equal(out[k], v, err_msg=k)
+    mask = rng.integers(0, 2, (1, 14, 3))
+    out = m.run(a, mask=mask, seed=4, periodic_prompt=0)
+    for k, v in stub.reference(a, mask=mask, seed=4, periodic_prompt=0).items():
+        np.testing.assert_array_equal(out[k], v, err_msg=k)
+
+
+# --------------------------------------------------------------------------------------------
+# Model API
+
+
+def test_model_defaults_and_inputs(model_path):
+    m = Model(model_path)
+    assert m.defaults() == DESIGN_DEFAULTS
+    assert m.inputs["audio"].required
+    assert not m.inputs["seed"].required and not m.inputs["mask"].required
+    assert set(m.outputs) == {"audio_out", "codes", "mask_out", "coarse_codes", "codes_out"}
+    assert (m.sample_rate, m.hop, m.n_codebooks) == (44100, 768, 14)
+    assert m.frames_for(1) == 1 and m.frames_for(768) == 1 and m.frames_for(769) == 2
+
+
+def test_model_defaults_fall_back_to_design_table(stub_no_defaults):
+    m = Model(stub_no_defaults)
+    assert m.stored_defaults() is None
+    assert m.defaults() == DESIGN_DEFAULTS
+
+
+def test_model_run_feeds_only_given_inputs(model_path):
+    m = Model(model_path, threads=1)
+    a = np.full((1, 1000), 0.1, np.float32)
+    base = m.run(a)["audio_out"]
+    np.testing.assert_array_equal(m.run(a, seed=0, temperature=1.0)["audio_out"], base)
+    assert not np.array_equal(m.run(a, temperature=0.5)["audio_out"], base)
+    with pytest.raises(ModelError, match="no input named"):
+        m.run(a, bogus=1)
+    with pytest.raises(ModelError, match="integer"):
+        m.run(a, sampling_steps=2.5)
+    with pytest.raises(ModelError, match="shape"):
+        m.run(np.zeros(10, np.float32))
+
+
+def test_model_with_external_data_loads_from_path(stub_external, capsys):
+    m = Model(stub_external)
+    assert m.run(np.full((1, 800), 0.1, np.float32))["codes"].shape == (1, 14, 2)
+    assert main(["info", str(stub_external)]) == 0
+    out = capsys.readouterr().out
+    assert "stub.onnx.data" in out and "size on disk" in out
+
+
+def test_model_missing_or_invalid(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        Model(tmp_path / "nope.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not onnx")
+    with pytest.raises(ModelError, match="cannot load"):
+        Model(bad)
+
+
+def test_model_run_interrupt_terminates(stub_path):
+    """Ctrl-C while the session runs (here: raised from the tick callback) re-raises promptly."""
+    m = Model(stub_path)
+    a = np.full((8, 2_000_000), 0.1, np.float32)
+    ticks = []
+
+    def tick(t):
+        ticks.append(t)
+        raise KeyboardInterrupt
+
+    try:
+        m.run(a, tick=tick, tick_interval=0.001)
+    except KeyboardInterrupt:
+        assert ticks
+    else:
+        if ticks:
+            pytest.fail("KeyboardInterrupt from the tick was swallowed")
+        pytest.skip("the run finished before the first tick")
+
+
+# --------------------------------------------------------------------------------------------
+# vamp: shapes, rates, channels, loudness
+
+
+@pytest.mark.parametrize("sr,channels,subtype", [(48000, 2, "FLOAT"), (22050, 1, "PCM_16"),
+                                                  (44100, 1, "FLOAT"), (16000, 3, "PCM_24")])
+def test_output_matches_input_rate_length_channels_loudness(tmp_path, capsys, model_path,
+                                                            sr, channels, subtype):
+    inp = write_input(tmp_path / "in.wav", sr=sr, seconds=1.7, channels=channels, subtype=subtype)
+    out = tmp_path / "out.wav"
+    rc, stdout, err = vamp(capsys, inp, "-o", out, "-m", model_path, "--seed", 3)
+    assert rc == 0, err
+    info_in, info_out = sf.info(str(inp)), sf.info(str(out))
+    assert info_out.samplerate == sr
+    assert info_out.frames == info_in.frames
+    assert info_out.channels == channels
+    assert info_out.subtype == subtype  # the input's sample format is kept when possible
+    x, _ = read(inp)
+    y, _ = read(out)
+    # the mono result is copied to every channel
+    for c in range(1, channels):
+        np.testing.assert_array_equal(y[:, c], y[:, 0])
+    assert abs(vaudio.loudness(y, sr) - vaudio.loudness(x, sr)) < 0.1
+    import pyloudnorm  # an independent, plain BS.1770 measurement (signals > 0.5 s)
+
+    meter = pyloudnorm.Meter(sr)
+    assert abs(meter.integrated_loudness(y) - meter.integrated_loudness(x)) < 0.5
+    assert np.max(np.abs(y)) <= 1.0
+    assert "seed: 3" in stdout and "elapsed" in stdout
+    assert leftovers(tmp_path) == []
+
+
+def test_short_input_and_other_formats(tmp_path, capsys, model_path):
+    # 0.2 s (shorter than the loudness meter's 0.5 s) FLAC 24-bit stereo -> FLAC
+    inp = write_input(tmp_path / "in.flac", sr=32000, seconds=0.2, channels=2, subtype="PCM_24")
+    out = tmp_path / "out.flac"
+    rc, _, err = vamp(capsys, inp, "-o", out, "-m", model_path, "--seed", 1)
+    assert rc == 0, err
+    info = sf.info(str(out))
+    assert (info.samplerate, info.frames, info.channels, info.subtype) == (32000, 6400, 2, "PCM_24")
+    # OGG Vorbis in, WAV out (Vorbis is not a WAV subtype: WAV's default is used)
+    ogg = write_input(tmp_path / "in.ogg", sr=44100, seconds=1.0, channels=1, subtype="VORBIS")
+    out2 = tmp_path / "out2.wav"
+    rc, _, err = vamp(capsys, ogg, "-o", out2, "-m", model_path, "--seed", 1)
+    assert rc == 0, err
+    info2 = sf.info(str(out2))
+    assert (info2.samplerate, info2.frames, info2.subtype) == (44100, sf.info(str(ogg)).frames, "PCM_16")
+    # float WAV in, FLAC out: 24-bit; and OGG out
+    wav = write_input(tmp_path / "in.wav", sr=44100, seconds=0.8, channels=2, subtype="FLOAT")
+    for name, subtype in (("o.flac", "PCM_24"), ("o.ogg", "VORBIS")):
+        rc, _, err = vamp(capsys, wav, "-o", tmp_path / name, "-m", model_path, "--seed", 1)
+        assert rc == 0, err
+        info3 = sf.info(str(tmp_path / name))
+        assert (info3.subtype, info3.channels, info3.frames) == (subtype, 2, sf.info(str(wav)).frames)
+
+
+def test_preprocess_matches_upstream_steps():
+    """44.1 kHz mono at -24 LUFS, peak <= 1; loud inputs are scaled to peak 1 after normalising."""
+    x = music(48000, 2.0, 2)
+    y = vaudio.preprocess(x.mean(axis=1), 48000)
+    assert y.dtype == np.float32 and abs(y.shape[0] - 2 * 44100) <= 1
+    assert abs(vaudio.loudness(y, 44100) - (-24.0)) < 0.05
+    # a spiky signal whose -24 LUFS version peaks above 1 is scaled down to peak exactly 1
+    spike = np.zeros(44100)
+    spike[::4410] = 1.0
+    z = vaudio.preprocess(spike, 44100)
+    assert math.isclose(float(np.max(np.abs(z))), 1.0, rel_tol=1e-6)
+    # audiotools-style loudness: silence clamps at -70, short signals are measurable
+    assert vaudio.loudness(np.zeros(1000), 44100) == -70.0
+    assert vaudio.loudness(np.full(100, 0.1), 44100) > -70.0
+
+
+def test_ticker_only_on_a_terminal(monkeypatch):
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, expect in ((Tty(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        t = cli._Ticker()
+        t(1.2)
+        t.clear()
+        assert ("running the model... 1 s" in stream.getvalue()) is expect
+
+
+# --------------------------------------------------------------------------------------------
+# vamp: every flag reaches the model, seeds, variations
+
+FLAG_VALUES = {
+    "rand_mask_intensity": 0.5, "prefix_s": 0.5, "suffix_s": 0.5, "periodic_prompt": 3,
+    "periodic_prompt_width": 3, "dropout": 0.3, "ncc": 2, "upper_codebook_mask": 4,
+    "sampling_steps": 5, "temperature": 0.7, "mask_temperature": 5.0, "top_p": 0.9,
+    "sample_cutoff": 0.5, "c2f_sampling_steps": 3, "c2f_temperature": 0.8,
+    "c2f_mask_temperature": 3.0, "c2f_top_p": 0.8, "c2f_sample_cutoff": 0.5,
+}
+
+
+def test_flag_table_covers_every_scalar_input():
+    assert set(FLAG_VALUES) | {"seed"} == set(DESIGN_DEFAULTS)
+    assert [n for n, _, _ in cli.PARAM_FLAGS] == list(FLAG_VALUES)
+
+
+@pytest.fixture
+def baseline(tmp_path, capsys, model_path, wav):
+    out = tmp_path / "base.wav"
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--seed", 11)
+    assert rc == 0, err
+    return read(out)[0]
+
+
+@pytest.mark.parametrize("name", list(FLAG_VALUES))
+def test_each_flag_reaches_the_model(tmp_path, capsys, model_path, wav, baseline, name):
+    flag = "--" + name.replace("_", "-")
+    out = tmp_path / "changed.wav"
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--seed", 11, flag, FLAG_VALUES[name])
+    assert rc == 0, err
+    assert np.max(np.abs(read(out)[0] - baseline)) > 1e-4, f"{flag} did not change the output"
+    # the model's default, given explicitly, is the same as leaving the flag out
+    same = tmp_path / "same.wav"
+    rc, _, err = vamp(capsys, wav, "-o", same, "-m", model_path, "--seed", 11, flag, DESIGN_DEFAULTS[name])
+    assert rc == 0, err
+    np.testing.assert_array_equal(read(same)[0], baseline)
+
+
+def test_seed_reproduces(tmp_path, capsys, model_path, wav, baseline):
+    again = tmp_path / "again.wav"
+    assert vamp(capsys, wav, "-o", again, "-m", model_path, "--seed", 11)[0] == 0
+    np.testing.assert_array_equal(read(again)[0], baseline)
+    other = tmp_path / "other.wav"
+    assert vamp(capsys, wav, "-o", other, "-m", model_path, "--seed", 12)[0] == 0
+    assert np.max(np.abs(read(other)[0] - baseline)) > 1e-4
+    # no --seed: a random seed is printed, and passing it back reproduces the run
+    r1 = tmp_path / "r1.wav"
+    rc, stdout, _ = vamp(capsys, wav, "-o", r1, "-m", model_path)
+    assert rc == 0
+    line = next(s for s in stdout.splitlines() if s.startswith("seed: "))
+    seed = int(line.split()[1])
+    assert f"--seed {seed}" in line
+    r2 = tmp_path / "r2.wav"
+    assert vamp(capsys, wav, "-o", r2, "-m", model_path, "--seed", seed)[0] == 0
+    np.testing.assert_array_equal(read(r1)[0], read(r2)[0])
+    # large and negative int64 seeds are accepted
+    assert vamp(capsys, wav, "-o", r2, "-m", model_path, "--seed", 2**63 - 1)[0] == 0
+    assert vamp(capsys, wav, "-o", r2, "-m", model_path, "--seed", -5)[0] == 0
+
+
+def test_variations_give_different_files(tmp_path, capsys, model_path, wav):
+    out = tmp_path / "v.wav"
+    rc, stdout, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--seed", 2, "--variations", 3)
+    assert rc == 0, err
+    paths = [tmp_path / f"v-{k}.wav" for k in (1, 2, 3)]
+    assert all(p.exists() for p in paths) and not out.exists()
+    data = [read(p)[0] for p in paths]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert np.max(np.abs(data[i] - data[j])) > 1e-4
+    # --variations 1 writes OUT itself
+    rc, _, _ = vamp(capsys, wav, "-o", out, "-m", model_path, "--seed", 2, "--variations", 1)
+    assert rc == 0 and out.exists()
+    assert cli.variation_paths("a/b.x.wav", 2) == [Path("a/b.x-1.wav"), Path("a/b.x-2.wav")]
+
+
+# --------------------------------------------------------------------------------------------
+# vamp: --save-codes, --mask-from, --plot
+
+
+def test_save_codes_and_mask_from_round_trip(tmp_path, capsys, model_path, wav):
+    S44 = sf.info(str(wav)).frames  # 44.1 kHz input: no resampling
+    T = math.ceil(S44 / HOP)
+    a = tmp_path / "a.npz"
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "a.wav", "-m", model_path, "--seed", 5,
+                      "--periodic-prompt", 4, "--save-codes", a)
+    assert rc == 0, err
+    with np.load(a) as z:
+        for k in ("codes", "mask_out", "mask", "coarse_codes", "codes_out"):
+            assert z[k].shape == (1, 14, T) and z[k].dtype == np.int64, k
+        assert int(z["seed"]) == 5
+        assert json.loads(str(z["params"]))["periodic_prompt"] == 4
+        mask_a = z["mask_out"].copy()
+    # the saved mask, fed back, is the mask used (even with other parameters)
+    b = tmp_path / "b.npz"
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "b.wav", "-m", model_path, "--seed", 6,
+                      "--mask-from", a, "--save-codes", b)
+    assert rc == 0, err
+    with np.load(b) as z:
+        np.testing.assert_array_equal(z["mask_out"], mask_a)
+    # a hand-made (14, T) .npy mask
+    rng = np.random.default_rng(0)
+    m = rng.integers(0, 2, (14, T)).astype(np.int32)
+    np.save(tmp_path / "m.npy", m)
+    c = tmp_path / "c.npz"
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "c.wav", "-m", model_path, "--seed", 6,
+                      "--mask-from", tmp_path / "m.npy", "--save-codes", c)
+    assert rc == 0, err
+    with np.load(c) as z:
+        np.testing.assert_array_equal(z["mask_out"], m[None])
+    # a (2, 14, T) mask gives two variations, one per row
+    m2 = rng.integers(0, 2, (2, 14, T))
+    np.save(tmp_path / "m2.npy", m2)
+    d = tmp_path / "d.npz"
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "d.wav", "-m", model_path, "--seed", 6,
+                      "--mask-from", tmp_path / "m2.npy", "--save-codes", d)
+    assert rc == 0, err
+    assert (tmp_path / "d-1.wav").exists() and (tmp_path / "d-2.wav").exists()
+    with np.load(d) as z:
+        np.testing.assert_array_equal(z["mask_out"], m2)
+    # a (1, 14, T) mask is shared by all variations
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "e.wav", "-m", model_path, "--seed", 6,
+                      "--mask-from", a, "--variations", 2, "--save-codes", tmp_path / "e.npz")
+    assert rc == 0, err
+    with np.load(tmp_path / "e.npz") as z:
+        np.testing.assert_array_equal(z["mask_out"], np.repeat(mask_a, 2, axis=0))
+
+
+@pytest.mark.parametrize("case", ["frames", "values", "codebooks", "key", "rows", "missing", "garbage"])
+def test_bad_mask_files(tmp_path, capsys, model_path, wav, case):
+    T = math.ceil(sf.info(str(wav)).frames / HOP)
+    mpath = tmp_path / "m.npy"
+    if case == "frames":
+        np.save(mpath, np.ones((14, T + 1), np.int64))
+    elif case == "values":
+        np.save(mpath, np.full((14, T), 2, np.int64))
+    elif case == "codebooks":
+        np.save(mpath, np.ones((4, T), np.int64))
+    elif case == "key":
+        mpath = tmp_path / "m.npz"
+        np.savez(mpath, other=np.ones((14, T)))
+    elif case == "rows":
+        np.save(mpath, np.ones((2, 14, T), np.int64))
+    elif case == "garbage":
+        mpath.write_bytes(b"not numpy")
+    extra = ["--variations", "3"] if case == "rows" else []
+    out = tmp_path / "out.wav"
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--mask-from", mpath, *extra)
+    assert_one_line_error(rc, err, 1, "mask")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_too_many_steps_for_the_model(tmp_path, capsys, model_path, wav):
+    m = Model(model_path)
+    if m.max_sampling_steps is None:
+        pytest.skip("the model does not record max_sampling_steps")
+    out = tmp_path / "o.wav"
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--c2f-sampling-steps", m.max_sampling_steps + 1)
+    assert_one_line_error(rc, err, 1, "at most")
+    assert not out.exists()
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--sampling-steps", m.max_sampling_steps)
+    assert rc == 0, err
+
+
+def test_plot_writes_png(tmp_path, capsys, model_path, wav):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "p.png"
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "o.wav", "-m", model_path, "--seed", 1, "--plot", png)
+    assert rc == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png2 = tmp_path / "p2.png"
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "o2.wav", "-m", model_path, "--variations", 2, "--plot", png2)
+    assert rc == 0, err
+    assert png2.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_without_matplotlib_is_a_clear_error(tmp_path, capsys, model_path, wav, monkeypatch):
+    monkeypatch.setattr(cli, "_plot_available", lambda: False)
+    out = tmp_path / "o.wav"
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--plot", tmp_path / "p.png")
+    assert_one_line_error(rc, err, 1, "matplotlib")
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# vamp: bad input, bad output, failures leave nothing behind
+
+
+def _make_bad_input(tmp_path: Path, case: str) -> Path:
+    if case == "missing":
+        return tmp_path / "nope.wav"
+    if case == "folder":
+        (tmp_path / "dir.wav").mkdir()
+        return tmp_path / "dir.wav"
+    if case == "not_audio":
+        p = tmp_path / "text.wav"
+        p.write_text("this is not audio\n" * 100)
+        return p
+    p = tmp_path / "bad.wav"
+    if case == "empty":
+        sf.write(str(p), np.zeros((0, 1)), 44100, subtype="FLOAT")
+    elif case == "zeros":
+        sf.write(str(p), np.zeros((44100, 2)), 44100, subtype="FLOAT")
+    elif case == "too_quiet":  # about -85 LUFS
+        sf.write(str(p), music(44100, 1.0, 1, level=3e-4 / 100), 44100, subtype="FLOAT")
+    elif case == "cancelling":  # L = -R: loud as stereo, silent as mono
+        x = music(44100, 1.0, 1)
+        sf.write(str(p), np.concatenate([x, -x], axis=1), 44100, subtype="FLOAT")
+    elif case in ("nan", "inf"):
+        x = music(44100, 1.0, 1)
+        x[100] = np.nan if case == "nan" else np.inf
+        sf.write(str(p), x, 44100, subtype="FLOAT")
+    return p
+
+
+BAD_INPUTS = {
+    "missing": "not found", "folder": "folder", "not_audio": "cannot read", "empty": "no samples",
+    "zeros": "silent", "too_quiet": "silent", "cancelling": "silent", "nan": "nan", "inf": "infinite",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_one_line_error(tmp_path, capsys, model_path, case):
+    inp = _make_bad_input(tmp_path, case)
+    out = tmp_path / "out.wav"
+    rc, stdout, err = vamp(capsys, inp, "-o", out, "-m", model_path, "--seed", 1)
+    assert_one_line_error(rc, err, 1, BAD_INPUTS[case])
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name,contains", [("out.xyz", "cannot write"), ("out", "extension"),
+                                           ("missing_dir/out.wav", "does not exist"),
+                                           ("out.raw", "cannot write")])
+def test_bad_output_path(tmp_path, capsys, model_path, wav, name, contains):
+    out = tmp_path / name
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path)
+    assert_one_line_error(rc, err, 1, contains)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_refuses_to_overwrite_the_input(tmp_path, capsys, model_path, wav):
+    before = wav.read_bytes()
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    link = tmp_path / "link.wav"
+    link.symlink_to(wav)
+    for target in (wav, sub / ".." / wav.name, link):
+        rc, _, err = vamp(capsys, wav, "-o", target, "-m", model_path)
+        assert_one_line_error(rc, err, 1, "overwrite the input")
+    # nor through --save-codes / --plot, nor two outputs on one path
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "o.wav", "-m", model_path, "--save-codes", wav)
+    assert_one_line_error(rc, err, 1, "overwrite the input")
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "o.wav", "-m", model_path,
+                      "--save-codes", tmp_path / "o.wav")
+    assert_one_line_error(rc, err, 1, "same path")
+    assert wav.read_bytes() == before and not (tmp_path / "o.wav").exists()
+
+
+def test_existing_output_is_replaced(tmp_path, capsys, model_path, wav):
+    out = tmp_path / "out.wav"
+    out.write_bytes(b"old")
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--seed", 1)
+    assert rc == 0, err
+    assert sf.info(str(out)).frames == sf.info(str(wav)).frames
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_model_leaves_nothing(tmp_path, capsys, wav):
+    out = tmp_path / "out.wav"
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", tmp_path / "nope.onnx")
+    assert_one_line_error(rc, err, 1, "model not found")
+    assert not out.exists() and leftovers(tmp_path) == []
+    # the default model path is artifacts/vampnet.onnx (relative to the current folder)
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        rc, _, err = vamp(capsys, wav, "-o", out)
+    finally:
+        os.chdir(old)
+    assert_one_line_error(rc, err, 1, "artifacts/vampnet.onnx")
+
+
+def test_interrupt_during_run_leaves_nothing(tmp_path, capsys, model_path, wav, monkeypatch):
+    def boom(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Model, "run", boom)
+    out = tmp_path / "out.wav"
+    rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--save-codes", tmp_path / "c.npz")
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+def test_interrupt_while_writing_leaves_nothing(tmp_path, capsys, model_path, wav, monkeypatch):
+    """All outputs are renamed into place together: an error while writing the last leaves none."""
+    pytest.importorskip("matplotlib")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "write_plot", boom)
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "out.wav", "-m", model_path, "--variations", 2,
+                      "--save-codes", tmp_path / "c.npz", "--plot", tmp_path / "p.png")
+    assert rc == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+def test_write_failure_is_an_error_and_leaves_nothing(tmp_path, capsys, model_path, wav, monkeypatch):
+    import soundfile
+
+    def failing_write(*a, **k):
+        raise RuntimeError("simulated: disk full")
+
+    monkeypatch.setattr(soundfile, "write", failing_write)
+    rc, _, err = vamp(capsys, wav, "-o", tmp_path / "out.wav", "-m", model_path, "--variations", 2)
+    assert_one_line_error(rc, err, 1, "cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+def test_write_audio_atomic_helper(tmp_path, wav):
+    data = np.zeros((10, 1), np.float32)
+    p = vaudio.write_audio(tmp_path / "x.flac", data, 8000)
+    assert sf.info(str(p)).frames == 10
+    with pytest.raises(vaudio.AudioError, match="overwrite the input"):
+        vaudio.write_audio(wav, data, 8000, input_path=wav)
+    with pytest.raises(KeyboardInterrupt):
+        with vaudio.AtomicOutputs() as w:
+            w.add(tmp_path / "y.wav", lambda tmp: tmp.write_bytes(b"partial"))
+            raise KeyboardInterrupt
+    assert not (tmp_path / "y.wav").exists() and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# usage errors
+
+
+@pytest.mark.parametrize("args", [
+    ["vamp", "IN.wav", "-o", "o.wav", "--temperature", "abc"],
+    ["vamp", "IN.wav", "-o", "o.wav", "--temperature", "nan"],
+    ["vamp", "IN.wav", "-o", "o.wav", "--variations", "0"],
+    ["vamp", "IN.wav", "-o", "o.wav", "--sampling-steps", "0"],
+    ["vamp", "IN.wav", "-o", "o.wav", "--periodic-prompt", "1.5"],
+    ["vamp", "IN.wav", "-o", "o.wav", "--dropout", "2"],
+    ["vamp", "IN.wav", "-o", "o.wav", "--seed", "x"],
+    ["vamp", "IN.wav", "-o", "o.wav", "--seed", str(2**63)],
+    ["vamp", "IN.wav", "-o", "o.wav", "--no-such-flag"],
+    ["vamp", "IN.wav"],
+    ["vamp"],
+    [],
+    ["frobnicate"],
+    ["build"],
+    ["build", "--checkpoints", "d", "--codec", "c.pth"],
+    ["build", "--codec", "c.pth"],
+])
+def test_usage_errors_are_one_line(capsys, args):
+    rc = main(args)
+    _, err = capsys.readouterr()
+    assert_one_line_error(rc, err, 2)
+
+
+def test_help_exits_zero(capsys):
+    assert main(["vamp", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--c2f-sample-cutoff" in out and "model default: 10.5" in out
+    for name in DESIGN_DEFAULTS:
+        assert "--" + name.replace("_", "-") in out
+
+
+# --------------------------------------------------------------------------------------------
+# info
+
+
+def test_info_prints_interface(capsys, model_path):
+    assert main(["info", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "inputs:" in out and "outputs:" in out and "metadata:" in out and "size on disk" in out
+    lines = out.splitlines()
+
+    def line_of(name):
+        return next(s for s in lines if s.split() and s.split()[0] == name)
+
+    assert "float32" in line_of("audio") and "(B, S)" in line_of("audio") and "required" in line_of("audio")
+    assert "int64" in line_of("seed") and "default 0" in line_of("seed")
+    assert "default 10.5" in line_of("mask_temperature")
+    assert "default 12" in line_of("sampling_steps")
+    for o in ("audio_out", "codes", "mask_out", "coarse_codes", "codes_out"):
+        line_of(o)
+    assert "sample_rate = 44100" in out and "defaults = {" in out
+
+
+def test_info_without_defaults_metadata(capsys, stub_no_defaults):
+    assert main(["info", str(stub_no_defaults)]) == 0
+    out = capsys.readouterr().out
+    assert "design.md" in out
+
+
+def test_info_missing_model(capsys, tmp_path):
+    rc = main(["info", str(tmp_path / "nope.onnx")])
+    assert_one_line_error(rc, capsys.readouterr().err, 1, "not found")
+
+
+# --------------------------------------------------------------------------------------------
+# build / demo hand-over
+
+
+def test_build_and_demo_delegate(monkeypatch, tmp_path):
+    calls = {}
+    fake_build = types.ModuleType("builder.build")
+    fake_build.build_command = lambda args: calls.setdefault("build", args) and 0
+    fake_demo = types.ModuleType("builder.demo")
+    fake_demo.demo_command = lambda args: calls.setdefault("demo", args) and 3
+    monkeypatch.setitem(sys.modules, "builder.build", fake_build)
+    monkeypatch.setitem(sys.modules, "builder.demo", fake_demo)
+    assert main(["build", "--checkpoints", str(tmp_path), "--coarse-lora", "l.pth", "-o", "x.onnx"]) == 0
+    a = calls["build"]
+    assert (a.checkpoints, a.coarse_lora, a.c2f_lora, a.output) == (str(tmp_path), "l.pth", None, "x.onnx")
+    assert main(["build", "--codec", "a", "--coarse", "b", "--c2f", "c"]) == 0
+    assert main(["demo", "--seed", "4"]) == 3
+    assert (calls["demo"].output, calls["demo"].seed) == ("artifacts/demo", 4)
+
+
+def test_build_missing_torch_inside_builder(monkeypatch, capsys, tmp_path):
+    def fake_import(name):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(cli.importlib, "import_module", fake_import)
+    rc = main(["build", "--checkpoints", str(tmp_path)])
+    assert_one_line_error(rc, capsys.readouterr().err, 1, "pip install -e .[build]")
+
+
+# --------------------------------------------------------------------------------------------
+# subprocesses: python -m vampnet_onnx, and the runtime path without torch
+
+BLOCKED = ("torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "builder", "graphs")
+
+NO_TORCH_PRELUDE = textwrap.dedent(f"""
+    import importlib.abc, sys
+    BLOCKED = {BLOCKED!r}
+    class _Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+            return None
+    sys.meta_path.insert(0, _Blocker())
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        sys.exit(98)
+    from vampnet_onnx.cli import main
+    rc = main(sys.argv[1:])
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    if leaked:
+        print("LEAKED", leaked)
+        sys.exit(99)
+    sys.exit(rc)
+""")
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_python_dash_m(tmp_path, model_path, wav):
+    out = tmp_path / "out.wav"
+    p = _run(["-m", "vampnet_onnx", "vamp", str(wav), "-o", str(out), "-m", str(model_path),
+              "--seed", "1", "--temperature", "0.5"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert out.exists() and "elapsed" in p.stdout
+    p = _run(["-m", "vampnet_onnx", "vamp", str(wav), "-o", str(out), "--variations", "0"], tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_vamp_and_info_without_torch(tmp_path, model_path):
+    wav = write_input(tmp_path / "in.wav", sr=48000, seconds=1.0, channels=2)
+    out = tmp_path / "out.flac"
+    p = _run(["-c", NO_TORCH_PRELUDE, "vamp", str(wav), "-o", str(out), "-m", str(model_path),
+              "--seed", "3", "--variations", "2", "--save-codes", str(tmp_path / "c.npz")], tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (tmp_path / "out-1.flac").exists() and (tmp_path / "out-2.flac").exists()
+    p = _run(["-c", NO_TORCH_PRELUDE, "info", str(model_path)], tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "audio_out" in p.stdout
+
+
+def test_build_without_torch_says_how_to_install(tmp_path):
+    for cmd in (["build", "--checkpoints", str(tmp_path)], ["demo"]):
+        p = _run(["-c", NO_TORCH_PRELUDE, *cmd], tmp_path)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert_one_line_error(p.returncode, p.stderr, 1, "pip install -e .[build]")

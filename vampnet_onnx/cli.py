@@ -1,0 +1,557 @@
+"""The ``vampnet-onnx`` command line (also ``python -m vampnet_onnx``).
+
+Subcommands:
+
+* ``vamp IN -o OUT``: run the single ONNX model on an audio file with onnxruntime only (this
+  path never imports torch, onnx, onnxscript, ``builder`` or ``graphs``).
+* ``info MODEL``: print the model's interface, defaults, metadata and size on disk.
+* ``build`` / ``demo``: parse arguments, then hand over to ``builder.build.build_command(args)`` /
+  ``builder.demo.demo_command(args)`` (imported lazily: they need the ``build`` extras).
+
+Exit codes: 0 success; 1 a problem with the input, the model, an output path or the run
+(one line on stderr: ``vampnet-onnx: error: ...``); 2 a command-line usage error (same one-line
+form); 130 interrupted (Ctrl-C). No traceback for any of these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .audio import (
+    AtomicOutputs,
+    AudioError,
+    check_output_path,
+    choose_subtype,
+    load_audio,
+    output_format,
+    restore,
+    same_file,
+    write_audio_file,
+)
+from .model import (
+    DESIGN_DEFAULTS,
+    INT_INPUTS,
+    SCALAR_INPUTS,
+    Model,
+    ModelError,
+    disk_size,
+    human_size,
+    shape_text,
+    type_name,
+)
+
+PROG = "vampnet-onnx"
+DEFAULT_MODEL = "artifacts/vampnet.onnx"
+DEFAULT_DEMO_DIR = "artifacts/demo"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class CliError(Exception):
+    """A user-facing problem reported as ``vampnet-onnx: error: <message>`` with exit code 1.
+
+    ``builder`` code called by ``build``/``demo`` may raise it too.
+    """
+
+
+def _error_line(message: str) -> str:
+    return f"{PROG}: error: {' '.join(str(message).split())}"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(_error_line(f"{message} (see `{self.prog} --help`)") + "\n")
+        self.exit(2)
+
+
+# --------------------------------------------------------------------------------------------
+# argument types
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+
+
+def _float_range(lo: float | None = None, hi: float | None = None):
+    def parse(text: str) -> float:
+        v = _finite_float(text)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"between {lo:g} and {hi:g}" if lo is not None and hi is not None else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text!r}")
+        return v
+
+    return parse
+
+
+def _int_range(lo: int | None = None, hi: int | None = None):
+    def parse(text: str) -> int:
+        v = _int(text)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            if lo is not None and hi is not None:
+                rng = f"an integer between {lo} and {hi}"
+            else:
+                rng = f"an integer >= {lo}"
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text!r}")
+        return v
+
+    return parse
+
+
+# (input name, argparse type, help) for every scalar model input except seed
+PARAM_FLAGS: list[tuple[str, Any, str]] = [
+    ("rand_mask_intensity", _float_range(0.0, 1.0), "fraction of tokens masked at random (0-1)"),
+    ("prefix_s", _float_range(0.0), "seconds kept at the start"),
+    ("suffix_s", _float_range(0.0), "seconds kept at the end"),
+    ("periodic_prompt", _int_range(0), "keep every P-th frame, randomly rolled (0 = off)"),
+    ("periodic_prompt_width", _int_range(0), "frames kept around each periodic anchor"),
+    ("dropout", _float_range(0.0, 1.0), "fraction of frames re-masked at random"),
+    ("ncc", _int_range(0), "conditioning codebooks forced to keep"),
+    ("upper_codebook_mask", _int_range(0), "codebooks >= this are fully generated"),
+    ("sampling_steps", _int_range(1), "coarse sampling steps"),
+    ("temperature", _finite_float, "coarse sampling temperature (<= 0: untempered)"),
+    ("mask_temperature", _finite_float, "coarse re-masking temperature (0: deterministic)"),
+    ("top_p", _finite_float, "coarse nucleus sampling (1.0 = off)"),
+    ("sample_cutoff", _finite_float, "fraction of coarse steps that sample (< 0: argmax)"),
+    ("c2f_sampling_steps", _int_range(1), "coarse-to-fine sampling steps"),
+    ("c2f_temperature", _finite_float, "coarse-to-fine sampling temperature"),
+    ("c2f_mask_temperature", _finite_float, "coarse-to-fine re-masking temperature"),
+    ("c2f_top_p", _finite_float, "coarse-to-fine nucleus sampling (1.0 = off)"),
+    ("c2f_sample_cutoff", _finite_float, "fraction of coarse-to-fine steps that sample"),
+]
+assert [n for n, _, _ in PARAM_FLAGS] == [n for n in SCALAR_INPUTS if n != "seed"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description="VampNet as one ONNX model: audio in, new audio out.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub.required = True
+
+    # ---- vamp
+    v = sub.add_parser(
+        "vamp",
+        help="generate new audio from an audio file (onnxruntime only)",
+        description=(
+            "Run the model on IN and write OUT. The input (any rate, any channels) is resampled to "
+            "44.1 kHz, mixed to mono and normalised to -24 LUFS; the output gets the input's "
+            "sample rate, length and loudness, and the mono result is copied to each of the "
+            "input's channels. Flags left out are not fed: the model's stored defaults apply "
+            "(shown as 'model default')."
+        ),
+    )
+    v.add_argument("input", metavar="IN", help="input audio file (WAV, FLAC, OGG, ...)")
+    v.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="output audio file; the format follows the extension "
+                        "(with --variations N > 1: OUT-1.ext ... OUT-N.ext)")
+    v.add_argument("-m", "--model", metavar="MODEL", default=DEFAULT_MODEL,
+                   help=f"the .onnx model (default: {DEFAULT_MODEL})")
+    v.add_argument("--seed", type=_int_range(INT64_MIN, INT64_MAX), default=None, metavar="N",
+                   help="random seed (default: a random one, printed so the run can be repeated)")
+    g = v.add_argument_group("mask and sampling (model inputs)")
+    for name, typ, text in PARAM_FLAGS:
+        metavar = "N" if name in INT_INPUTS else "X"
+        g.add_argument(_flag(name), dest=name, type=typ, default=None, metavar=metavar,
+                       help=f"{text} (model default: {DESIGN_DEFAULTS[name]})")
+    v.add_argument("--variations", type=_int_range(1), default=None, metavar="N",
+                   help="generate N variations in one batch (default: 1, or the mask's rows)")
+    v.add_argument("--mask-from", metavar="FILE",
+                   help="explicit mask: .npz (key 'mask', as written by --save-codes) or .npy, "
+                        "int 0/1 of shape (14, T) or (B, 14, T); 1 = generate, 0 = keep")
+    v.add_argument("--save-codes", metavar="FILE.npz",
+                   help="save codes, mask_out (also as 'mask'), coarse_codes, codes_out and seed")
+    v.add_argument("--plot", metavar="FILE.png",
+                   help="save a picture of input codes, mask and output codes (needs matplotlib)")
+    v.add_argument("--threads", type=_int_range(0), default=None, metavar="N",
+                   help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+    v.set_defaults(func=cmd_vamp)
+
+    # ---- info
+    i = sub.add_parser("info", help="print a model's interface, defaults, metadata and size",
+                       description="Print a model's inputs (type, shape, default), outputs, "
+                                   "metadata and size on disk.")
+    i.add_argument("model", metavar="MODEL", nargs="?", default=DEFAULT_MODEL,
+                   help=f"the .onnx model (default: {DEFAULT_MODEL})")
+    i.set_defaults(func=cmd_info)
+
+    # ---- build
+    b = sub.add_parser(
+        "build", help="build the single ONNX model from VampNet checkpoints (needs .[build])",
+        description="Build the single ONNX model from VampNet checkpoints: either --checkpoints "
+                    "DIR (holding codec.pth, coarse.pth, c2f.pth) or all of --codec, --coarse, "
+                    "--c2f. Needs the build extras: pip install -e .[build]")
+    b.add_argument("--checkpoints", metavar="DIR", help="folder with codec.pth, coarse.pth, c2f.pth")
+    b.add_argument("--codec", metavar="F", help="codec checkpoint (codec.pth)")
+    b.add_argument("--coarse", metavar="F", help="coarse transformer checkpoint (coarse.pth)")
+    b.add_argument("--c2f", metavar="F", help="coarse-to-fine transformer checkpoint (c2f.pth)")
+    b.add_argument("--coarse-lora", metavar="F", help="LoRA checkpoint for the coarse model")
+    b.add_argument("--c2f-lora", metavar="F", help="LoRA checkpoint for the coarse-to-fine model")
+    b.add_argument("-o", "--output", metavar="PATH", default=DEFAULT_MODEL,
+                   help=f"where to write the model (default: {DEFAULT_MODEL})")
+    b.set_defaults(func=cmd_build, _parser=b)
+
+    # ---- demo
+    d = sub.add_parser("demo", help="run the main job on the embedded default model (needs .[build])",
+                       description="Run the main job on the embedded default model.")
+    d.add_argument("-o", "--output", metavar="OUTDIR", default=DEFAULT_DEMO_DIR,
+                   help=f"output folder (default: {DEFAULT_DEMO_DIR})")
+    d.add_argument("--seed", type=_int_range(INT64_MIN, INT64_MAX), default=None, metavar="N",
+                   help="random seed (default: the demo's own)")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# vamp
+
+
+def variation_paths(output: str | os.PathLike, n: int) -> list[Path]:
+    """OUT for one variation; OUT-1.ext ... OUT-n.ext (before the extension) for n > 1."""
+    p = Path(output)
+    if n == 1:
+        return [p]
+    return [p.with_name(f"{p.stem}-{k}{p.suffix}") for k in range(1, n + 1)]
+
+
+def load_mask(path: str | os.PathLike, n_codebooks: int = 14) -> np.ndarray:
+    """Read a mask file: .npz (key 'mask', else 'mask_out') or .npy; returns int64 (B, C, T)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"mask file not found: {p}")
+    try:
+        loaded = np.load(p, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file
+        raise CliError(f"cannot read mask file {p} (expected .npz or .npy): {e}") from e
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            key = next((k for k in ("mask", "mask_out") if k in loaded.files), None)
+            if key is None:
+                raise CliError(f"mask file {p} has no 'mask' array (it has: {', '.join(loaded.files) or 'nothing'})")
+            arr = loaded[key]
+    else:
+        arr = np.asarray(loaded)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[1] != n_codebooks or arr.shape[0] < 1:
+        raise CliError(f"mask in {p} must have shape ({n_codebooks}, T) or (B, {n_codebooks}, T), got {tuple(np.shape(arr))}")
+    if arr.dtype.kind not in "biuf":
+        raise CliError(f"mask in {p} must be integer 0/1, got dtype {arr.dtype}")
+    if not np.all((arr == 0) | (arr == 1)):
+        raise CliError(f"mask in {p} must contain only 0 and 1")
+    return arr.astype(np.int64)
+
+
+def _plot_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_plot(fileobj, codes: np.ndarray, mask: np.ndarray, codes_out: np.ndarray, title: str = "") -> None:
+    """PNG with three panels (input codes, mask, output codes), codebooks x frames, per row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from matplotlib.ticker import MaxNLocator
+
+    rows = codes.shape[0]
+    code_max = max(int(np.max(codes)), int(np.max(codes_out)), 1)  # one colour scale for both
+    T = codes.shape[-1]
+    width = min(24.0, max(6.0, 2.0 + T / 40.0))
+    fig = Figure(figsize=(min(width * rows, 36.0), 7.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, rows, squeeze=False)
+    panels = [("input codes", codes, "viridis"), ("mask (1 = generate)", mask, "gray_r"),
+              ("output codes", codes_out, "viridis")]
+    for r in range(rows):
+        for k, (name, data, cmap) in enumerate(panels):
+            ax = axes[k][r]
+            im = ax.imshow(data[r], aspect="auto", origin="lower", interpolation="nearest", cmap=cmap,
+                           vmin=0, vmax=1 if k == 1 else code_max)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            label = name if rows == 1 else f"{name}, variation {r + 1}"
+            ax.set_title(label, fontsize=9)
+            ax.set_ylabel("codebook")
+            if k == 2:
+                ax.set_xlabel("frame")
+            fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(fileobj, format="png", dpi=100)
+
+
+class _Ticker:
+    """Elapsed-seconds ticker on stderr, only if stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self.shown = False
+
+    def __call__(self, elapsed: float) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\rrunning the model... {elapsed:.0f} s")
+            sys.stderr.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+def cmd_vamp(args: argparse.Namespace) -> int:
+    t_start = time.monotonic()
+    inp = Path(args.input)
+
+    # -- everything that can be checked without the model or the audio, first
+    output_format(args.output)
+    if args.plot and not _plot_available():
+        raise CliError("--plot needs matplotlib, which is not installed: "
+                       "pip install matplotlib (or pip install -e .[plot])")
+    mask = load_mask(args.mask_from) if args.mask_from else None
+    n = args.variations
+    if mask is not None and mask.shape[0] > 1:
+        if n is None:
+            n = mask.shape[0]
+        elif n != mask.shape[0]:
+            raise CliError(f"--mask-from has {mask.shape[0]} rows but --variations is {n} "
+                           f"(give a mask with 1 or {n} rows)")
+    n = n or 1
+    audio_paths = variation_paths(args.output, n)
+    protected = (inp, args.model)
+    extra = [p for p in (args.save_codes, args.plot) if p]
+    all_outputs = audio_paths + [Path(p) for p in extra]
+    for p in all_outputs:
+        check_output_path(p, inputs=protected)
+    for a_idx, a in enumerate(all_outputs):
+        for b in all_outputs[a_idx + 1:]:
+            if same_file(a, b):
+                raise CliError(f"the same path is given for two outputs: {a}")
+
+    # -- audio, then the model
+    prepared = load_audio(inp)
+    model = Model(args.model, threads=args.threads or None)
+    S = prepared.samples.shape[0]
+    if mask is not None:
+        T = model.frames_for(S)
+        if mask.shape[2] != T:
+            raise CliError(f"--mask-from has {mask.shape[2]} frames but this input has {T} "
+                           f"(ceil({S} samples at 44.1 kHz / hop {model.hop}))")
+        if mask.shape[1] != model.n_codebooks:
+            raise CliError(f"--mask-from has {mask.shape[1]} codebooks, the model {model.n_codebooks}")
+        mask = np.ascontiguousarray(np.broadcast_to(mask, (n, mask.shape[1], T)))
+
+    max_steps = model.max_sampling_steps
+    for name in ("sampling_steps", "c2f_sampling_steps"):
+        value = getattr(args, name)
+        if max_steps is not None and value is not None and value > max_steps:
+            raise CliError(f"{_flag(name)} {value}: this model runs at most {max_steps} steps")
+
+    if args.seed is None:
+        seed = random.SystemRandom().randrange(1, 2**31)
+        print(f"seed: {seed} (random; pass --seed {seed} to reproduce)")
+    else:
+        seed = args.seed
+        print(f"seed: {seed}")
+
+    feeds: dict[str, Any] = {"seed": seed}
+    for name, _, _ in PARAM_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            feeds[name] = value
+    if mask is not None:
+        feeds["mask"] = mask
+    batch = np.ascontiguousarray(np.broadcast_to(prepared.samples[None, :], (n, S)))
+
+    ticker = _Ticker()
+    t_model = time.monotonic()
+    try:
+        out = model.run(batch, tick=ticker, **feeds)
+    finally:
+        ticker.clear()
+    model_s = time.monotonic() - t_model
+
+    audio_out = out.get("audio_out")
+    if audio_out is None or audio_out.shape[0] != n:
+        raise CliError(f"the model returned no audio_out of {n} rows")
+
+    fmt = output_format(args.output)
+    subtype = choose_subtype(fmt, prepared.subtype)
+    params = {k: (v if not isinstance(v, np.ndarray) else "explicit") for k, v in feeds.items()}
+
+    with AtomicOutputs() as w:
+        for row, path in enumerate(audio_paths):
+            y = restore(audio_out[row], prepared)
+            w.add(path, lambda tmp, y=y, path=path: write_audio_file(
+                tmp, y, prepared.sample_rate, fmt, subtype, path))
+        if args.save_codes:
+            def save_npz(tmp: Path) -> None:
+                arrays = {k: out[k] for k in ("codes", "mask_out", "coarse_codes", "codes_out") if k in out}
+                if "mask_out" in out:
+                    arrays["mask"] = out["mask_out"]
+                with open(tmp, "wb") as f:
+                    np.savez(f, seed=np.int64(seed), params=np.array(json.dumps(params)), **arrays)
+            w.add(args.save_codes, save_npz)
+        if args.plot:
+            missing = [k for k in ("codes", "mask_out", "codes_out") if k not in out]
+            if missing:
+                raise CliError(f"--plot: the model has no output {', '.join(missing)}")
+
+            def save_png(tmp: Path) -> None:
+                with open(tmp, "wb") as f:
+                    write_plot(f, out["codes"], out["mask_out"], out["codes_out"],
+                               title=f"{inp.name}  seed {seed}")
+            w.add(args.plot, save_png)
+
+    for path in audio_paths:
+        print(f"wrote {path} ({prepared.sample_rate} Hz, {prepared.channels} ch, "
+              f"{prepared.duration_s:.2f} s)")
+    for p in extra:
+        print(f"wrote {p}")
+    print(f"elapsed: {time.monotonic() - t_start:.2f} s (model {model_s:.2f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model = Model(args.model)
+    stored = model.stored_defaults()
+    print(f"model: {model.path}")
+    if model.producer:
+        print(f"producer: {model.producer}")
+    total, files = disk_size(model.path, model.metadata)
+    parts = " + ".join(f"{f.name} {human_size(s)}" for f, s in files)
+    print(f"size on disk: {human_size(total)} ({parts})")
+    print("inputs:")
+    rows = []
+    for info in model.inputs.values():
+        if info.required:
+            default = "required"
+        elif stored is not None and info.name in stored:
+            default = f"default {json.dumps(stored[info.name])}"
+        elif info.name == "mask":
+            default = "default empty (build the mask from the parameters)"
+        elif info.name in DESIGN_DEFAULTS:
+            default = f"default {DESIGN_DEFAULTS[info.name]} (design.md; not in the model's metadata)"
+        else:
+            default = "default stored in the model"
+        rows.append((info.name, type_name(info.type), shape_text(info.shape), default))
+    _print_table(rows)
+    print("outputs:")
+    _print_table([(o.name, type_name(o.type), shape_text(o.shape)) for o in model.outputs.values()])
+    print("metadata:")
+    if not model.metadata:
+        print("  (none)")
+    for key in sorted(model.metadata):
+        print(f"  {key} = {model.metadata[key]}")
+    return 0
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    if not rows:
+        print("  (none)")
+        return
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]) - 1)]
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]
+        print("  " + "  ".join(cells).rstrip())
+
+
+# --------------------------------------------------------------------------------------------
+# build / demo (lazy hand-over to builder, which needs torch)
+
+_BUILD_MODULES = {"torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "torchaudio"}
+
+
+def _delegate(command: str, module: str, func: str, args: argparse.Namespace) -> int:
+    try:
+        fn = getattr(importlib.import_module(module), func)
+    except ImportError as e:
+        name = e.name or ""
+        if name.split(".")[0] in _BUILD_MODULES:
+            raise CliError(
+                f"`{command}` needs the build extras ({name} cannot be imported); "
+                f"install them with: pip install -e .[build]"
+            ) from e
+        if name in (module, "builder"):
+            raise CliError(
+                f"`{command}` is not available here ({name} cannot be imported); it needs a "
+                f"source checkout with the build extras: pip install -e .[build]"
+            ) from e
+        raise  # a bug inside builder: keep the traceback
+    except AttributeError as e:
+        raise CliError(f"`{command}` is not available: {module}.{func} is missing") from e
+    rc = fn(args)
+    return int(rc) if isinstance(rc, int) else 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    separate = [args.codec, args.coarse, args.c2f]
+    if args.checkpoints and any(separate):
+        args._parser.error("give either --checkpoints DIR or --codec/--coarse/--c2f, not both")
+    if not args.checkpoints and not all(separate):
+        args._parser.error("give --checkpoints DIR, or all of --codec F --coarse F --c2f F")
+    return _delegate("build", "builder.build", "build_command", args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return _delegate("demo", "builder.demo", "demo_command", args)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code (never raises SystemExit)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed)
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        return args.func(args)
+    except SystemExit as e:  # a sub-parser's .error() raised from a command (usage error)
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except (CliError, AudioError, ModelError) as e:
+        sys.stderr.write(_error_line(str(e)) + "\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{PROG}: interrupted\n")
+        return 130
