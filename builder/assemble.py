@@ -25,6 +25,7 @@ from builder.codec import Codec
 from builder.export import DOMAIN, component_function, export_component
 from graphs.model import MAX_STEPS, GraphConfig, main_graph
 from graphs.portable import make_portable
+from graphs.sampling import MASK_TOKEN
 
 FORMAT_VERSION = "1"
 STAGES = ("encode", "decode", "coarse_stage", "c2f_stage")
@@ -66,8 +67,11 @@ def graph_config(codec: Codec, coarse, c2f) -> GraphConfig:
         )
     if fc.n_codebooks != codec.config.n_codebooks:
         raise ValueError(f"the c2f model has {fc.n_codebooks} codebooks, the codec {codec.config.n_codebooks}")
-    if cc.vocab_size != codec.config.codebook_size or fc.vocab_size != codec.config.codebook_size:
-        raise ValueError("the transformers' vocab_size differs from the codec's codebook_size")
+    if not cc.vocab_size == fc.vocab_size == codec.config.codebook_size == MASK_TOKEN:
+        raise ValueError(
+            f"vocab_size {cc.vocab_size} / {fc.vocab_size} and codebook_size {codec.config.codebook_size}: "
+            f"the graphs are built for VampNet's {MASK_TOKEN}-token vocabulary (mask token {MASK_TOKEN})"
+        )
     return GraphConfig(
         sample_rate=codec.config.sample_rate,
         hop_length=codec.config.hop_length,

@@ -101,14 +101,23 @@ class Checkpoint:
         if not any(k.endswith(("lora_A", "lora_B")) for k in data):
             raise CheckpointError(f"{path} holds no lora_A / lora_B tensors; is it a LoRA file?")
         for k, v in data.items():
-            if k not in self.state:
+            expected = self._lora_shape(k) if k not in self.state else tuple(self.state[k].shape)
+            if expected is None:
                 raise CheckpointError(f"{path}: tensor '{k}' does not belong to the {self.kind} model in {self.path}")
-            if tuple(v.shape) != tuple(self.state[k].shape):
+            if tuple(v.shape) != expected:
                 raise CheckpointError(
-                    f"{path}: tensor '{k}' has shape {tuple(v.shape)}, the {self.kind} model "
-                    f"needs {tuple(self.state[k].shape)}"
+                    f"{path}: tensor '{k}' has shape {tuple(v.shape)}, the {self.kind} model needs {expected}"
                 )
             self.state[k] = v.detach().float()
+
+    def _lora_shape(self, key: str, r: int = 8) -> tuple[int, int] | None:
+        """Shape of a LoRA factor the base file may lack (released base files may carry none)."""
+        base, _, factor = key.rpartition(".")
+        weight = self.state.get(f"{base}.weight")
+        if factor not in ("lora_A", "lora_B") or weight is None or weight.ndim != 2:
+            return None
+        out_features, in_features = weight.shape
+        return (r, in_features) if factor == "lora_A" else (out_features, r)
 
     def take(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
         t = self.state.get(key)

@@ -230,15 +230,13 @@ def nearest_code(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     returns the first maximum on ties, as upstream's `(-dist).max(1)[1]`.
 
     Upstream flattens to rows first ("b d t -> (b t) d"). We keep the batch axis instead: for
-    B = 1 that is the very same strided view (so even `dist` is bit-identical), and it avoids the
-    reshape whose view-or-copy decision makes torch.export guard T > 1 (and B != 1). For B > 1
-    upstream's reshape copies, so `dist` may differ in the last ulp there (codes in practice not).
+    B = 1 that is the very same strided view (even `dist` is bit-identical), and there is no
+    reshape whose view-or-copy decision torch.export would have to guard on (T > 1, B != 1).
+    For B > 1 upstream's reshape copies, so `dist` may differ in the last ulp (codes in practice not).
     """
-    enc = F.normalize(latents, dim=1)  # over d, in (B, d, T) layout: see above
+    enc = F.normalize(latents.transpose(1, 2), dim=-1)  # (B, T, d)
     cb = F.normalize(codebook)
-    sq = enc.pow(2).sum(1, keepdim=True).transpose(1, 2)  # (B, T, 1)
-    enc = enc.transpose(1, 2)  # (B, T, d)
-    dist = sq - 2 * enc @ cb.t() + cb.pow(2).sum(1, keepdim=True).t()
+    dist = enc.pow(2).sum(-1, keepdim=True) - 2 * enc @ cb.t() + cb.pow(2).sum(1, keepdim=True).t()
     return torch.argmax(-dist, dim=-1)
 
 

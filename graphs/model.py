@@ -26,7 +26,7 @@ class GraphConfig:
     hop_length: int = 768
     n_codebooks: int = 14  # codec levels = c2f codebooks
     n_coarse: int = 4  # coarse codebooks = c2f conditioning codebooks
-    vocab_size: int = 1024  # the mask token is vocab_size
+    vocab_size: int = 1024  # the mask token is vocab_size (graphs.sampling.MASK_TOKEN)
     coarse_chunk_s: float = 10.0
     c2f_chunk_s: float = 3.0
 
@@ -43,7 +43,7 @@ class GraphConfig:
 
 
 def main_graph(config: GraphConfig):
-    HOP, MASK_TOKEN, N_COARSE = config.hop_length, config.vocab_size, config.n_coarse
+    HOP, N_COARSE = config.hop_length, config.n_coarse
     COARSE_CHUNK, C2F_CHUNK = config.coarse_chunk, config.c2f_chunk
 
     @onnxscript.script(default_opset=op)
@@ -73,7 +73,6 @@ def main_graph(config: GraphConfig):
         FLOAT["B", "S"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"]
     ]:
         hop = op.Constant(value_int=HOP)
-        mask_token = op.Constant(value_int=MASK_TOKEN)
         n_coarse = op.Constant(value_int=N_COARSE)
         root = seed_key(seed)
 
@@ -84,11 +83,11 @@ def main_graph(config: GraphConfig):
         )
         coarse_codes = coarse_stage(
             codes, mask_out, derive_key(root, STREAM_COARSE), op.Constant(value_int=COARSE_CHUNK), n_coarse,
-            mask_token, op.Clip(sampling_steps, 1, MAX_STEPS), temperature, mask_temperature, top_p, sample_cutoff,
+            op.Clip(sampling_steps, 1, MAX_STEPS), temperature, mask_temperature, top_p, sample_cutoff,
         )
         codes_out = c2f_stage(
             coarse_codes, mask_out, derive_key(root, STREAM_C2F), op.Constant(value_int=C2F_CHUNK), n_coarse,
-            mask_token, op.Clip(c2f_sampling_steps, 1, MAX_STEPS), c2f_temperature, c2f_mask_temperature,
+            op.Clip(c2f_sampling_steps, 1, MAX_STEPS), c2f_temperature, c2f_mask_temperature,
             c2f_top_p, c2f_sample_cutoff,
         )
         audio_out = decode(codes_out, audio)

@@ -93,6 +93,13 @@ def mask_schedule(step: INT64, steps: INT64) -> FLOAT:
 
 
 @onnxscript.script(vampnet, default_opset=op)
+def is_sampling_step(step: INT64, steps: INT64, sample_cutoff: FLOAT) -> BOOL:
+    """Upstream's `(i / S) <= sample_cutoff`, compared in float32 (fl32(i/S) vs the float32 input)."""
+    progress = op.Cast(op.Cast(step, to=DOUBLE.dtype) / op.Cast(op.Max(steps, 1), to=DOUBLE.dtype), to=FLOAT.dtype)
+    return progress <= sample_cutoff
+
+
+@onnxscript.script(vampnet, default_opset=op)
 def count_masked(zm: INT64["B", "C", "T"]) -> INT64["B"]:
     """N0 per row: masked positions over all C codebooks (conditioning ones included, as upstream)."""
     is_mask = op.Cast(zm == MASK_TOKEN, to=INT64.dtype)
@@ -231,9 +238,8 @@ def generation_step(
     r = schedule_ratio(step, steps)
     is_last = step == steps - 1
 
-    # 7.4 sample = (i / S) <= sample_cutoff (compared in float32: fl32(i/S) vs the float32 input)
-    progress = op.Cast(op.Cast(step, to=DOUBLE.dtype) / op.Cast(steps, to=DOUBLE.dtype), to=FLOAT.dtype)
-    sample = progress <= sample_cutoff
+    # 7.4 sample or take the argmax
+    sample = is_sampling_step(step, steps, sample_cutoff)
     sampled, prob = sample_tokens(top_p_filter(logits, top_p), temperature, sample, q)
 
     # 7.5 zf = flatten(zm[:, C_c:]) in n = t·C_p + c order

@@ -18,7 +18,7 @@ from onnxscript import BOOL, FLOAT, INT64, UINT32
 
 from graphs.opsets import op, vampnet
 from graphs.prng import derive_key, uniform
-from graphs.sampling import count_masked, generation_step
+from graphs.sampling import MASK_TOKEN, count_masked, generation_step, is_sampling_step
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -27,22 +27,21 @@ def sampling_noise(
 ) -> tuple[FLOAT["B", "N", "V"], FLOAT["B", "N"]]:
     """Exponential noise q for the token draw (argmax p/q) and uniforms u for re-masking.
 
-    q is only drawn on steps that sample; argmax steps get ones (unused) instead of N·V hashes.
+    q is only drawn on steps that sample (argmax steps never read it) instead of N·V hashes.
     """
     step_key = derive_key(key, step)
     shape = op.Shape(logits)
-    sample = op.Cast(step, to=FLOAT.dtype) / op.Cast(steps, to=FLOAT.dtype) <= sample_cutoff
-    if sample:
+    if is_sampling_step(step, steps, sample_cutoff):
         q = op.Neg(op.Log(uniform(derive_key(step_key, 0), shape)))
     else:
-        q = op.Expand(op.Constant(value_float=1.0), shape)
+        q = op.Constant(value_floats=[])
     u = uniform(derive_key(step_key, 1), op.Slice(shape, [0], [2]))
     return q, u
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def apply_mask(z: INT64["B", "C", "T"], mask: INT64["B", "C", "T"], mask_token: INT64) -> INT64["B", "C", "T"]:
-    return op.Where(op.Equal(mask, 1), mask_token, z)
+def apply_mask(z: INT64["B", "C", "T"], mask: INT64["B", "C", "T"]) -> INT64["B", "C", "T"]:
+    return op.Where(op.Equal(mask, 1), MASK_TOKEN, z)
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -79,7 +78,6 @@ def coarse_stage(
     key: UINT32,
     chunk: INT64,
     n_coarse: INT64,
-    mask_token: INT64,
     steps: INT64,
     temperature: FLOAT,
     mask_temperature: FLOAT,
@@ -98,7 +96,7 @@ def coarse_stage(
         z_c = op.Slice(z, start, start + chunk, [2])
         m_c = with_anchors(op.Slice(m, start, start + chunk, [2]))
         chunk_key = derive_key(key, c)
-        zm = apply_mask(z_c, m_c, mask_token)
+        zm = apply_mask(z_c, m_c)
         n0 = count_masked(zm)
         x = z_c
         for i in range(steps):
@@ -120,7 +118,6 @@ def c2f_stage(
     key: UINT32,
     chunk: INT64,
     n_conditioning: INT64,
-    mask_token: INT64,
     steps: INT64,
     temperature: FLOAT,
     mask_temperature: FLOAT,
@@ -142,7 +139,7 @@ def c2f_stage(
         z_c = op.Slice(z, start, start + chunk, [2])
         m_c = op.Slice(m, start, start + chunk, [2])
         chunk_key = derive_key(key, c)
-        zm = apply_mask(z_c, m_c, mask_token)
+        zm = apply_mask(z_c, m_c)
         n0 = count_masked(zm)
         x = z_c
         for i in range(steps):

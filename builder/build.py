@@ -1,0 +1,128 @@
+"""`vampnet-onnx build`: VampNet checkpoints in, the single ONNX model out.
+
+    build_model(codec, coarse, c2f, output, coarse_lora=None, c2f_lora=None) -> Path
+
+Writes atomically: everything goes to a temporary folder beside the output and is renamed into
+place only after the checker and one short run have passed. Weights go to external data
+(`<output>.data`) when the model would not fit a 2 GB protobuf.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from builder.assemble import assemble, export_components
+from builder.checkpoint import CheckpointError
+from builder.codec import load_codec
+from builder.transformer import load_transformer
+
+PROTOBUF_LIMIT = 2_000_000_000
+CHECKPOINT_NAMES = ("codec", "coarse", "c2f")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_size(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Save, with the weights in `<name>.data` beside it when the model is too big for one file."""
+    if weights_size(model) < PROTOBUF_LIMIT - (64 << 20):
+        onnx.save_model(model, path)
+        return [path]
+    data = path.with_name(path.name + ".data")
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return [path, data]
+
+
+def smoke_run(path: Path) -> float:
+    """One short run (0.1 s of noise, one step per stage); returns the seconds it took."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # stored defaults are deliberately overridable initializers
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    audio = np.random.default_rng(0).uniform(-0.1, 0.1, (1, 4410)).astype(np.float32)
+    start = time.perf_counter()
+    out = session.run(["audio_out"], {"audio": audio, "sampling_steps": np.array(1), "c2f_sampling_steps": np.array(1)})[0]
+    if out.shape != audio.shape or not np.isfinite(out).all():
+        raise RuntimeError(f"the built model's test run gave {out.shape} / non-finite audio")
+    return time.perf_counter() - start
+
+
+def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora: Path | None = None,
+                c2f_lora: Path | None = None, log=print) -> Path:
+    output = Path(output)
+    started = time.perf_counter()
+
+    def step(message: str) -> None:
+        log(f"[{time.perf_counter() - started:6.1f}s] {message}")
+
+    step("loading checkpoints")
+    codec_model = load_codec(codec)
+    coarse_model = load_transformer(coarse, codec_model, "coarse", lora=coarse_lora)
+    c2f_model = load_transformer(c2f, codec_model, "c2f", lora=c2f_lora)
+    files = {"codec": codec, "coarse": coarse, "c2f": c2f, "coarse_lora": coarse_lora, "c2f_lora": c2f_lora}
+    metadata = {f"sha256_{name}": sha256(Path(p)) for name, p in files.items() if p is not None}
+    metadata.update({f"parameters_{name}": m.checkpoint_parameters
+                     for name, m in [("codec", codec_model), ("coarse", coarse_model), ("c2f", c2f_model)]})
+
+    step("exporting components (codec encoder, codec decoder, coarse and c2f transformers)")
+    components = export_components(codec_model, coarse_model, c2f_model)
+    step("assembling the single model")
+    model = assemble(codec_model, coarse_model, c2f_model, metadata=metadata, components=components)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        step("writing")
+        written = save_model(model, staging / output.name)
+        del model
+        step("checking (onnx.checker, full check)")
+        onnx.checker.check_model(str(written[0]), full_check=True)
+        step("test run in onnxruntime")
+        smoke_run(written[0])
+        for path in written:
+            os.replace(path, output.parent / path.name)
+        stale = output.with_name(output.name + ".data")
+        if len(written) == 1 and stale.exists():
+            stale.unlink()  # left from an earlier, bigger build at the same path
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    total = sum((output.parent / p.name).stat().st_size for p in written)
+    step(f"wrote {', '.join(str(output.parent / p.name) for p in written)} ({total / 1e6:.1f} MB)")
+    return output
+
+
+def checkpoint_paths(args) -> dict[str, Path]:
+    if args.checkpoints:
+        folder = Path(args.checkpoints)
+        return {name: folder / f"{name}.pth" for name in CHECKPOINT_NAMES}
+    return {name: Path(getattr(args, name)) for name in CHECKPOINT_NAMES}
+
+
+def build_command(args) -> int:
+    from vampnet_onnx.cli import CliError
+
+    paths = checkpoint_paths(args)
+    try:
+        build_model(paths["codec"], paths["coarse"], paths["c2f"], Path(args.output),
+                    coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora)
+    except (CheckpointError, ValueError) as e:
+        raise CliError(str(e)) from None
+    return 0

@@ -1,0 +1,76 @@
+"""Shared fixtures: the upstream golden files and the tiny models built from their checkpoints.
+
+Building a variant (export of four components + assembly) takes about a minute, so each is
+built once per test session and shared.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
+CHECKPOINTS = FIXTURES / "checkpoints"
+GOLDEN = FIXTURES / "golden"
+CASE_VARIANT = {
+    "tiny_periodic": "tiny",
+    "tiny_inpaint_c2f_chunks": "tiny",
+    "tiny_lora": "tiny-lora",
+    "tiny_stochastic_seed5": "tiny",
+}
+DETERMINISTIC_CASES = ["tiny_periodic", "tiny_inpaint_c2f_chunks", "tiny_lora"]
+
+
+def golden(case: str) -> dict:
+    data = dict(np.load(GOLDEN / f"{case}.npz"))
+    data["meta"] = json.loads(str(data["meta"]))
+    return data
+
+
+@dataclass
+class Built:
+    """One variant: the torch modules, each exported component, and the single model on disk."""
+
+    codec: object
+    coarse: object
+    c2f: object
+    components: dict[str, onnx.ModelProto]
+    path: Path
+
+
+@pytest.fixture(scope="session")
+def build_variant(tmp_path_factory):
+    from builder.assemble import assemble, export_components
+    from builder.build import save_model
+    from builder.codec import load_codec
+    from builder.transformer import load_transformer
+
+    cache: dict[str, Built] = {}
+
+    def build(variant: str) -> Built:
+        if variant not in cache:
+            folder = CHECKPOINTS / variant
+            codec = load_codec(folder / "codec.pth")
+            coarse = load_transformer(folder / "coarse.pth", codec, "coarse")
+            c2f = load_transformer(folder / "c2f.pth", codec, "c2f")
+            components = export_components(codec, coarse, c2f)
+            path = tmp_path_factory.mktemp(variant) / "vampnet.onnx"
+            save_model(assemble(codec, coarse, c2f, components=components), path)
+            cache[variant] = Built(codec, coarse, c2f, components, path)
+        return cache[variant]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny(build_variant) -> Built:
+    return build_variant("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(build_variant) -> Built:
+    return build_variant("tiny-lora")
