@@ -9,6 +9,11 @@
    referenced from the outer scope (no copy per Loop body; onnx-notes section 3).
 4. Every input but `audio` gets its default as an initializer of the same name, and the
    metadata of design.md is recorded.
+
+The stages' noise ops (`vampnet.coarse_noise`, `vampnet.c2f_noise`, graphs/stages.py) are bound
+to renamed copies of an implementation: the in-graph PRNG (`prng_noise`) in the model as built,
+or, with `noise_inputs=True` (tests only), `injected_noise`, which reads four extra graph inputs
+(NOISE_INPUTS, no defaults) handed to the calls from the outer scope like weights.
 """
 from __future__ import annotations
 
@@ -26,9 +31,15 @@ from builder.export import DOMAIN, component_function, export_component
 from graphs.model import MAX_STEPS, GraphConfig, main_graph
 from graphs.portable import make_portable
 from graphs.sampling import MASK_TOKEN
+from graphs.stages import injected_noise, prng_noise
 
 FORMAT_VERSION = "1"
 STAGES = ("encode", "decode", "coarse_stage", "c2f_stage")
+# noise op -> the extra graph inputs of a noise_inputs=True model: q (D, B, N, V), u (D, B, N)
+NOISE_INPUTS = {
+    "coarse_noise": ("coarse_noise_q", "coarse_noise_u"),
+    "c2f_noise": ("c2f_noise_q", "c2f_noise_u"),
+}
 
 # design.md, "The model's interface (v1)": upstream's build_mask / vamp defaults.
 DEFAULTS = {
@@ -113,14 +124,44 @@ def _bind_weights(nodes, weights: dict[str, list[str]]) -> None:
                 _bind_weights(g.node, weights)
 
 
+def _noise_functions(implementation, present: set[str]) -> list[onnx.FunctionProto]:
+    """One renamed copy of `implementation` per noise op, and the functions it calls not yet `present`."""
+    functions = []
+    for name in NOISE_INPUTS:
+        function = onnx.FunctionProto()
+        function.CopyFrom(implementation.to_function_proto())
+        function.name = name
+        functions.append(function)
+    for callee in implementation.function_ir.get_called_functions().values():
+        if callee.name not in present:
+            present.add(callee.name)
+            functions.append(callee.to_function_proto())
+    return functions
+
+
+def _noise_graph_inputs() -> list[onnx.ValueInfoProto]:
+    """q (Dq, B, N, V) and u (D, B, N) per stage; Dq may be short of D (argmax steps read no q)."""
+    inputs = []
+    for q, u in NOISE_INPUTS.values():
+        n = f"{q}_N"
+        inputs.append(helper.make_tensor_value_info(q, onnx.TensorProto.FLOAT, [f"{q}_D", "B", n, "V"]))
+        inputs.append(helper.make_tensor_value_info(u, onnx.TensorProto.FLOAT, [f"{u}_D", "B", n]))
+    return inputs
+
+
 def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
-             components: dict[str, onnx.ModelProto] | None = None) -> onnx.ModelProto:
+             components: dict[str, onnx.ModelProto] | None = None, noise_inputs: bool = False) -> onnx.ModelProto:
+    """The single model. `noise_inputs=True` (tests only): the sampling noise comes from the extra
+    inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`)."""
     config = graph_config(codec, coarse, c2f)
     components = components or export_components(codec, coarse, c2f)
 
     model = main_graph(config).to_model_proto()
     model = onnx.inliner.inline_selected_functions(model, [(DOMAIN, s) for s in STAGES])
     functions = [f for f in model.functions if f.name not in STAGES]
+    functions += _noise_functions(injected_noise if noise_inputs else prng_noise, {f.name for f in functions})
+    if noise_inputs:
+        model.graph.input.extend(_noise_graph_inputs())
 
     weights, weight_names = [], {}
     for name, component in components.items():
@@ -128,6 +169,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         functions.append(function)
         weights.extend(outer)
         weight_names[name] = [w.name for w in outer]
+    if noise_inputs:
+        weight_names.update({op_name: list(names) for op_name, names in NOISE_INPUTS.items()})
     _bind_weights(model.graph.node, weight_names)
     del model.functions[:]
     model.functions.extend(functions)
@@ -153,6 +196,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         "defaults": json.dumps({k: v.tolist() for k, v in DEFAULTS.items() if k != "mask"}),
         **(metadata or {}),
     }
+    if noise_inputs:
+        props["noise_inputs"] = ", ".join(name for names in NOISE_INPUTS.values() for name in names)
     helper.set_model_props(model, {k: str(v) for k, v in props.items()})
     model.producer_name = "vampnet-onnx"
     model.doc_string = "VampNet as one ONNX model: audio (B, S) at 44.1 kHz in, generated audio out."

@@ -12,6 +12,18 @@ Chunking follows upstream's Interface (reference 6.6, 6.7): the coarse stage wor
 each chunk as prompt where the row keeps anything at all; coarse-to-fine works on 173-frame pieces
 (3 s), the tail padded with token 0 and generated, then cropped. Every chunk and step draws its own
 noise (upstream re-seeds every coarse chunk with the same seed; we do not).
+
+The sampling noise is an opaque op too: each step calls
+`vampnet.coarse_noise` / `vampnet.c2f_noise` (stage_key, chunk, step, steps, sample_cutoff, logits)
+-> (q (B, N, V), u (B, N)). The assembler binds both to one of two implementations:
+
+* `prng_noise` (the model as built): the in-graph counter PRNG, keys derived
+  stage key -> chunk -> step -> purpose (0: q, 1: u), see graphs/prng.py.
+* `injected_noise` (test only, `assemble(..., noise_inputs=True)`): reads draw
+  d = chunk·steps + step from noise banks q (D, B, N, V) and u (D, B, N) that the assembler appends
+  to the call as outer-scope graph inputs (`coarse_noise_q`, `coarse_noise_u`, `c2f_noise_q`,
+  `c2f_noise_u`), the way the components get their weights. A harness fills the banks with
+  upstream's PyTorch draws (reference 5.5, 6.10) to reproduce a seeded upstream run token for token.
 """
 import onnxscript
 from onnxscript import BOOL, FLOAT, INT64, UINT32
@@ -36,6 +48,47 @@ def sampling_noise(
     else:
         q = op.Constant(value_floats=[])
     u = uniform(derive_key(step_key, 1), op.Slice(shape, [0], [2]))
+    return q, u
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def prng_noise(
+    key: UINT32, chunk: INT64, step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
+) -> tuple[FLOAT["B", "N", "V"], FLOAT["B", "N"]]:
+    """The model's noise: `sampling_noise` under the chunk's key (stage key -> chunk -> step -> purpose)."""
+    q, u = sampling_noise(derive_key(key, chunk), step, steps, sample_cutoff, logits)
+    return q, u
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def injected_noise(
+    key: UINT32,
+    chunk: INT64,
+    step: INT64,
+    steps: INT64,
+    sample_cutoff: FLOAT,
+    logits: FLOAT["B", "N", "V"],
+    noise_q: FLOAT["D", "B", "N", "V"],
+    noise_u: FLOAT["D", "B", "N"],
+) -> tuple[FLOAT["B", "N", "V"], FLOAT["B", "N"]]:
+    """Test-only noise read from banks: draw d = chunk·steps + step of `noise_q` / `noise_u`.
+
+    noise_q[d] is the exponential noise of upstream's multinomial (torch draws it as
+    `empty(B·N, V).exponential_(1)`, row b·N + n = [b, n]); noise_u[d] the `uniform_(1e-20, 1)`
+    draws (B, N) of the re-masking. `key` is unused. Argmax steps read no q, so the q bank may
+    stop at the last sampling step (an empty (0, B, N, V) bank when no step samples).
+
+    Every draw must have the chunk's own shape, so one bank serves chunks of one size: any number
+    of c2f chunks (always 173 frames; upstream's stream simply continues from chunk to chunk), but
+    only coarse inputs whose chunks are all equally long (one chunk, or exact multiples of 575
+    frames). For a seeded upstream run the coarse bank repeats: upstream re-seeds every coarse chunk.
+    """
+    draw = chunk * steps + step
+    if is_sampling_step(step, steps, sample_cutoff):
+        q = op.Gather(noise_q, draw, axis=0)
+    else:
+        q = op.Constant(value_floats=[])
+    u = op.Gather(noise_u, draw, axis=0)
     return q, u
 
 
@@ -95,13 +148,12 @@ def coarse_stage(
         start = op.Unsqueeze(c * chunk, [0])
         z_c = op.Slice(z, start, start + chunk, [2])
         m_c = with_anchors(op.Slice(m, start, start + chunk, [2]))
-        chunk_key = derive_key(key, c)
         zm = apply_mask(z_c, m_c)
         n0 = count_masked(zm)
         x = z_c
         for i in range(steps):
             logits = vampnet.coarse_transformer(zm)
-            q, u = sampling_noise(chunk_key, i, steps, sample_cutoff, logits)
+            q, u = vampnet.coarse_noise(key, c, i, steps, sample_cutoff, logits)
             zm, x = generation_step(
                 logits, zm, z_c, n0, i, steps, temperature, mask_temperature, top_p, sample_cutoff,
                 q, u, no_conditioning,
@@ -138,13 +190,12 @@ def c2f_stage(
         start = op.Unsqueeze(c * chunk, [0])
         z_c = op.Slice(z, start, start + chunk, [2])
         m_c = op.Slice(m, start, start + chunk, [2])
-        chunk_key = derive_key(key, c)
         zm = apply_mask(z_c, m_c)
         n0 = count_masked(zm)
         x = z_c
         for i in range(steps):
             logits = vampnet.c2f_transformer(zm)
-            q, u = sampling_noise(chunk_key, i, steps, sample_cutoff, logits)
+            q, u = vampnet.c2f_noise(key, c, i, steps, sample_cutoff, logits)
             zm, x = generation_step(
                 logits, zm, z_c, n0, i, steps, temperature, mask_temperature, top_p, sample_cutoff,
                 q, u, n_conditioning,
