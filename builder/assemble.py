@@ -142,8 +142,8 @@ def _noise_functions(implementation, present: set[str]) -> list[onnx.FunctionPro
 def _noise_graph_inputs() -> list[onnx.ValueInfoProto]:
     """q (Dq, B, N, V) and u (D, B, N) per stage; Dq may be short of D (argmax steps read no q)."""
     inputs = []
-    for q, u in NOISE_INPUTS.values():
-        n = f"{q}_N"
+    for op_name, (q, u) in NOISE_INPUTS.items():
+        n = f"{op_name.removesuffix('_noise')}_N"
         inputs.append(helper.make_tensor_value_info(q, onnx.TensorProto.FLOAT, [f"{q}_D", "B", n, "V"]))
         inputs.append(helper.make_tensor_value_info(u, onnx.TensorProto.FLOAT, [f"{u}_D", "B", n]))
     return inputs

@@ -5,9 +5,16 @@
 Writes atomically: everything goes to a temporary folder beside the output and is renamed into
 place only after the checker and one short run have passed. Weights go to external data
 (`<output>.data`) when the model would not fit a 2 GB protobuf.
+
+Memory (real size, 2.6 GB of weights): the torch modules are dropped once the components are
+exported, and big weights are written to `<output>.data` straight from the exported components,
+which keep only references; assembly and saving then never copy the weights (the in-memory route
+held four copies at once: torch, components, component_function's copies, the model's; 11.2 GB
+peak RSS, now ≈ 6 GB, set by the export). See builder/realsize.py for the numbers.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
@@ -17,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx.external_data_helper import set_external_data
 
 from builder.assemble import assemble, export_components
 from builder.checkpoint import CheckpointError
@@ -37,6 +45,36 @@ def sha256(path: Path) -> str:
 
 def weights_size(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def externalize_weights(components: dict[str, onnx.ModelProto], data: Path, threshold: int = 1024,
+                        align: int = 4096, align_threshold: int = 1 << 20) -> int:
+    """Move the components' weights (raw tensors of >= `threshold` bytes) into the one file `data`,
+    leaving external-data references (relative location `data.name`) in their place; returns the
+    size of `data`. Each component is replaced by a re-parse of its stripped bytes, so the protobuf
+    memory that held its weights is freed at once. Tensors of >= `align_threshold` bytes start at
+    multiples of `align`, as onnxruntime's own writer aligns them, so that it can memory-map them.
+    """
+    with open(data, "ab") as f:
+        for name in list(components):
+            _externalize(components[name], f, data.name, threshold, align, align_threshold)
+            components[name] = onnx.ModelProto.FromString(components[name].SerializeToString())
+        return f.tell()
+
+
+def _externalize(model: onnx.ModelProto, f, location: str, threshold: int, align: int, align_threshold: int) -> None:
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+            continue
+        raw = tensor.raw_data
+        if len(raw) < threshold:
+            continue
+        if len(raw) >= align_threshold and f.tell() % align:
+            f.write(b"\0" * (align - f.tell() % align))
+        offset = f.tell()
+        f.write(raw)
+        set_external_data(tensor, location, offset, len(raw))
+        tensor.ClearField("raw_data")
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
@@ -82,17 +120,27 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
     metadata.update({f"parameters_{name}": m.checkpoint_parameters
                      for name, m in [("codec", codec_model), ("coarse", coarse_model), ("c2f", c2f_model)]})
 
-    step("exporting components (codec encoder, codec decoder, coarse and c2f transformers)")
-    components = export_components(codec_model, coarse_model, c2f_model)
-    step("assembling the single model")
-    model = assemble(codec_model, coarse_model, c2f_model, metadata=metadata, components=components)
-
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
+        step("exporting components (codec encoder, codec decoder, coarse and c2f transformers)")
+        components = export_components(codec_model, coarse_model, c2f_model)
+        # Assembly reads only the configurations: let the torch weights go before the next copies.
+        codec_model, coarse_model, c2f_model = (_ConfigOnly(m) for m in (codec_model, coarse_model, c2f_model))
+        gc.collect()
+        data = staging / (output.name + ".data")
+        if sum(weights_size(c) for c in components.values()) >= PROTOBUF_LIMIT - (64 << 20):
+            step(f"moving the weights to {output.name}.data")
+            externalize_weights(components, data)
+        step("assembling the single model")
+        model = assemble(codec_model, coarse_model, c2f_model, metadata=metadata, components=components)
+        del components
+
         step("writing")
         written = save_model(model, staging / output.name)
         del model
+        if data.exists() and data not in written:
+            written.append(data)
         step("checking (onnx.checker, full check)")
         onnx.checker.check_model(str(written[0]), full_check=True)
         step("test run in onnxruntime")
@@ -107,6 +155,13 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
     total = sum((output.parent / p.name).stat().st_size for p in written)
     step(f"wrote {', '.join(str(output.parent / p.name) for p in written)} ({total / 1e6:.1f} MB)")
     return output
+
+
+class _ConfigOnly:
+    """What assembly needs of a loaded codec / transformer: its `config`, without the weights."""
+
+    def __init__(self, model):
+        self.config = model.config
 
 
 def checkpoint_paths(args) -> dict[str, Path]:

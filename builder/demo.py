@@ -165,7 +165,7 @@ def build_demo_model(folder: Path, log=print) -> Path:
     ckpt_dir = folder / CHECKPOINT_DIR
     log(f"writing tiny checkpoints with RANDOM weights (seed {CHECKPOINT_SEED}) to {ckpt_dir}")
     paths = write_random_checkpoints(ckpt_dir, TINY_CODEC, TINY_COARSE, TINY_C2F, seed=CHECKPOINT_SEED)
-    log(f"building {model} from them (about a minute; later runs reuse it)")
+    log(f"building {model} from them (a minute or so; later runs reuse it)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export's internal deprecation noise
         warnings.simplefilter("ignore", DeprecationWarning)

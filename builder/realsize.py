@@ -116,6 +116,7 @@ class Phases:
 _BUILD_PHASES = [
     ("loading checkpoints", "build: load checkpoints into torch modules"),
     ("exporting components", "build: export components (torch.export + ONNX)"),
+    ("moving the weights", "build: weights to .onnx.data (from the components)"),
     ("assembling", "build: assemble the single model"),
     ("writing", "build: save (.onnx + .onnx.data)"),
     ("checking", "build: onnx.checker (full check)"),

@@ -8,7 +8,11 @@ checkpoints and builds (about a minute).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -201,3 +205,38 @@ def test_demo_builds_its_model_from_scratch(capsys, tmp_path):
     assert model.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(read(folder / demo.OUTPUT_NAME)[0], y)
     assert time.monotonic() - started < 60
+
+
+RUNTIME_ONLY = textwrap.dedent("""
+    import importlib.abc, sys
+    BLOCKED = ("torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon")
+    class _Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+            return None
+    sys.meta_path.insert(0, _Blocker())
+    from vampnet_onnx.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_demo_without_the_build_extras(prebuilt, tmp_path):
+    """With its model built, the demo runs on the host runtime alone; without the model it says
+    how to install the build extras (one line, exit code 1)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def run(folder: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", RUNTIME_ONLY, "demo", "-o", str(folder)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    p = run(prebuilt)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "already built" in p.stdout and "RANDOM weights" in p.stdout
+    check_audio(prebuilt / demo.OUTPUT_NAME)
+    p = run(tmp_path / "empty")
+    assert p.returncode == 1, p.stdout + p.stderr
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vampnet-onnx: error: ") and "pip install -e .[build]" in err[0]
+    assert "Traceback" not in p.stderr

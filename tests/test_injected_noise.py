@@ -168,17 +168,19 @@ def test_argmax_steps_need_no_q(injected):
     g = golden("tiny_periodic")
     codes, mask = g["codes"], g["mask"]
     B, _, T = codes.shape
+    c2f_steps = g["meta"]["c2f_kwargs"].get("_sampling_steps", 12)  # generate's default: 12
     rng = np.random.default_rng(0)
     feeds = {
         "audio": g["preprocessed_audio"][:, 0],
         "mask": mask,
         **SETTINGS,
+        "c2f_sampling_steps": np.array(c2f_steps, np.int64),
         "sample_cutoff": np.array(-1.0, np.float32), "mask_temperature": np.array(0.0, np.float32),
         "c2f_sample_cutoff": np.array(-1.0, np.float32), "c2f_mask_temperature": np.array(0.0, np.float32),
         "coarse_noise_q": np.zeros((0, B, T * N_COARSE, V), np.float32),
         "coarse_noise_u": rng.uniform(0, 1, (12, B, T * N_COARSE)).astype(np.float32),
         "c2f_noise_q": np.zeros((0, B, C2F_CHUNK * N_FINE, V), np.float32),
-        "c2f_noise_u": rng.uniform(0, 1, (2 * -(-T // C2F_CHUNK), B, C2F_CHUNK * N_FINE)).astype(np.float32),
+        "c2f_noise_u": rng.uniform(0, 1, (c2f_steps * -(-T // C2F_CHUNK), B, C2F_CHUNK * N_FINE)).astype(np.float32),
     }  # fmt: skip
     out = run(injected, feeds)
     np.testing.assert_array_equal(out["coarse_codes"], g["coarse_out"])
