@@ -7,8 +7,8 @@
 runtime is "ort" (onnxruntime, CPU) or "ref" (onnx.reference.ReferenceEvaluator).
 
 The model is one node that calls `fn` as a local function (domain "vampnet"), with every function it
-calls (transitively) in `model.functions`, sorted callee-first (the ReferenceEvaluator needs that;
-onnxscript's own to_model_proto emits callers first, onnx-notes pitfall 3). Opset imports are
+calls (transitively) in `model.functions`, made portable exactly as the single model is
+(graphs/portable.py: callee-first order, explicit Loop conditions, complete opset imports). Opset imports are
 explicit: the default domain at OPSET_VERSION and "vampnet" 1. Input types come from the numpy
 inputs (dtype and rank); every dimension is symbolic, so nothing gets specialised to the test shape.
 """
@@ -19,54 +19,16 @@ import onnx
 from onnx import helper
 
 from graphs.opsets import OPSET_VERSION, vampnet
+from graphs.portable import make_portable
 
 IR_VERSION = 10
 RUNTIMES = ("ort", "ref")
 
 
-def _callees(proto: onnx.FunctionProto | onnx.GraphProto) -> list[str]:
-    """Names of the vampnet-domain functions a function/graph calls, subgraphs (If/Loop) included."""
-    names = []
-    for node in proto.node:
-        if node.domain == vampnet.domain:
-            names.append(node.op_type)
-        for attr in node.attribute:
-            graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-            for g in graphs:
-                names.extend(_callees(g))
-    return names
-
-
-def _function_proto(fn) -> onnx.FunctionProto:
-    """fn's FunctionProto, importing "vampnet" when it calls vampnet functions only in subgraphs.
-
-    onnxscript 0.7.2 records an opset import only for calls at a function's top level; a call made
-    only inside an If/Loop body leaves the domain out and ORT refuses the model ("No opset
-    registered for domain vampnet in function ..."). Model assembly needs the same fix.
-    """
-    proto = fn.to_function_proto()
-    if _callees(proto) and all(imp.domain != vampnet.domain for imp in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(vampnet.domain, 1))
-    return proto
-
-
-def _functions_callee_first(fn) -> list[onnx.FunctionProto]:
-    called = {f.name: _function_proto(f) for f in fn.function_ir.get_called_functions().values()}
-    called[fn.name] = _function_proto(fn)
-    ordered: list[onnx.FunctionProto] = []
-    done: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        done.add(name)
-        for callee in _callees(called[name]):
-            visit(callee)
-        ordered.append(called[name])
-
-    for name in sorted(called):
-        visit(name)
-    return ordered
+def _functions(fn) -> list[onnx.FunctionProto]:
+    """fn and every function it calls, transitively (made portable and ordered by make_portable)."""
+    called = fn.function_ir.get_called_functions().values()
+    return [fn.to_function_proto(), *(f.to_function_proto() for f in called)]
 
 
 def function_model(fn, *inputs: np.ndarray) -> onnx.ModelProto:
@@ -89,8 +51,9 @@ def function_model(fn, *inputs: np.ndarray) -> onnx.ModelProto:
         graph,
         ir_version=IR_VERSION,
         opset_imports=[helper.make_opsetid("", OPSET_VERSION), helper.make_opsetid(vampnet.domain, 1)],
-        functions=_functions_callee_first(fn),
+        functions=_functions(fn),
     )
+    make_portable(model)
     # Output types from ONNX shape inference (through the local functions), so the model passes
     # onnx.checker.check_model(full_check=True); where inference cannot tell, they stay untyped
     # (onnxruntime does not need them).
