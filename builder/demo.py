@@ -42,8 +42,6 @@ CLIP_SECONDS = 4.0
 """Length of the example clip: longer than one coarse-to-fine chunk (173 frames, about 3 s)."""
 CLIP_SEED = 1234
 
-_BUILD_MODULES = {"torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "torchaudio"}
-
 
 # --------------------------------------------------------------------------------------------
 # the example clip
@@ -148,18 +146,15 @@ def stale_reason(path: Path) -> str | None:
 
 def build_demo_model(folder: Path, log=print) -> Path:
     """Write the random tiny checkpoints into ``folder/checkpoints`` and build ``folder/MODEL_NAME``."""
-    from vampnet_onnx.cli import CliError
+    from vampnet_onnx.cli import missing_build_extras
 
     try:
         from builder.build import build_model
         from builder.synthetic import TINY_C2F, TINY_COARSE, TINY_CODEC, write_random_checkpoints
     except ImportError as e:
-        name = e.name or ""
-        if name.split(".")[0] in _BUILD_MODULES:
-            raise CliError(
-                f"`demo` needs the build extras to build its model ({name} cannot be imported); "
-                f"install them with: pip install -e .[build]"
-            ) from e
+        missing = missing_build_extras("demo", e)
+        if missing:
+            raise missing from e
         raise
     model = folder / MODEL_NAME
     ckpt_dir = folder / CHECKPOINT_DIR

@@ -497,7 +497,18 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 # --------------------------------------------------------------------------------------------
 # build / demo (lazy hand-over to builder, which needs torch)
 
-_BUILD_MODULES = {"torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "torchaudio"}
+_BUILD_MODULES = {"torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon"}
+
+
+def missing_build_extras(command: str, error: ImportError) -> CliError | None:
+    """The one-line error for a command that needs the build extras, if that is what is missing."""
+    name = error.name or ""
+    if name.split(".")[0] in _BUILD_MODULES:
+        return CliError(
+            f"`{command}` needs the build extras ({name} cannot be imported); "
+            f"install them with: pip install -e .[build]"
+        )
+    return None
 
 
 def _delegate(command: str, module: str, func: str, args: argparse.Namespace) -> int:
@@ -505,11 +516,9 @@ def _delegate(command: str, module: str, func: str, args: argparse.Namespace) ->
         fn = getattr(importlib.import_module(module), func)
     except ImportError as e:
         name = e.name or ""
-        if name.split(".")[0] in _BUILD_MODULES:
-            raise CliError(
-                f"`{command}` needs the build extras ({name} cannot be imported); "
-                f"install them with: pip install -e .[build]"
-            ) from e
+        missing = missing_build_extras(command, e)
+        if missing:
+            raise missing from e
         if name in (module, "builder"):
             raise CliError(
                 f"`{command}` is not available here ({name} cannot be imported); it needs a "
