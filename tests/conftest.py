@@ -23,12 +23,28 @@ CASE_VARIANT = {
     "tiny_stochastic_seed5": "tiny",
 }
 DETERMINISTIC_CASES = ["tiny_periodic", "tiny_inpaint_c2f_chunks", "tiny_lora"]
+OUTPUTS = ["audio_out", "codes", "mask_out", "coarse_codes", "codes_out"]  # the model's, in order
 
 
 def golden(case: str) -> dict:
     data = dict(np.load(GOLDEN / f"{case}.npz"))
     data["meta"] = json.loads(str(data["meta"]))
     return data
+
+
+def fixture_inputs(g: dict) -> dict[str, np.ndarray]:
+    """A fixture's mask, seed and sampling settings as model inputs (fixtures README; generate's
+    default is 12 steps when the fixture names none)."""
+    from builder.assemble import DEFAULTS
+
+    meta = g["meta"]
+    inputs = {"mask": g["mask"], "seed": meta["seed"]}
+    for prefix, kwargs in (("", meta["coarse_kwargs"]), ("c2f_", meta["c2f_kwargs"])):
+        inputs[prefix + "sampling_steps"] = kwargs.get("_sampling_steps", 12)
+        for key in ("temperature", "mask_temperature", "top_p", "sample_cutoff"):
+            if key in kwargs:
+                inputs[prefix + key] = kwargs[key]
+    return {name: np.asarray(value, DEFAULTS[name].dtype) for name, value in inputs.items()}
 
 
 @dataclass

@@ -27,13 +27,12 @@ import torch
 import tests.numpy_reference as R
 from builder.assemble import NOISE_INPUTS, assemble
 from graphs.prng import STREAM_C2F, STREAM_COARSE
-from tests.conftest import golden
+from conftest import OUTPUTS, golden
 
 V = 1024
 COARSE_CHUNK, C2F_CHUNK = 575, 173
 N_COARSE, N_FINE = 4, 10  # predicted codebooks per position of each stage
 NOISE_NAMES = [name for names in NOISE_INPUTS.values() for name in names]
-OUTPUTS = ["audio_out", "codes", "mask_out", "coarse_codes", "codes_out"]
 
 # upstream's defaults (reference 5.1, 6.8): what the fixture ran with, spelled out
 SETTINGS = {

@@ -23,10 +23,9 @@ import onnxruntime as ort
 import pytest
 
 from builder.assemble import DEFAULTS
-from conftest import CASE_VARIANT, DETERMINISTIC_CASES, golden
+from conftest import CASE_VARIANT, DETERMINISTIC_CASES, OUTPUTS, fixture_inputs, golden
 from tolerances import assert_audio_close
 
-OUTPUTS = ["audio_out", "codes", "mask_out", "coarse_codes", "codes_out"]
 HOP = 768
 SR = 44100
 MASK_TOKEN = 1024
@@ -83,24 +82,11 @@ def clip() -> np.ndarray:
 # ------------------------------------------------------------------------- parity with upstream
 
 
-def fixture_feeds(g: dict) -> dict:
-    """The fixture's audio, mask and settings as model inputs (fixtures README; generate's default
-    is 12 steps when the fixture names none)."""
-    meta = g["meta"]
-    inputs = {"mask": g["mask"], "seed": meta["seed"]}
-    for prefix, kwargs in (("", meta["coarse_kwargs"]), ("c2f_", meta["c2f_kwargs"])):
-        inputs[prefix + "sampling_steps"] = kwargs.get("_sampling_steps", 12)
-        for key in ("temperature", "mask_temperature", "top_p", "sample_cutoff"):
-            if key in kwargs:
-                inputs[prefix + key] = kwargs[key]
-    return inputs
-
-
 @pytest.mark.parametrize("case", DETERMINISTIC_CASES)
 def test_deterministic_parity_with_upstream(build_variant, case):
     g = golden(case)
     built = build_variant(CASE_VARIANT[case])
-    out = run(built, g["preprocessed_audio"][:, 0], **fixture_feeds(g))
+    out = run(built, g["preprocessed_audio"][:, 0], **fixture_inputs(g))
     np.testing.assert_array_equal(out["codes"], g["codes"], err_msg=f"{case}: codes")
     np.testing.assert_array_equal(out["mask_out"], g["mask"], err_msg=f"{case}: mask")
     np.testing.assert_array_equal(out["coarse_codes"], g["coarse_out"], err_msg=f"{case}: coarse tokens")

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import OUTPUTS
+
 REPO = Path(__file__).resolve().parents[1]
 
 # design.md, "The model's interface (v1)", in order.
@@ -29,7 +31,6 @@ INPUTS = [
     "mask_temperature", "top_p", "sample_cutoff", "c2f_sampling_steps", "c2f_temperature",
     "c2f_mask_temperature", "c2f_top_p", "c2f_sample_cutoff",
 ]
-OUTPUTS = ["audio_out", "codes", "mask_out", "coarse_codes", "codes_out"]
 RELEASED = {"coarse": 335_893_664, "c2f": 277_753_072}
 
 
