@@ -175,6 +175,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     del model.functions[:]
     model.functions.extend(functions)
     make_portable(model)
+    for output in model.graph.output[1:]:  # the four code tensors: (B, n_codebooks, T)
+        output.type.tensor_type.shape.dim[1].dim_value = config.n_codebooks
 
     inputs = {v.name for v in model.graph.input}
     for name, value in DEFAULTS.items():

@@ -344,3 +344,5 @@ def test_axes_are_symbolic(tiny):
     for value in list(model.graph.input[:1]) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
         assert dims[0].dim_param and dims[-1].dim_param, value.name
+    for value in model.graph.output[1:]:
+        assert value.type.tensor_type.shape.dim[1].dim_value == 14, value.name
