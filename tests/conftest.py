@@ -6,12 +6,15 @@ built once per test session and shared.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+
+from vampnet_onnx.model import OUTPUT_NAMES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 CHECKPOINTS = FIXTURES / "checkpoints"
@@ -23,7 +26,7 @@ CASE_VARIANT = {
     "tiny_stochastic_seed5": "tiny",
 }
 DETERMINISTIC_CASES = ["tiny_periodic", "tiny_inpaint_c2f_chunks", "tiny_lora"]
-OUTPUTS = ["audio_out", "codes", "mask_out", "coarse_codes", "codes_out"]  # the model's, in order
+OUTPUTS = list(OUTPUT_NAMES)  # the model's, in order
 
 
 def golden(case: str) -> dict:
@@ -45,6 +48,34 @@ def fixture_inputs(g: dict) -> dict[str, np.ndarray]:
             if key in kwargs:
                 inputs[prefix + key] = kwargs[key]
     return {name: np.asarray(value, DEFAULTS[name].dtype) for name, value in inputs.items()}
+
+
+def runtime_only(blocked: tuple[str, ...]) -> str:
+    """Python source for `python -c`: the CLI's main with the `blocked` packages unimportable
+    (exit 98 if torch still imports, 99 if a blocked module was loaded anyway)."""
+    return textwrap.dedent(f"""
+        import importlib.abc, sys
+        BLOCKED = {tuple(blocked)!r}
+        class _Blocker(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+                return None
+        sys.meta_path.insert(0, _Blocker())
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            sys.exit(98)
+        from vampnet_onnx.cli import main
+        rc = main(sys.argv[1:])
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        if leaked:
+            print("LEAKED", leaked)
+            sys.exit(99)
+        sys.exit(rc)
+    """)
 
 
 @dataclass

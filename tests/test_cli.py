@@ -20,7 +20,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import runtime_only
 from vampnet_onnx import audio as vaudio
 from vampnet_onnx import cli
 from vampnet_onnx.cli import main
@@ -898,29 +898,7 @@ def test_build_missing_torch_inside_builder(monkeypatch, capsys, tmp_path):
 
 BLOCKED = ("torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "builder", "graphs")
 
-NO_TORCH_PRELUDE = textwrap.dedent(f"""
-    import importlib.abc, sys
-    BLOCKED = {BLOCKED!r}
-    class _Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
-            return None
-    sys.meta_path.insert(0, _Blocker())
-    try:
-        import torch
-    except ImportError:
-        pass
-    else:
-        sys.exit(98)
-    from vampnet_onnx.cli import main
-    rc = main(sys.argv[1:])
-    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-    if leaked:
-        print("LEAKED", leaked)
-        sys.exit(99)
-    sys.exit(rc)
-""")
+NO_TORCH_PRELUDE = runtime_only(BLOCKED)
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
