@@ -119,21 +119,23 @@ def test_decoder_matches_upstream_to_float32_noise(decoded, case, source):
     assert_audio_close(ours, ref, f"{case} {source}")
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_upstream_audio_is_itself_float32_noise_away_from_exact(codecs, case):
-    """Why the noise-floor bound above replaces max 1e-4: measured against a float64 evaluation of
-    the same decoder, upstream's own float32 audio is off by about as much as ours (up to 1.3e-4),
-    and both stay far below what any real mistake would cost."""
-    g = np.load(FIXTURES / "golden" / f"{case}.npz")
-    codec = codecs[_variant(case)]
-    exact = copy.deepcopy(codec.decoder).double()
-    with torch.no_grad():
-        exact_audio = exact(torch.from_numpy(g["codes"])).numpy()
-        ours = codec.decoder(torch.from_numpy(g["codes"])).numpy()
-    upstream_error = np.abs(g["decoded_input"] - exact_audio).max()
-    our_error = np.abs(ours - exact_audio).max()
-    assert upstream_error <= AUDIO_MAX and our_error <= AUDIO_MAX
-    assert our_error <= 2 * max(upstream_error, AUDIO_ATOL)
+def test_upstream_audio_is_itself_float32_noise_away_from_exact(codecs):
+    """Why the noise-floor bound replaces max 1e-4: against a float64 evaluation of the same
+    decoder, upstream's own float32 audio misses 1e-4 on some fixture cases, ours is off by about
+    as much, and both stay far below what any real mistake would cost."""
+    upstream_errors = {}
+    for case in CASES:
+        g = np.load(FIXTURES / "golden" / f"{case}.npz")
+        codec = codecs[_variant(case)]
+        exact = copy.deepcopy(codec.decoder).double()
+        with torch.no_grad():
+            exact_audio = exact(torch.from_numpy(g["codes"])).numpy()
+            ours = codec.decoder(torch.from_numpy(g["codes"])).numpy()
+        upstream_errors[case] = upstream_error = np.abs(g["decoded_input"] - exact_audio).max()
+        our_error = np.abs(ours - exact_audio).max()
+        assert upstream_error <= AUDIO_MAX and our_error <= AUDIO_MAX, case
+        assert our_error <= 2 * max(upstream_error, AUDIO_ATOL), case
+    assert max(upstream_errors.values()) > AUDIO_ATOL, upstream_errors
 
 
 def test_decoder_replaces_mask_token_by_zero(codecs):
