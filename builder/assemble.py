@@ -32,6 +32,7 @@ from graphs.model import MAX_STEPS, GraphConfig, main_graph
 from graphs.portable import make_portable
 from graphs.sampling import MASK_TOKEN
 from graphs.stages import injected_noise, prng_noise
+from vampnet_onnx.model import DESIGN_DEFAULTS, INT_INPUTS
 
 FORMAT_VERSION = "1"
 STAGES = ("encode", "decode", "coarse_stage", "c2f_stage")
@@ -41,28 +42,12 @@ NOISE_INPUTS = {
     "c2f_noise": ("c2f_noise_q", "c2f_noise_u"),
 }
 
-# design.md, "The model's interface (v1)": upstream's build_mask / vamp defaults.
+# design.md, "The model's interface (v1)": upstream's build_mask / vamp defaults, stored in the
+# model as initializers named like the inputs (the runtime's table, so host and model agree).
 DEFAULTS = {
-    "seed": np.array(0, np.int64),
-    "mask": np.zeros((1, 14, 0), np.int64),
-    "rand_mask_intensity": np.array(1.0, np.float32),
-    "prefix_s": np.array(0.0, np.float32),
-    "suffix_s": np.array(0.0, np.float32),
-    "periodic_prompt": np.array(7, np.int64),
-    "periodic_prompt_width": np.array(1, np.int64),
-    "dropout": np.array(0.0, np.float32),
-    "ncc": np.array(0, np.int64),
-    "upper_codebook_mask": np.array(3, np.int64),
-    "sampling_steps": np.array(12, np.int64),
-    "temperature": np.array(1.0, np.float32),
-    "mask_temperature": np.array(10.5, np.float32),
-    "top_p": np.array(1.0, np.float32),
-    "sample_cutoff": np.array(1.0, np.float32),
-    "c2f_sampling_steps": np.array(2, np.int64),
-    "c2f_temperature": np.array(1.0, np.float32),
-    "c2f_mask_temperature": np.array(10.5, np.float32),
-    "c2f_top_p": np.array(1.0, np.float32),
-    "c2f_sample_cutoff": np.array(1.0, np.float32),
+    "mask": np.zeros((1, 14, 0), np.int64),  # empty: build the mask from the parameters
+    **{name: np.array(value, np.int64 if name in INT_INPUTS else np.float32)
+       for name, value in DESIGN_DEFAULTS.items()},
 }
 
 _EXAMPLE_FRAMES = 40  # >= 2, or the exporter freezes the time axis (onnx-notes pitfall 1)

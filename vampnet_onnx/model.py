@@ -24,31 +24,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-# Interface v1 (design.md). Order = the order flags are shown in the CLI.
-SCALAR_INPUTS: tuple[str, ...] = (
-    "seed",
-    "rand_mask_intensity",
-    "prefix_s",
-    "suffix_s",
-    "periodic_prompt",
-    "periodic_prompt_width",
-    "dropout",
-    "ncc",
-    "upper_codebook_mask",
-    "sampling_steps",
-    "temperature",
-    "mask_temperature",
-    "top_p",
-    "sample_cutoff",
-    "c2f_sampling_steps",
-    "c2f_temperature",
-    "c2f_mask_temperature",
-    "c2f_top_p",
-    "c2f_sample_cutoff",
-)
-INPUT_NAMES: tuple[str, ...] = ("audio", "mask") + SCALAR_INPUTS
-OUTPUT_NAMES: tuple[str, ...] = ("audio_out", "codes", "mask_out", "coarse_codes", "codes_out")
-
 INT_INPUTS = frozenset(
     {"seed", "periodic_prompt", "periodic_prompt_width", "ncc", "upper_codebook_mask",
      "sampling_steps", "c2f_sampling_steps"}
@@ -75,7 +50,13 @@ DESIGN_DEFAULTS: dict[str, int | float] = {
     "c2f_top_p": 1.0,
     "c2f_sample_cutoff": 1.0,
 }
-"""The defaults of design.md's interface table (used when a model carries no "defaults")."""
+"""The defaults of design.md's interface table: what the builder stores in every model, and what
+applies when a model carries no "defaults" metadata. Order = the order flags are shown in the CLI."""
+
+# Interface v1 (design.md).
+SCALAR_INPUTS: tuple[str, ...] = tuple(DESIGN_DEFAULTS)
+INPUT_NAMES: tuple[str, ...] = ("audio", "mask") + SCALAR_INPUTS
+OUTPUT_NAMES: tuple[str, ...] = ("audio_out", "codes", "mask_out", "coarse_codes", "codes_out")
 
 DESIGN_METADATA = {"sample_rate": 44100, "hop": 768, "n_codebooks": 14}
 
