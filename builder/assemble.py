@@ -7,8 +7,10 @@
    inlined so that every component call sits in the main graph or in one of its Loop bodies.
 3. Each component call gets the names of its weights appended: main-graph initializers,
    referenced from the outer scope (no copy per Loop body; onnx-notes section 3).
-4. Every input but `audio` gets its default as an initializer of the same name, and the
-   metadata of design.md is recorded.
+4. The graph's signature is checked against the interface table (vampnet_onnx/interface.py),
+   whose defaults go to the metadata: every input is a plain graph input.
+5. The model is made portable: functions inlined, Loop/If bodies typed, IR version 9
+   (graphs/portable.py).
 
 The stages' noise ops (`vampnet.coarse_noise`, `vampnet.c2f_noise`, graphs/stages.py) are bound
 to renamed copies of an implementation: the in-graph PRNG (`prng_noise`) in the model as built,
@@ -17,24 +19,20 @@ or, with `noise_inputs=True` (tests only), `injected_noise`, which reads four ex
 """
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import onnx
 import onnx.inliner
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper
 from torch.export import Dim
 
 from builder.codec import Codec
 from builder.export import DOMAIN, component_function, export_component
-from graphs.model import MAX_STEPS, GraphConfig, main_graph
-from graphs.portable import make_portable
+from graphs.model import GraphConfig, main_graph
+from graphs.portable import ship
 from graphs.sampling import MASK_TOKEN
 from graphs.stages import injected_noise, prng_noise
-from vampnet_onnx.model import DESIGN_DEFAULTS, INT_INPUTS
+from vampnet_onnx import interface
 
-FORMAT_VERSION = "1"
 STAGES = ("encode", "decode", "coarse_stage", "c2f_stage")
 # noise op -> the extra graph inputs of a noise_inputs=True model: q (D, B, N, V), u (D, B, N)
 NOISE_INPUTS = {
@@ -42,16 +40,20 @@ NOISE_INPUTS = {
     "c2f_noise": ("c2f_noise_q", "c2f_noise_u"),
 }
 
-# design.md, "The model's interface (v1)": upstream's build_mask / vamp defaults, stored in the
-# model as initializers named like the inputs (the runtime's table, so host and model agree).
-DEFAULTS = {
-    "mask": np.zeros((1, 14, 0), np.int64),  # empty: build the mask from the parameters
-    **{name: np.array(value, np.int64 if name in INT_INPUTS else np.float32)
-       for name, value in DESIGN_DEFAULTS.items()},
-}
-
 _EXAMPLE_FRAMES = 40  # >= 2, or the exporter freezes the time axis (onnx-notes pitfall 1)
 _EXAMPLE_BATCH = 2  # a batch of 1 gets specialised too
+
+
+def check_signature(graph: onnx.GraphProto, noise_inputs: bool = False) -> None:
+    """The graph's inputs and outputs must be the interface table's, in order, with its types."""
+    elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
+    inputs = list(graph.input)[: len(interface.INPUTS)] if noise_inputs else list(graph.input)
+    got = [(v.name, v.type.tensor_type.elem_type, len(v.type.tensor_type.shape.dim)) for v in inputs]
+    want = [(i.name, elem[i.dtype], len(i.shape)) for i in interface.INPUTS]
+    got_out = [(v.name, v.type.tensor_type.elem_type) for v in graph.output]
+    want_out = [(o.name, elem[o.dtype]) for o in interface.OUTPUTS]
+    if got != want or got_out != want_out:
+        raise ValueError(f"the graph's signature differs from vampnet_onnx/interface.py: {got} {got_out}")
 
 
 def graph_config(codec: Codec, coarse, c2f) -> GraphConfig:
@@ -159,18 +161,14 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     _bind_weights(model.graph.node, weight_names)
     del model.functions[:]
     model.functions.extend(functions)
-    make_portable(model)
+    check_signature(model.graph, noise_inputs)
     for output in model.graph.output[1:]:  # the four code tensors: (B, n_codebooks, T)
         output.type.tensor_type.shape.dim[1].dim_value = config.n_codebooks
-
-    inputs = {v.name for v in model.graph.input}
-    for name, value in DEFAULTS.items():
-        assert name in inputs, name
-        model.graph.initializer.append(numpy_helper.from_array(value, name))
     model.graph.initializer.extend(weights)
+    model = ship(model, {(DOMAIN, name): [v.type for v in c.graph.output] for name, c in components.items()})
 
     props = {
-        "format_version": FORMAT_VERSION,
+        "format_version": interface.FORMAT_VERSION,
         "sample_rate": config.sample_rate,
         "hop_length": config.hop_length,
         "n_codebooks": config.n_codebooks,
@@ -179,8 +177,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         "mask_token": config.vocab_size,
         "coarse_chunk_frames": config.coarse_chunk,
         "c2f_chunk_frames": config.c2f_chunk,
-        "max_sampling_steps": MAX_STEPS,
-        "defaults": json.dumps({k: v.tolist() for k, v in DEFAULTS.items() if k != "mask"}),
+        "max_sampling_steps": interface.MAX_SAMPLING_STEPS,
+        "defaults": interface.defaults_json(),
         **(metadata or {}),
     }
     if noise_inputs:

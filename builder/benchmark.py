@@ -8,7 +8,7 @@ checkpoints in DIR/checkpoints/ and DIR/vampnet.onnx + .data); builds it first i
 The work for one clip (10 s = 441,000 samples = 575 frames = one coarse chunk):
   encode → 12 coarse forwards (one 575-frame chunk) → 2 c2f forwards per 173-frame chunk
   (4 chunks, the last one padded, as the graph does) → decode, trimmed to the input length.
-ONNX: one `session.run` of the model with its stored defaults (seed 0), intra_op_num_threads=N,
+ONNX: one `session.run` of the model with its default settings (seed 0), intra_op_num_threads=N,
 ORT_ENABLE_ALL. PyTorch: the project's own modules (builder/codec.py, builder/transformer.py),
 `torch.set_num_threads(N)`, `inference_mode`, with a minimal sampler (softmax, exponential-race
 draw, cosine schedule, Gumbel re-masking) in place of the graph's; the forwards dominate either way.
@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from vampnet_onnx.model import interface_feeds
 from builder.realsize import DEFAULT_OUT, OUTPUTS, SAMPLE_RATE, gb, ort_session, peak_rss, reset_peak, rss, test_signal
 
 MASK = 1024
@@ -153,7 +154,7 @@ class OrtVamp:
     def __call__(self, audio, seed: int = 0) -> dict:
         import numpy as np
 
-        out = self.session.run(list(OUTPUTS), {"audio": audio, "seed": np.array(seed, np.int64)})
+        out = self.session.run(list(OUTPUTS), interface_feeds(audio, seed=seed))
         return dict(zip(OUTPUTS, out))
 
 

@@ -30,6 +30,7 @@ from builder.assemble import assemble, export_components
 from builder.checkpoint import CheckpointError
 from builder.codec import load_codec
 from builder.transformer import load_transformer
+from vampnet_onnx.model import interface_feeds
 
 PROTOBUF_LIMIT = 2_000_000_000
 CHECKPOINT_NAMES = ("codec", "coarse", "c2f")
@@ -92,15 +93,44 @@ def smoke_run(path: Path) -> float:
     """One short run (0.1 s of noise, one step per stage); returns the seconds it took."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # stored defaults are deliberately overridable initializers
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     audio = np.random.default_rng(0).uniform(-0.1, 0.1, (1, 4410)).astype(np.float32)
     start = time.perf_counter()
-    out = session.run(["audio_out"], {"audio": audio, "sampling_steps": np.array(1), "c2f_sampling_steps": np.array(1)})[0]
+    feeds = interface_feeds(audio, sampling_steps=1, c2f_sampling_steps=1)
+    out = session.run(["audio_out"], feeds)[0]
     if out.shape != audio.shape or not np.isfinite(out).all():
         raise RuntimeError(f"the built model's test run gave {out.shape} / non-finite audio")
     return time.perf_counter() - start
+
+
+TEST_DATA_SET = "test_data_set_0"
+TEST_DATA_SEED = 7
+
+
+def test_clip(seconds: float = 0.5, rate: int = 44100) -> np.ndarray:
+    """A short deterministic clip (plucked tones), the input of the test data set."""
+    t = np.arange(int(seconds * rate)) / rate
+    tone = np.sin(2 * np.pi * 220.0 * t) + 0.5 * np.sin(2 * np.pi * 331.0 * t)
+    return (0.2 * tone * np.exp(-6.0 * (t % 0.25))).astype(np.float32)[None]
+
+
+def write_test_data(path: Path, folder: Path) -> None:
+    """A model-zoo style conformance set beside the model: `folder/input_<i>.pb` for every input
+    and `folder/output_<i>.pb` for every output (ONNX TensorProto files, named like the graph's
+    values), from onnxruntime on `test_clip()` with seed TEST_DATA_SEED and the defaults."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = interface_feeds(test_clip(), seed=TEST_DATA_SEED)
+    outputs = session.run(None, feeds)
+    folder.mkdir()
+    for i, graph_input in enumerate(session.get_inputs()):
+        tensor = numpy_helper.from_array(feeds[graph_input.name], graph_input.name)
+        (folder / f"input_{i}.pb").write_bytes(tensor.SerializeToString())
+    for i, (graph_output, value) in enumerate(zip(session.get_outputs(), outputs)):
+        tensor = numpy_helper.from_array(value, graph_output.name)
+        (folder / f"output_{i}.pb").write_bytes(tensor.SerializeToString())
 
 
 def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora: Path | None = None,
@@ -145,8 +175,13 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
         onnx.checker.check_model(str(written[0]), full_check=True)
         step("test run in onnxruntime")
         smoke_run(written[0])
+        step(f"writing the conformance data ({TEST_DATA_SET}/)")
+        write_test_data(written[0], staging / TEST_DATA_SET)
         for path in written:
             os.replace(path, output.parent / path.name)
+        test_data = output.parent / TEST_DATA_SET
+        shutil.rmtree(test_data, ignore_errors=True)
+        os.replace(staging / TEST_DATA_SET, test_data)
         stale = output.with_name(output.name + ".data")
         if len(written) == 1 and stale.exists():
             stale.unlink()  # left from an earlier, bigger build at the same path

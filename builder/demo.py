@@ -122,10 +122,11 @@ def synth_clip(seconds: float = CLIP_SECONDS, sr: int = SAMPLE_RATE, seed: int =
 def stale_reason(path: Path) -> str | None:
     """None if the model at ``path`` can be reused; else why not.
 
-    A cheap check (no onnxruntime session): the file parses and has the v1 interface's inputs
-    and outputs. Needs onnx; without it (a runtime-only install) an existing model is trusted.
+    A cheap check (no onnxruntime session): the file parses, has the interface's inputs and
+    outputs and its format version. Needs onnx; without it (a runtime-only install) an existing
+    model is trusted.
     """
-    from vampnet_onnx.model import INPUT_NAMES, OUTPUT_NAMES
+    from vampnet_onnx.interface import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES
 
     try:
         import onnx
@@ -141,6 +142,9 @@ def stale_reason(path: Path) -> str | None:
     missing = [n for n in INPUT_NAMES if n not in inputs] + [n for n in OUTPUT_NAMES if n not in outputs]
     if missing:
         return f"it lacks {', '.join(missing)} (built by an older version?)"
+    version = {p.key: p.value for p in proto.metadata_props}.get("format_version")
+    if version != FORMAT_VERSION:
+        return f"its format version is {version}, this version builds {FORMAT_VERSION}"
     return None
 
 

@@ -31,8 +31,11 @@ the ranges are (value after clamping):
     | ncc                    | int64   | [0, K]           | clipped (upstream's negative slice is not) |
     | upper_codebook_mask    | int64   | [0, K]           | clipped (negative → 0: all generated)      |
 
-Frame counts from seconds follow upstream's `s2t(x) = ceil(x·44100/768)`, computed in float64 like
-Python (x is the float32 input, widened exactly).
+Frame counts from seconds follow upstream's `s2t(x) = ceil(x·sample_rate/hop)`, which Python
+computes exactly for a float32 x (the product has at most 36 significant bits). The graph gets the
+same integer without float64: `frame_rate` = sample_rate/hop is a float32 constant (the builder
+checks that it is exact), and `exact_ceil` rounds the exact product x·frame_rate, recovered as the
+sum of two float32 numbers (Dekker's product).
 
 The random streams come from the `key` argument (graphs/prng.py: derive_key(root, STREAM_MASK)):
 derive_key(key, MASK_RANDOM) for the random mask, MASK_ROLL for the roll offsets, MASK_DROPOUT for
@@ -44,16 +47,16 @@ makes it fit the codes: row b uses mask row b mod Bm, codebooks and frames are c
 keep and fits as all ones; `resolve_mask` sends every empty mask (size 0) to build_mask instead.
 """
 import onnxscript
-from onnxscript import BOOL, DOUBLE, FLOAT, INT64, UINT32
+from onnxscript import BOOL, FLOAT, INT32, INT64
 
 from graphs.opsets import op, vampnet
 from graphs.prng import MASK_DROPOUT, MASK_RANDOM, MASK_ROLL, derive_key, randint, uniform
+from vampnet_onnx.interface import MAX_PERIOD, MAX_SECONDS
 
-SAMPLE_RATE = 44100
-HOP = 768
-SECONDS_MAX = 1.0e6  # s2t(1e6) = 57_421_875 frames: keeps everything for any real input
-PERIOD_MAX = 1 << 24  # roll offsets are exact up to 2^29 (prng.randint); 2^24 frames ≈ 81 hours
-WIDTH_MAX = 1 << 24
+SECONDS_MAX = MAX_SECONDS  # s2t(1e6) = 57_421_875 frames at 44.1 kHz / 768: keeps everything
+PERIOD_MAX = MAX_PERIOD  # roll offsets are exact up to 2^24 (prng.randint); 2^24 frames ≈ 81 hours
+WIDTH_MAX = MAX_PERIOD
+SPLITTER = 4097.0  # 2^12 + 1: splits a float32 into two halves of 12 significant bits (Veltkamp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,10 +77,46 @@ def clamp_int(x: INT64, lo: INT64, hi: INT64) -> INT64:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def s2t(seconds: FLOAT) -> INT64:
-    """Upstream `ceil(seconds·SR/HOP)` in float64 (Python's float math); seconds already clamped."""
-    frames = op.Ceil(op.Cast(seconds, to=DOUBLE.dtype) * SAMPLE_RATE / HOP)
-    return op.Cast(frames, to=INT64.dtype)
+def two_product(a: FLOAT[...], b: FLOAT[...]):
+    """(p, e) with p = fl32(a·b) and p + e = a·b exactly (Dekker; no overflow for |a|, |b| < 1e30).
+
+    Each half has at most 12 significant bits, so every partial product below is exact, also
+    where a runtime fuses a multiply and an add.
+    """
+    ta = a * SPLITTER
+    a_high = ta - (ta - a)
+    a_low = a - a_high
+    tb = b * SPLITTER
+    b_high = tb - (tb - b)
+    b_low = b - b_high
+    p = a * b
+    e = ((a_high * b_high - p) + a_high * b_low + a_low * b_high) + a_low * b_low
+    return p, e
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def exact_ceil(a: FLOAT[...], b: FLOAT[...]) -> INT64[...]:
+    """ceil(a·b) of the exact product p + e: ceil(p) where p is no integer (|e| is smaller than
+    p's distance to the next integer), else p + ceil(e)."""
+    p, e = two_product(a, b)
+    up = op.Ceil(p)
+    rest = op.Where(up == p, op.Ceil(e), 0.0)
+    return op.Cast(up, to=INT64.dtype) + op.Cast(rest, to=INT64.dtype)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def exact_floor(a: FLOAT[...], b: FLOAT[...]) -> INT64[...]:
+    """floor(a·b) of the exact product p + e: floor(p), or p + floor(e) where p is an integer."""
+    p, e = two_product(a, b)
+    down = op.Floor(p)
+    rest = op.Where(down == p, op.Floor(e), 0.0)
+    return op.Cast(down, to=INT64.dtype) + op.Cast(rest, to=INT64.dtype)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def s2t(seconds: FLOAT, frame_rate: FLOAT) -> INT64:
+    """Upstream `ceil(seconds·SR/HOP)`, exactly; seconds already clamped, frame_rate = SR/HOP."""
+    return exact_ceil(seconds, frame_rate)
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,7 +125,7 @@ def s2t(seconds: FLOAT) -> INT64:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def random_mask(codes: INT64["B", "K", "T"], key: UINT32, intensity: FLOAT) -> INT64["B", "K", "T"]:
+def random_mask(codes: INT64["B", "K", "T"], key: INT32, intensity: FLOAT) -> INT64["B", "K", "T"]:
     """Bernoulli(intensity) per token: 1 where u < intensity (u in (0,1): r = 0 → none, r = 1 → all)."""
     u = uniform(key, op.Shape(codes))
     return op.Cast(u < intensity, to=INT64.dtype)
@@ -118,7 +157,7 @@ def periodic_keep(t: INT64[...], T: INT64, period: INT64, width: INT64) -> BOOL[
 
 @onnxscript.script(vampnet, default_opset=op)
 def periodic_mask(
-    codes: INT64["B", "K", "T"], key: UINT32, period: INT64, width: INT64
+    codes: INT64["B", "K", "T"], key: INT32, period: INT64, width: INT64
 ) -> INT64["B", "K", "T"]:
     """Periodic prompt, rolled per batch row by randint(0, P); all ones when P = 0 (off)."""
     B = op.Shape(codes, start=0, end=1)
@@ -135,11 +174,11 @@ def periodic_mask(
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def dropout_mask(mask: INT64["B", "K", "T"], key: UINT32, p: FLOAT) -> INT64["B", "K", "T"]:
+def dropout_mask(mask: INT64["B", "K", "T"], key: INT32, p: FLOAT) -> INT64["B", "K", "T"]:
     """Re-mask n = int(T·p) random frames per row in all codebooks (duplicates allowed)."""
     B = op.Shape(mask, start=0, end=1)
     T = op.Shape(mask, start=2, end=3)
-    n = op.Cast(op.Floor(op.Cast(T, to=DOUBLE.dtype) * op.Cast(p, to=DOUBLE.dtype)), to=INT64.dtype)
+    n = exact_floor(op.Cast(T, to=FLOAT.dtype), p)  # T < 2^24 frames: exact in float32
     n = op.Min(op.Max(n, 0), T)  # p is clamped to [0, 1] by build_mask; this only guards
     frames = randint(key, op.Concat(B, n, axis=0), op.Squeeze(T))  # (B, n)
     zeros = op.Expand(op.CastLike(0, mask), op.Concat(B, T, axis=0))
@@ -173,7 +212,7 @@ def codebook_mask(mask: INT64["B", "K", "T"], upper: INT64) -> INT64["B", "K", "
 @onnxscript.script(vampnet, default_opset=op)
 def build_mask(
     codes: INT64["B", "K", "T"],
-    key: UINT32,
+    key: INT32,
     rand_mask_intensity: FLOAT,
     prefix_s: FLOAT,
     suffix_s: FLOAT,
@@ -182,12 +221,16 @@ def build_mask(
     dropout: FLOAT,
     ncc: INT64,
     upper_codebook_mask: INT64,
+    frame_rate: FLOAT,
 ) -> INT64["B", "K", "T"]:
-    """Upstream `Interface.build_mask` (without onset masks), parameters clamped first (module doc)."""
+    """Upstream `Interface.build_mask` (without onset masks), parameters clamped first (module doc).
+
+    frame_rate: codec frames per second (sample rate / hop), exact in float32.
+    """
     K = op.Squeeze(op.Shape(codes, start=1, end=2))
     intensity = clamp_real(rand_mask_intensity, 0.0, 1.0)
-    n_prefix = s2t(clamp_real(prefix_s, 0.0, SECONDS_MAX))
-    n_suffix = s2t(clamp_real(suffix_s, 0.0, SECONDS_MAX))
+    n_prefix = s2t(clamp_real(prefix_s, 0.0, SECONDS_MAX), frame_rate)
+    n_suffix = s2t(clamp_real(suffix_s, 0.0, SECONDS_MAX), frame_rate)
     period = clamp_int(periodic_prompt, 0, PERIOD_MAX)
     width = clamp_int(periodic_prompt_width, 0, WIDTH_MAX)
     p_dropout = clamp_real(dropout, 0.0, 1.0)
@@ -227,7 +270,7 @@ def fit_mask(mask: INT64["Bm", "Km", "Tm"], codes: INT64["B", "K", "T"]) -> INT6
 def resolve_mask(
     mask: INT64["Bm", "Km", "Tm"],
     codes: INT64["B", "K", "T"],
-    key: UINT32,
+    key: INT32,
     rand_mask_intensity: FLOAT,
     prefix_s: FLOAT,
     suffix_s: FLOAT,
@@ -236,6 +279,7 @@ def resolve_mask(
     dropout: FLOAT,
     ncc: INT64,
     upper_codebook_mask: INT64,
+    frame_rate: FLOAT,
 ) -> INT64["B", "K", "T"]:
     """The mask used: the explicit one fitted to codes, or, if it is empty, one built from parameters."""
     # fit_mask is cheap and valid for any mask, so it runs outside the If. This also keeps a vampnet
@@ -254,6 +298,7 @@ def resolve_mask(
             dropout,
             ncc,
             upper_codebook_mask,
+            frame_rate,
         )
     else:
         resolved = op.Identity(fitted)

@@ -1,4 +1,4 @@
-"""The main graph of the single model: audio in, new audio out (design.md, "The model's interface").
+"""The main graph of the single model: audio in, new audio out (the interface: vampnet_onnx/interface.py).
 
 `main_graph(config)` returns the onnxscript model function; the numbers that depend on the
 checkpoints (hop, codebook counts, chunk sizes, mask token) are baked in as constants. The
@@ -9,19 +9,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import onnxscript
 from onnxscript import FLOAT, INT64
 
 from graphs.masks import resolve_mask
-from graphs.opsets import op
+from graphs.opsets import op, vampnet
 from graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_MASK, derive_key, seed_key
 from graphs.stages import c2f_stage, coarse_stage, decode, encode
+from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
 
-MAX_STEPS = 128  # sampling_steps and c2f_sampling_steps are clamped to [1, MAX_STEPS]
+@onnxscript.script(vampnet, default_opset=op)
+def scalar(x):
+    """A (1,) parameter as the 0-d tensor the graph functions take."""
+    return op.Squeeze(x, [0])
 
 
 @dataclass(frozen=True)
 class GraphConfig:
+    """The numbers the graph is built with, all from the checkpoints (builder/assemble.py)."""
+
     sample_rate: int = 44100
     hop_length: int = 768
     n_codebooks: int = 14  # codec levels = c2f codebooks
@@ -29,6 +36,18 @@ class GraphConfig:
     vocab_size: int = 1024  # the mask token is vocab_size (graphs.sampling.MASK_TOKEN)
     coarse_chunk_s: float = 10.0
     c2f_chunk_s: float = 3.0
+
+    def __post_init__(self):
+        # seconds -> frames is computed exactly in float32 from this rate (graphs/masks.py, s2t)
+        if float(np.float32(self.frame_rate)) != self.sample_rate / self.hop_length:
+            raise ValueError(
+                f"sample rate {self.sample_rate} / hop {self.hop_length} is not exact in float32; "
+                "the graph converts seconds to frames with that ratio"
+            )
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
 
     def seconds_to_frames(self, seconds: float) -> int:
         return math.ceil(seconds * self.sample_rate / self.hop_length)  # upstream's s2t
@@ -43,54 +62,69 @@ class GraphConfig:
 
 
 def main_graph(config: GraphConfig):
+    """The model function for `config`. Its signature must equal vampnet_onnx.interface.INPUTS
+    (names, order, types; the assembler checks); parameters arrive as (1,) tensors."""
     HOP, N_COARSE = config.hop_length, config.n_coarse
     COARSE_CHUNK, C2F_CHUNK = config.coarse_chunk, config.c2f_chunk
+    FRAME_RATE = float(np.float32(config.frame_rate))
 
     @onnxscript.script(default_opset=op)
     def vampnet(
         audio: FLOAT["B", "S"],
-        seed: INT64,
+        seed: INT64[1],
         mask: INT64["MB", "MK", "MT"],
-        rand_mask_intensity: FLOAT,
-        prefix_s: FLOAT,
-        suffix_s: FLOAT,
-        periodic_prompt: INT64,
-        periodic_prompt_width: INT64,
-        dropout: FLOAT,
-        ncc: INT64,
-        upper_codebook_mask: INT64,
-        sampling_steps: INT64,
-        temperature: FLOAT,
-        mask_temperature: FLOAT,
-        top_p: FLOAT,
-        sample_cutoff: FLOAT,
-        c2f_sampling_steps: INT64,
-        c2f_temperature: FLOAT,
-        c2f_mask_temperature: FLOAT,
-        c2f_top_p: FLOAT,
-        c2f_sample_cutoff: FLOAT,
+        rand_mask_intensity: FLOAT[1],
+        prefix_s: FLOAT[1],
+        suffix_s: FLOAT[1],
+        periodic_prompt: INT64[1],
+        periodic_prompt_width: INT64[1],
+        dropout: FLOAT[1],
+        ncc: INT64[1],
+        upper_codebook_mask: INT64[1],
+        sampling_steps: INT64[1],
+        temperature: FLOAT[1],
+        mask_temperature: FLOAT[1],
+        top_p: FLOAT[1],
+        sample_cutoff: FLOAT[1],
+        c2f_sampling_steps: INT64[1],
+        c2f_temperature: FLOAT[1],
+        c2f_mask_temperature: FLOAT[1],
+        c2f_top_p: FLOAT[1],
+        c2f_sample_cutoff: FLOAT[1],
     ) -> tuple[
         FLOAT["B", "S"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"]
     ]:
         hop = op.Constant(value_int=HOP)
         n_coarse = op.Constant(value_int=N_COARSE)
-        root = seed_key(seed)
+        root = seed_key(scalar(seed))
 
-        codes = encode(audio, hop)
-        mask_out = resolve_mask(
-            mask, codes, derive_key(root, STREAM_MASK), rand_mask_intensity, prefix_s, suffix_s,
-            periodic_prompt, periodic_prompt_width, dropout, ncc, upper_codebook_mask,
+        # An empty batch runs as one silent row and returns none: no kernel ever sees a 0-row
+        # tensor (some divide by a zero dimension, which kills the host process).
+        batch = op.Shape(audio, start=0, end=1)
+        rows = op.Pad(audio, op.Concat([0, 0], op.Max(1 - batch, 0), [0], axis=0))
+
+        row_codes = encode(rows, hop)
+        row_mask = resolve_mask(
+            mask, row_codes, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
+            scalar(suffix_s), scalar(periodic_prompt), scalar(periodic_prompt_width), scalar(dropout),
+            scalar(ncc), scalar(upper_codebook_mask), op.Constant(value_float=FRAME_RATE),
         )
-        coarse_codes = coarse_stage(
-            codes, mask_out, derive_key(root, STREAM_COARSE), op.Constant(value_int=COARSE_CHUNK), n_coarse,
-            op.Clip(sampling_steps, 1, MAX_STEPS), temperature, mask_temperature, top_p, sample_cutoff,
+        row_coarse = coarse_stage(
+            row_codes, row_mask, derive_key(root, STREAM_COARSE), op.Constant(value_int=COARSE_CHUNK), n_coarse,
+            op.Clip(scalar(sampling_steps), 1, MAX_STEPS), scalar(temperature), scalar(mask_temperature),
+            scalar(top_p), scalar(sample_cutoff),
         )
-        codes_out = c2f_stage(
-            coarse_codes, mask_out, derive_key(root, STREAM_C2F), op.Constant(value_int=C2F_CHUNK), n_coarse,
-            op.Clip(c2f_sampling_steps, 1, MAX_STEPS), c2f_temperature, c2f_mask_temperature,
-            c2f_top_p, c2f_sample_cutoff,
+        row_out = c2f_stage(
+            row_coarse, row_mask, derive_key(root, STREAM_C2F), op.Constant(value_int=C2F_CHUNK), n_coarse,
+            op.Clip(scalar(c2f_sampling_steps), 1, MAX_STEPS), scalar(c2f_temperature),
+            scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff),
         )
-        audio_out = decode(codes_out, audio)
+        # the outputs are named after these variables
+        audio_out = op.Slice(decode(row_out, rows), [0], batch, [0])
+        codes = op.Slice(row_codes, [0], batch, [0])
+        mask_out = op.Slice(row_mask, [0], batch, [0])
+        coarse_codes = op.Slice(row_coarse, [0], batch, [0])
+        codes_out = op.Slice(row_out, [0], batch, [0])
         return audio_out, codes, mask_out, coarse_codes, codes_out
 
     return vampnet

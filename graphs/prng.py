@@ -1,23 +1,33 @@
 """Counter-based PRNG inside the graph, driven by the int64 `seed` input.
 
-ONNX's random ops cannot be re-seeded per run (onnx-notes §4), so every random number in the model
-is a pure function of (seed, stream path, flat index): the same seed gives the same numbers in
-onnxruntime, onnx.reference.ReferenceEvaluator and numpy (tests/numpy_reference.py), bit for bit.
+ONNX's random ops cannot be re-seeded per run, so every random number in the model is a pure
+function of (seed, stream path, flat index): the same seed gives the same numbers in every
+runtime and in numpy (tests/numpy_reference.py), bit for bit.
 
-Building block: `hash32` = lowbias32 (Chris Wellons' 32-bit integer hash; a bijection of uint32),
-computed with uint32 wrap-around Mul, BitShift and BitwiseXor (ORT has BitShift only on unsigned
-types, so every key and counter is uint32).
+Portability decides the arithmetic. Some runtimes have no uint32 Mul (onnxruntime < 1.21), no
+BitShift on signed types (onnxruntime), or compute int64 in int32 (OpenVINO's CPU plugin). So
+everything here is int32 whose values never need more than 31 bits: 16-bit words, products of a
+16-bit word and a 15-bit constant (< 2^31), shifts written as Div by a power of two on
+non-negative values, masks as BitwiseAnd.
 
-    seed_key(seed)      = hash32(low32(seed) ^ hash32(high32(seed) ^ 0x9E3779B9))    all 64 bits count
-    derive_key(key, n)  = hash32(hash32(key ^ 0x85EBCA6B) ^ low32(n))             child key of stream n
-    uniform(key, shape) : x_i = hash32(hash32(i) ^ key), i = flat (row-major) index
-                          u_i = (2·(x_i >> 9) + 1) · 2^-24                        exact in float32, in (0, 1)
-    randint(key, shape, high) = min(floor(u_i · high), high − 1)  (in float64: exact for high < 2^29)
+The hash is a 6-round Feistel network on two 16-bit halves (L, R):
 
-Two hash rounds in `uniform` keep the streams of different keys from being permutations of one
-another (one round, hash32(i ^ key), would be). A stream is a prefix-stable sequence: drawing shape
-(2, 3) gives the first 6 numbers of the stream, so (3,) draws its first 3. Keys are 32 bits: about
-2^16 distinct streams may collide by the birthday bound; the model uses a few thousand.
+    round r:  L, R = R, L ^ F(R ^ k_r, M_r)      F(x, M) = (t ^ (t / 2^16)) & 0xFFFF,  t = x·M
+    k_r = the key's high half (r even) or low half (r odd), xor a round constant C_r
+
+It is a bijection of 32-bit blocks for each key (any Feistel network is), and 4 rounds already
+reach full avalanche (every output bit flips with probability 1/2 when any input bit flips).
+
+    key             int32 scalar in [0, 2^31): high half 15 bits, low half 16 bits
+    seed_key(seed)  = block(FIXED_KEY, low 32 bits of seed)      (seed and seed + 2^32 coincide)
+    derive_key(k, n) = block(k, low 32 bits of n) cut to 31 bits  child key of stream n
+    random_bits(k, shape): x_i = block(k, i), i = flat (row-major) index, as (hi16, lo16)
+    uniform: m_i = the top 23 bits of x_i, u_i = (2·m_i + 1)·2^-24   exact in float32, in (0, 1)
+    randint(k, shape, high) = floor(m_i · high / 2^23)                exact for high <= 2^24
+
+A stream is prefix-stable: drawing shape (2, 3) gives the first 6 numbers of the stream, so (3,)
+draws its first 3. Keys have 31 bits, so about 2^15 distinct streams may collide by the birthday
+bound; the model uses a few thousand.
 
 Stream layout (the `n` of derive_key at each level; one tree for the whole model):
 
@@ -34,7 +44,7 @@ The per-stage layout below the stage key (chunk, step, purpose ids) belongs to t
 it only has to keep one derive_key level per index so streams never share a path.
 """
 import onnxscript
-from onnxscript import DOUBLE, FLOAT, INT64, UINT32
+from onnxscript import FLOAT, INT32, INT64
 
 from graphs.opsets import op, vampnet
 
@@ -46,71 +56,122 @@ MASK_RANDOM = 0
 MASK_ROLL = 1
 MASK_DROPOUT = 2
 
-# Salts: the seed's high word and key derivation hash their inputs in different domains.
-SEED_HI_SALT = 0x9E3779B9  # 2^32 / golden ratio
-DERIVE_SALT = 0x85EBCA6B  # murmur3 finaliser constant
-
-LOW32 = 0xFFFFFFFF
-TWO_POW_32 = 4294967296
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def hash32(x: UINT32[...]) -> UINT32[...]:
-    """lowbias32 on every element (uint32 Mul wraps modulo 2^32, as in C)."""
-    x = op.BitwiseXor(x, op.BitShift(x, 16, direction="RIGHT"))
-    x = x * 0x7FEB352D
-    x = op.BitwiseXor(x, op.BitShift(x, 15, direction="RIGHT"))
-    x = x * 0x846CA68B
-    x = op.BitwiseXor(x, op.BitShift(x, 16, direction="RIGHT"))
-    return x
+# Odd multipliers below 2^15 (so x·M < 2^31 for a 16-bit x) and round constants, one per round.
+# Any odd values work; these are digits of well-known hash constants, chosen to be irregular.
+MULTIPLIERS = (0x6A5B, 0x4C93, 0x7D2F, 0x5E8B, 0x63A9, 0x45D5)
+ROUND_CONSTANTS = (0x9E37, 0x79B9, 0x7F4A, 0x7C15, 0xF39C, 0xC6EF)
+SEED_KEY = 0x2545F491  # the fixed key under which the seed itself is hashed
+WORD = 65536  # 2^16
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def low32(n: INT64[...]) -> UINT32[...]:
-    """The low 32 bits of an int64 as uint32 (n mod 2^32; negative n wraps, the Cast stays in range)."""
-    return op.Cast(op.BitwiseAnd(n, LOW32), to=UINT32.dtype)
+def mix(x: INT32[...], multiplier: INT32) -> INT32[...]:
+    """F(x, M) = (t ^ (t / 2^16)) & 0xFFFF with t = x·M < 2^31: the product's high bits fold down."""
+    t = x * multiplier
+    return op.BitwiseAnd(op.BitwiseXor(t, t / 65536), 0xFFFF)
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def seed_key(seed: INT64) -> UINT32:
-    """Root key from all 64 bits of the seed.
+def block(key: INT32, high: INT32[...], low: INT32[...]):
+    """The keyed 32-bit permutation on (high, low) 16-bit words; returns the two output words.
 
-    No int64 shift exists in ORT, so the high word is (seed - lo) / 2^32: an exact division by a
-    constant (no overflow for any seed, INT64_MIN included; never a data-driven divisor).
+    Six rounds (L, R) -> (R, L ^ F(R ^ k_r, M_r)), constants from MULTIPLIERS / ROUND_CONSTANTS.
     """
-    lo = op.BitwiseAnd(seed, LOW32)  # in [0, 2^32)
-    hi = (seed - lo) / TWO_POW_32  # in [-2^31, 2^31), exact
-    hi_key = hash32(op.BitwiseXor(low32(hi), SEED_HI_SALT))
-    return hash32(op.BitwiseXor(op.Cast(lo, to=UINT32.dtype), hi_key))
+    k_high = key / 65536  # key >= 0: the division is a shift
+    k_low = op.BitwiseAnd(key, 0xFFFF)
+    m = op.Cast(op.Constant(value_ints=MULTIPLIERS), to=INT32.dtype)
+    c = op.Cast(op.Constant(value_ints=ROUND_CONSTANTS), to=INT32.dtype)
+    left = op.BitwiseXor(high, k_high)
+    right = op.BitwiseXor(low, k_low)
+    for_round = op.Concat(op.Reshape(k_high, [1]), op.Reshape(k_low, [1]), axis=0)
+    k = op.BitwiseXor(op.Tile(for_round, [3]), c)  # k_high, k_low, k_high, ... xor C_r
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[0]), m[0]))
+    left = right
+    right = mixed
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[1]), m[1]))
+    left = right
+    right = mixed
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[2]), m[2]))
+    left = right
+    right = mixed
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[3]), m[3]))
+    left = right
+    right = mixed
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[4]), m[4]))
+    left = right
+    right = mixed
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[5]), m[5]))
+    left = right
+    right = mixed
+    return left, right
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def derive_key(key: UINT32, n: INT64) -> UINT32:
+def words(n: INT64[...]):
+    """The low 32 bits of n as (high, low) 16-bit words in int32 (negative n wraps).
+
+    The int32 Cast keeps the low 32 bits, and the exact division below is the same whether a
+    runtime holds the value in int64 or in int32: only the low 32 bits are ever used.
+    """
+    n32 = op.Cast(n, to=INT32.dtype)
+    low = op.BitwiseAnd(n32, 0xFFFF)
+    high = op.BitwiseAnd((n32 - low) / 65536, 0xFFFF)  # exact: n32 - low is a multiple of 2^16
+    return high, low
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def key_from_words(high: INT32, low: INT32) -> INT32:
+    """A 31-bit key from two words (the high word's top bit is dropped so the key stays >= 0)."""
+    return op.BitwiseAnd(high, 0x7FFF) * 65536 + low
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def seed_key(seed: INT64) -> INT32:
+    """Root key from the low 32 bits of the seed."""
+    high, low = words(seed)
+    out_high, out_low = block(op.Cast(op.Constant(value_int=SEED_KEY), to=INT32.dtype), high, low)
+    return key_from_words(out_high, out_low)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def derive_key(key: INT32, n: INT64) -> INT32:
     """Child key for stream n (n: stage / chunk / step / purpose id, a small non-negative int)."""
-    return hash32(op.BitwiseXor(hash32(op.BitwiseXor(key, DERIVE_SALT)), low32(n)))
+    high, low = words(n)
+    out_high, out_low = block(key, high, low)
+    return key_from_words(out_high, out_low)
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def random_bits(key: UINT32, shape: INT64["R"]) -> UINT32[...]:
-    """Raw 32-bit stream: x_i = hash32(hash32(i) ^ key) for the flat index i, reshaped to `shape`."""
+def top23(key: INT32, shape: INT64["R"]) -> INT32[...]:
+    """The top 23 bits of x_i = block(key, i) for the flat index i, reshaped to `shape`."""
     count = op.ReduceProd(shape, keepdims=0)  # 1 for shape = [] (a scalar)
-    index = low32(op.Range(0, count, 1))
+    high, low = words(op.Range(0, count, 1))
+    out_high, out_low = block(key, high, low)
+    bits = out_high * 128 + out_low / 512  # 16 + 7 bits
     # allowzero=1: a 0 in `shape` means an empty axis, not "copy the input's dim" (Reshape's default)
-    return op.Reshape(hash32(op.BitwiseXor(hash32(index), key)), shape, allowzero=1)
+    return op.Reshape(bits, shape, allowzero=1)
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def uniform(key: UINT32, shape: INT64["R"]) -> FLOAT[...]:
+def uniform(key: INT32, shape: INT64["R"]) -> FLOAT[...]:
     """Uniforms in (0, 1): the top 23 bits m give (2m + 1)·2^-24, exact in float32, never 0 or 1."""
-    top23 = op.BitShift(random_bits(key, shape), 9, direction="RIGHT")
-    odd = op.Cast(top23 * 2 + 1, to=FLOAT.dtype)  # < 2^24: exact
+    odd = op.Cast(top23(key, shape) * 2 + 1, to=FLOAT.dtype)  # < 2^24: exact
     return odd * 5.9604644775390625e-08  # 2^-24: exact
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def randint(key: UINT32, shape: INT64["R"], high: INT64) -> INT64[...]:
-    """Integers in [0, high): floor(u·high) in float64 (exact for high < 2^29); high < 1 acts as 1."""
-    high = op.Max(high, 1)
-    u = op.Cast(uniform(key, shape), to=DOUBLE.dtype)
-    draw = op.Cast(op.Floor(u * op.Cast(high, to=DOUBLE.dtype)), to=INT64.dtype)
-    return op.Min(draw, high - 1)  # u < 1 already guarantees it; kept as a guard
+def randint(key: INT32, shape: INT64["R"], high: INT64) -> INT64[...]:
+    """Integers in [0, high): floor(m · high / 2^23) for the top 23 bits m, in exact integer steps.
+
+    high is clamped to [1, 2^24]. With m = mh·2^12 + ml and high = hh·2^12 + hl (12-bit limbs)
+    every partial product stays below 2^25:
+        floor(m·high / 2^23) = 2·mh·hh + floor((mh·hl + ml·hh + floor(ml·hl / 2^12)) / 2^11)
+    """
+    h = op.Cast(op.Min(op.Max(high, 1), 16777216), to=INT32.dtype)
+    m = top23(key, shape)
+    mh = m / 4096
+    ml = op.BitwiseAnd(m, 4095)
+    hh = h / 4096
+    hl = op.BitwiseAnd(h, 4095)
+    middle = mh * hl + ml * hh + (ml * hl) / 4096
+    return op.Cast(mh * hh * 2 + middle / 2048, to=INT64.dtype)

@@ -46,18 +46,23 @@ so in argmax steps any (e.g. empty) tensor may be passed.
 """
 import math
 
+import numpy as np
+import onnx
 import onnxscript
-from onnxscript import BOOL, DOUBLE, FLOAT, INT64
+from onnx import numpy_helper
+from onnxscript import BOOL, FLOAT, INT64
 
 from graphs.opsets import op, vampnet
+from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
+from vampnet_onnx.interface import MAX_TEMPERATURE, MIN_TEMPERATURE
 
 MASK_TOKEN = 1024  # M = vocab_size + 0 (reference §0); VampNet's vocabulary is the codec's 1024 codes
 
 PI = math.pi  # becomes a float32 constant: torch also multiplies float32 r by fl32(π)
 GAMMA_MIN = 1e-10  # upstream clamp(1e-10, 1.0): cos(fl32(π/2)) = −4.37e-8 on the last step
-TEMPERATURE_MIN = 1e-6
-TEMPERATURE_MAX = 1e6
-MASK_TEMPERATURE_MAX = 1e6
+TEMPERATURE_MIN = MIN_TEMPERATURE
+TEMPERATURE_MAX = MAX_TEMPERATURE
+MASK_TEMPERATURE_MAX = MAX_TEMPERATURE
 U_MIN = 1e-20  # upstream draws uniform_(1e-20, 1)
 U_MAX = 0.99999994  # 1 − 2^-24, the largest float32 below 1 (= torch.rand's largest value)
 POS_INF = math.inf
@@ -69,34 +74,58 @@ NEG_INF = -math.inf
 # --------------------------------------------------------------------------------------------
 
 
+def _schedule_tables() -> tuple[onnx.TensorProto, onnx.TensorProto, onnx.TensorProto]:
+    """r, γ and the step's progress for every (steps, step), computed here once in float64.
+
+    Indexed [steps, step] for 1 <= steps <= MAX_STEPS, 0 <= step < steps (row 0 and the cells
+    past the diagonal are never read). Upstream computes these in Python floats and float32
+    tensors; a table keeps float64 out of the graph (some runtimes have no float64 kernels) and
+    makes every runtime use the same correctly rounded values:
+        r        = fl32((i + 1) / S)                    upstream's ratio (Python float -> float32)
+        γ        = clamp(fl32(cos(angle)), 1e-10, 1)    angle = fl32(fl32(r·fl32(π)) / 2), as torch
+        progress = fl32(i / S)                          compared with sample_cutoff
+    γ is the correctly rounded float32 of the cosine of upstream's float32 angle; torch's float32
+    cos is not always correctly rounded, so for a few (i, S) upstream's γ is 1 ulp off ours (for
+    S = 2, 12 and 36, the step counts that matter, they agree exactly).
+    """
+    n = MAX_STEPS + 1
+    steps = np.maximum(np.arange(n, dtype=np.float64), 1.0)[:, None]
+    step = np.arange(n - 1, dtype=np.float64)[None, :]
+    ratio = ((step + 1) / steps).astype(np.float32)
+    angle = ((ratio * np.float32(PI)).astype(np.float32) / np.float32(2.0)).astype(np.float32)
+    gamma = np.clip(np.cos(angle.astype(np.float64)).astype(np.float32), np.float32(GAMMA_MIN), np.float32(1.0))
+    progress = (step / steps).astype(np.float32)
+    return (numpy_helper.from_array(ratio, "ratio_table"), numpy_helper.from_array(gamma, "gamma_table"),
+            numpy_helper.from_array(progress, "progress_table"))
+
+
+RATIO_TABLE, GAMMA_TABLE, PROGRESS_TABLE = _schedule_tables()
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def table_index(step: INT64, steps: INT64) -> INT64[2]:
+    """[steps, step] for the schedule tables, both clamped into the table."""
+    steps = op.Clip(steps, 1, MAX_STEPS)
+    step = op.Clip(step, 0, MAX_STEPS - 1)
+    return op.Concat(op.Reshape(steps, [1]), op.Reshape(step, [1]), axis=0)
+
+
 @onnxscript.script(vampnet, default_opset=op)
 def schedule_ratio(step: INT64, steps: INT64) -> FLOAT:
     """r = fl32((i + 1) / S): upstream divides Python ints (float64) and stores a float32 tensor."""
-    steps = op.Max(steps, 1)
-    ratio = op.Cast(step + 1, to=DOUBLE.dtype) / op.Cast(steps, to=DOUBLE.dtype)
-    return op.Cast(ratio, to=FLOAT.dtype)
+    return op.GatherND(op.Constant(value=RATIO_TABLE), table_index(step, steps))
 
 
 @onnxscript.script(vampnet, default_opset=op)
 def mask_schedule(step: INT64, steps: INT64) -> FLOAT:
-    """γ = clamp(cos(r·π/2), 1e-10, 1) in float32, in upstream's order: r·π, then /2, then cos.
-
-    The float32 angle is exactly upstream's; its cosine is taken in float64 and rounded once, so
-    γ is the correctly rounded float32 in every runtime (float32 Cos differs by an ulp between
-    ORT, numpy and torch; torch itself is not correctly rounded either, so for a few (i, S)
-    upstream's γ is 1 ulp off ours; S = 2, 12 and 36 match upstream exactly).
-    """
-    r = schedule_ratio(step, steps)
-    angle = r * PI / 2.0
-    cos = op.Cast(op.Cos(op.Cast(angle, to=DOUBLE.dtype)), to=FLOAT.dtype)
-    return op.Clip(cos, GAMMA_MIN, 1.0)
+    """γ = clamp(cos(r·π/2), 1e-10, 1) in float32, in upstream's order: r·π, then /2, then cos."""
+    return op.GatherND(op.Constant(value=GAMMA_TABLE), table_index(step, steps))
 
 
 @onnxscript.script(vampnet, default_opset=op)
 def is_sampling_step(step: INT64, steps: INT64, sample_cutoff: FLOAT) -> BOOL:
     """Upstream's `(i / S) <= sample_cutoff`, compared in float32 (fl32(i/S) vs the float32 input)."""
-    progress = op.Cast(op.Cast(step, to=DOUBLE.dtype) / op.Cast(op.Max(steps, 1), to=DOUBLE.dtype), to=FLOAT.dtype)
-    return progress <= sample_cutoff
+    return op.GatherND(op.Constant(value=PROGRESS_TABLE), table_index(step, steps)) <= sample_cutoff
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -144,8 +173,11 @@ def top_p_filter(logits: FLOAT["B", "N", "V"], top_p: FLOAT) -> FLOAT["B", "N", 
         vocab = op.Shape(logits, start=2, end=3)
         sorted_logits, order = op.TopK(logits, vocab, axis=2, largest=1, sorted=1)
         probs = op.Softmax(sorted_logits, axis=2)
-        # torch's CPU cumsum accumulates float32 in double and rounds each output to float32
-        cum = op.Cast(op.CumSum(op.Cast(probs, to=DOUBLE.dtype), 2), to=FLOAT.dtype)
+        # torch's CPU cumsum accumulates in double. Without float64 the same accuracy comes from
+        # summing two parts: p's bits above 2^-20 (their running sums are exact in float32) and
+        # the rest (under 2^-20 each, so their rounding errors are negligible); one final rounding.
+        high = op.Floor(probs * 1048576.0) / 1048576.0
+        cum = op.CumSum(high, 2) + op.CumSum(probs - high, 2)
         # mass before each token: cum shifted right by one, 0 in front (never > top_p >= 0)
         n_before = op.Shape(logits, start=2, end=3) - 1
         cum_before = op.Pad(op.Slice(cum, [0], n_before, [2]), [0, 0, 1, 0, 0, 0], 0.0)

@@ -26,7 +26,7 @@ The sampling noise is an opaque op too: each step calls
   upstream's PyTorch draws (reference 5.5, 6.10) to reproduce a seeded upstream run token for token.
 """
 import onnxscript
-from onnxscript import BOOL, FLOAT, INT64, UINT32
+from onnxscript import FLOAT, INT32, INT64
 
 from graphs.opsets import op, vampnet
 from graphs.prng import derive_key, uniform
@@ -35,7 +35,7 @@ from graphs.sampling import MASK_TOKEN, count_masked, generation_step, is_sampli
 
 @onnxscript.script(vampnet, default_opset=op)
 def sampling_noise(
-    key: UINT32, step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
+    key: INT32, step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
 ) -> tuple[FLOAT["B", "N", "V"], FLOAT["B", "N"]]:
     """Exponential noise q for the token draw (argmax p/q) and uniforms u for re-masking.
 
@@ -46,14 +46,14 @@ def sampling_noise(
     if is_sampling_step(step, steps, sample_cutoff):
         q = op.Neg(op.Log(uniform(derive_key(step_key, 0), shape)))
     else:
-        q = op.Constant(value_floats=[])
+        q = op.Expand(0.0, [0, 0, 0])  # empty, but of the same rank as the other branch
     u = uniform(derive_key(step_key, 1), op.Slice(shape, [0], [2]))
     return q, u
 
 
 @onnxscript.script(vampnet, default_opset=op)
 def prng_noise(
-    key: UINT32, chunk: INT64, step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
+    key: INT32, chunk: INT64, step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
 ) -> tuple[FLOAT["B", "N", "V"], FLOAT["B", "N"]]:
     """The model's noise: `sampling_noise` under the chunk's key (stage key -> chunk -> step -> purpose)."""
     q, u = sampling_noise(derive_key(key, chunk), step, steps, sample_cutoff, logits)
@@ -62,7 +62,7 @@ def prng_noise(
 
 @onnxscript.script(vampnet, default_opset=op)
 def injected_noise(
-    key: UINT32,
+    key: INT32,
     chunk: INT64,
     step: INT64,
     steps: INT64,
@@ -87,7 +87,7 @@ def injected_noise(
     if is_sampling_step(step, steps, sample_cutoff):
         q = op.Gather(noise_q, draw, axis=0)
     else:
-        q = op.Constant(value_floats=[])
+        q = op.Expand(0.0, [0, 0, 0])
     u = op.Gather(noise_u, draw, axis=0)
     return q, u
 
@@ -128,7 +128,7 @@ def decode(codes: INT64["B", "K", "T"], audio: FLOAT["B", "S"]) -> FLOAT["B", "S
 def coarse_stage(
     codes: INT64["B", "K", "T"],
     mask: INT64["B", "K", "T"],
-    key: UINT32,
+    key: INT32,
     chunk: INT64,
     n_coarse: INT64,
     steps: INT64,
@@ -159,7 +159,7 @@ def coarse_stage(
                 q, u, no_conditioning,
             )
         result = op.Concat(result, x, axis=2)
-    fine = op.Slice(codes, op.Unsqueeze(n_coarse, [0]), [9223372036854775807], [1])
+    fine = op.Slice(codes, op.Unsqueeze(n_coarse, [0]), op.Shape(codes, start=1, end=2), [1])
     return op.Concat(result, fine, axis=1)
 
 
@@ -167,7 +167,7 @@ def coarse_stage(
 def c2f_stage(
     codes: INT64["B", "K", "T"],
     mask: INT64["B", "K", "T"],
-    key: UINT32,
+    key: INT32,
     chunk: INT64,
     n_conditioning: INT64,
     steps: INT64,

@@ -19,50 +19,55 @@ import numpy as np
 # 1. PRNG (graphs/prng.py)
 # ============================================================================================
 
-SEED_HI_SALT = 0x9E3779B9
-DERIVE_SALT = 0x85EBCA6B
+from graphs.prng import MULTIPLIERS, ROUND_CONSTANTS, SEED_KEY
 
 
-def hash32(x) -> np.ndarray:
-    """lowbias32, uint32 wrap-around."""
-    x = np.asarray(x, dtype=np.uint32).copy()
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint32(16)
-        x *= np.uint32(0x7FEB352D)
-        x ^= x >> np.uint32(15)
-        x *= np.uint32(0x846CA68B)
-        x ^= x >> np.uint32(16)
-    return x
+def block(key: int, high, low):
+    """The keyed Feistel permutation on 16-bit words (int64 numpy; every value stays < 2^31)."""
+    key = int(key)
+    assert 0 <= key < 2**31
+    k_high, k_low = key >> 16, key & 0xFFFF
+    left = np.asarray(high, np.int64) ^ k_high
+    right = np.asarray(low, np.int64) ^ k_low
+    for r, (m, c) in enumerate(zip(MULTIPLIERS, ROUND_CONSTANTS)):
+        t = (right ^ ((k_high if r % 2 == 0 else k_low) ^ c)) * m
+        left, right = right, left ^ ((t ^ (t >> 16)) & 0xFFFF)
+    return left, right
 
 
-def seed_key(seed: int) -> np.uint32:
-    seed = int(seed)
-    lo, hi = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF  # Python ints: exact for any seed
-    return np.uint32(hash32(lo ^ int(hash32(hi ^ SEED_HI_SALT))))
+def words(n):
+    n = np.asarray(n, np.int64) & 0xFFFFFFFF  # the low 32 bits, as the graph's int32 cast keeps
+    return n >> 16, n & 0xFFFF
 
 
-def derive_key(key, n: int) -> np.uint32:
-    return np.uint32(hash32(int(hash32(int(key) ^ DERIVE_SALT)) ^ (int(n) & 0xFFFFFFFF)))
+def key_from_words(high, low) -> np.int32:
+    return np.int32((int(high) & 0x7FFF) << 16 | int(low))
 
 
-def random_bits(key, shape) -> np.ndarray:
+def seed_key(seed: int) -> np.int32:
+    return key_from_words(*block(SEED_KEY, *words(int(seed) & 0xFFFFFFFF)))
+
+
+def derive_key(key, n: int) -> np.int32:
+    return key_from_words(*block(int(key), *words(int(n) & 0xFFFFFFFF)))
+
+
+def top23(key, shape) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
-    index = np.arange(count, dtype=np.int64).astype(np.uint32)
-    return hash32(hash32(index) ^ np.uint32(key)).reshape(tuple(shape))
+    high, low = block(int(key), *words(np.arange(count, dtype=np.int64)))
+    return ((high << 7) | (low >> 9)).reshape(tuple(shape))
 
 
 def uniform(key, shape) -> np.ndarray:
-    m = random_bits(key, shape) >> np.uint32(9)
-    return ((2 * m.astype(np.int64) + 1).astype(np.float32) * np.float32(2.0**-24)).astype(np.float32)
+    return ((2 * top23(key, shape) + 1).astype(np.float32) * np.float32(2.0**-24)).astype(np.float32)
 
 
 def randint(key, shape, high: int) -> np.ndarray:
-    high = max(int(high), 1)
-    draw = np.floor(uniform(key, shape).astype(np.float64) * high).astype(np.int64)
-    return np.minimum(draw, high - 1)
+    high = min(max(int(high), 1), 1 << 24)
+    return (top23(key, shape) * high) >> 23  # Python-exact in int64: < 2^47
 
 
-def key_path(seed: int, *path: int) -> np.uint32:
+def key_path(seed: int, *path: int) -> np.int32:
     """derive_key applied along a stream path from seed_key(seed)."""
     key = seed_key(seed)
     for n in path:

@@ -1,8 +1,9 @@
-"""A small stand-in with EXACTLY the v1 interface of design.md, for host-side (CLI) tests.
+"""A small stand-in with EXACTLY the model's interface (vampnet_onnx/interface.py), for host-side
+(CLI) tests.
 
-Built with onnx.helper in the test process only. Every input but ``audio`` has a default stored
-as an initializer of the same name (so it may be omitted); ``mask`` defaults to an empty int64
-tensor of shape (1, 14, 0). Outputs have the real shapes (T = ceil(S / 768)).
+Built with onnx.helper in the test process only, from the interface table: every input a plain
+graph input (parameters of shape (1,)), defaults in the metadata. Outputs have the real shapes
+(T = ceil(S / 768)).
 
 What it computes (nothing musical; designed so tests can see each input reach the model):
 
@@ -25,31 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vampnet_onnx.interface import FORMAT_VERSION, PARAMETERS
+
 HOP = 768
 N_CODEBOOKS = 14
 
-# (name, onnx dtype kind, default) in interface order; all scalars ()
-SCALARS = [
-    ("seed", "int", 0),
-    ("rand_mask_intensity", "float", 1.0),
-    ("prefix_s", "float", 0.0),
-    ("suffix_s", "float", 0.0),
-    ("periodic_prompt", "int", 7),
-    ("periodic_prompt_width", "int", 1),
-    ("dropout", "float", 0.0),
-    ("ncc", "int", 0),
-    ("upper_codebook_mask", "int", 3),
-    ("sampling_steps", "int", 12),
-    ("temperature", "float", 1.0),
-    ("mask_temperature", "float", 10.5),
-    ("top_p", "float", 1.0),
-    ("sample_cutoff", "float", 1.0),
-    ("c2f_sampling_steps", "int", 2),
-    ("c2f_temperature", "float", 1.0),
-    ("c2f_mask_temperature", "float", 10.5),
-    ("c2f_top_p", "float", 1.0),
-    ("c2f_sample_cutoff", "float", 1.0),
-]
+# (name, onnx dtype kind, default) in interface order, from the one table
+SCALARS = [(p.name, "int" if p.is_int else "float", p.default) for p in PARAMETERS]
 DEFAULTS = {name: value for name, _, value in SCALARS}
 
 
@@ -71,15 +54,14 @@ def make_stub_model(*, with_defaults_metadata: bool = True, ballast: int = 0):
         nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
-    # ---- graph inputs (with defaults as same-named initializers)
-    graph_inputs = [helper.make_tensor_value_info("audio", F, ["B", "S"])]
-    graph_inputs.append(helper.make_tensor_value_info("mask", I, ["mask_B", N_CODEBOOKS, "mask_T"]))
-    inits.append(numpy_helper.from_array(np.zeros((1, N_CODEBOOKS, 0), np.int64), "mask"))
-    for name, kind, value in SCALARS:
-        elem = I if kind == "int" else F
-        graph_inputs.append(helper.make_tensor_value_info(name, elem, []))
-        inits.append(numpy_helper.from_array(
-            np.asarray(value, dtype=np.int64 if kind == "int" else np.float32), name))
+    # ---- graph inputs, in the interface's order; each (1,) parameter squeezed to a scalar `<name>_v`
+    graph_inputs = [helper.make_tensor_value_info("audio", F, ["B", "S"]),
+                    helper.make_tensor_value_info("seed", I, [1]),
+                    helper.make_tensor_value_info("mask", I, ["mask_B", "mask_K", "mask_T"])]
+    for name, kind, value in SCALARS[1:]:
+        graph_inputs.append(helper.make_tensor_value_info(name, I if kind == "int" else F, [1]))
+    for name, _, _ in SCALARS:
+        node("Squeeze", [name], f"{name}_v")
 
     # ---- shapes
     c0 = const("c_0", [0], np.int64)
@@ -123,13 +105,13 @@ def make_stub_model(*, with_defaults_metadata: bool = True, ballast: int = 0):
     # ---- mask built from the parameters (1,14,T)
     node("Range", [const("c_s0", 0, np.int64), "Ts", const("c_s1", 1, np.int64)], "t_idx")
     node("Reshape", ["t_idx", const("c_t3", [1, 1, -1], np.int64)], "t3")
-    node("Max", ["periodic_prompt", const("c_one", 1, np.int64)], "Pm")
+    node("Max", ["periodic_prompt_v", const("c_one", 1, np.int64)], "Pm")
     node("Mod", ["t3", "Pm"], "tmod")
     node("Equal", ["tmod", const("c_zero", 0, np.int64)], "anchor")
     node("Not", ["anchor"], "not_anchor")
-    node("Equal", ["periodic_prompt", "c_zero"], "p_off")
+    node("Equal", ["periodic_prompt_v", "c_zero"], "p_off")
     node("Or", ["not_anchor", "p_off"], "m_time")
-    node("GreaterOrEqual", [cb, "upper_codebook_mask"], "m_cb")
+    node("GreaterOrEqual", [cb, "upper_codebook_mask_v"], "m_cb")
     node("Or", ["m_time", "m_cb"], "m_built_b")
     node("Cast", ["m_built_b"], "m_built", to=I)
     node("Concat", ["B1", c14, "T1"], "shape_b14t", axis=0)
@@ -141,7 +123,7 @@ def make_stub_model(*, with_defaults_metadata: bool = True, ballast: int = 0):
     node("Slice", ["mask_cat", c0, "T1", c2], "mask_out")
 
     # ---- codes_out, coarse_codes
-    node("Mod", ["seed", const("c_7", 7, np.int64)], "seed7")
+    node("Mod", ["seed_v", const("c_7", 7, np.int64)], "seed7")
     node("Add", ["seed7", "c_one"], "seed7p")
     node("Mul", ["mask_out", "seed7p"], "bump")
     node("Add", ["codes", "bump"], "codes_out_raw")
@@ -154,13 +136,13 @@ def make_stub_model(*, with_defaults_metadata: bool = True, ballast: int = 0):
     terms = []
     for k, (name, kind, _) in enumerate(SCALARS):
         if name == "seed":
-            node("Mod", ["seed", const("c_100003", 100003, np.int64)], "seed_m")
+            node("Mod", ["seed_v", const("c_100003", 100003, np.int64)], "seed_m")
             node("Cast", ["seed_m"], "seed_f", to=F)
             src = "seed_f"
         elif kind == "int":
-            src = node("Cast", [name], f"{name}_f", to=F)
+            src = node("Cast", [f"{name}_v"], f"{name}_f", to=F)
         else:
-            src = name
+            src = f"{name}_v"
         w = 0.1 + 0.37 * (k + 1) ** 0.5  # distinct, incommensurate weights
         terms.append(node("Mul", [src, const(f"w_{name}", w, np.float32)], f"term_{name}"))
     node("Cast", ["mask_out"], "mask_f", to=F)
@@ -195,7 +177,7 @@ def make_stub_model(*, with_defaults_metadata: bool = True, ballast: int = 0):
                               producer_name="vampnet-onnx-stub")
     model.ir_version = 8
     meta = {
-        "format_version": "1",
+        "format_version": FORMAT_VERSION,
         "stub": "true",
         "sample_rate": "44100",
         "hop_length": str(HOP),

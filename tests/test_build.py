@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import CHECKPOINTS, OUTPUTS, fixture_inputs, golden
+from vampnet_onnx.model import interface_feeds
 from tolerances import assert_audio_close
 from vampnet_onnx.cli import main
 
@@ -51,7 +52,7 @@ def test_build_with_lora_overlays_reproduces_upstream(tmp_path, capsys):
     for step in ("loading checkpoints", "exporting components", "checking", "test run", "wrote"):
         assert step in stdout, step
     assert str(out) in stdout and " MB)" in stdout
-    assert sorted(p.name for p in out.parent.iterdir()) == ["vampnet.onnx"]  # no staging left over
+    assert sorted(p.name for p in out.parent.iterdir()) == ["test_data_set_0", "vampnet.onnx"]  # no staging left over
 
     onnx.checker.check_model(str(out), full_check=True)
     metadata = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
@@ -60,9 +61,8 @@ def test_build_with_lora_overlays_reproduces_upstream(tmp_path, capsys):
 
     g = golden("tiny_lora")
     options = ort.SessionOptions()
-    options.log_severity_level = 3
     session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
-    feeds = {"audio": g["preprocessed_audio"][:, 0], **fixture_inputs(g)}
+    feeds = interface_feeds(g["preprocessed_audio"][:, 0], **fixture_inputs(g))
     got = dict(zip(OUTPUTS, session.run(OUTPUTS, feeds)))
     np.testing.assert_array_equal(got["coarse_codes"], g["coarse_out"])
     np.testing.assert_array_equal(got["codes_out"], g["fine_out"])

@@ -31,7 +31,9 @@ from conftest import runtime_only
 from vampnet_onnx import audio as vaudio
 from vampnet_onnx import cli
 from vampnet_onnx.cli import main
-from vampnet_onnx.model import DESIGN_DEFAULTS, Model, ModelError
+from vampnet_onnx.interface import DEFAULTS as DESIGN_DEFAULTS
+from vampnet_onnx.interface import INPUT_NAMES
+from vampnet_onnx.model import Model, ModelError
 
 REPO = Path(__file__).resolve().parents[1]
 HOP = 768
@@ -187,20 +189,19 @@ def test_stub_matches_its_numpy_reference(stub_path):
 def test_model_defaults_and_inputs(model_path):
     m = Model(model_path)
     assert m.defaults() == DESIGN_DEFAULTS
-    assert m.inputs["audio"].required
-    assert not m.inputs["seed"].required and not m.inputs["mask"].required
+    assert list(m.inputs) == list(INPUT_NAMES)  # every input a plain graph input
     assert set(m.outputs) == {"audio_out", "codes", "mask_out", "coarse_codes", "codes_out"}
     assert (m.sample_rate, m.hop, m.n_codebooks) == (44100, 768, 14)
     assert m.frames_for(1) == 1 and m.frames_for(768) == 1 and m.frames_for(769) == 2
 
 
-def test_model_defaults_fall_back_to_design_table(stub_no_defaults):
+def test_model_defaults_fall_back_to_the_interface_table(stub_no_defaults):
     m = Model(stub_no_defaults)
     assert m.stored_defaults() is None
     assert m.defaults() == DESIGN_DEFAULTS
 
 
-def test_model_run_feeds_only_given_inputs(model_path):
+def test_model_run_feeds_defaults_for_the_inputs_left_out(model_path):
     m = Model(model_path, threads=1)
     a = (music(44100, 0.5, 1)[:, 0][None] * 0.3).astype(np.float32)
     base = m.run(a)["audio_out"]
@@ -826,7 +827,7 @@ def test_usage_errors_are_one_line(capsys, args):
 def test_help_exits_zero(capsys):
     assert main(["vamp", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--c2f-sample-cutoff" in out and "model default: 10.5" in out
+    assert "--c2f-sample-cutoff" in out and "default: 10.5" in out
     for name in DESIGN_DEFAULTS:
         assert "--" + name.replace("_", "-") in out
 
@@ -856,7 +857,7 @@ def test_info_prints_interface(capsys, model_path):
 def test_info_without_defaults_metadata(capsys, stub_no_defaults):
     assert main(["info", str(stub_no_defaults)]) == 0
     out = capsys.readouterr().out
-    assert "design.md" in out
+    assert "default 12" in out  # from the interface table
 
 
 def test_info_missing_model(capsys, tmp_path):

@@ -28,6 +28,7 @@ import tests.numpy_reference as R
 from builder.assemble import NOISE_INPUTS, assemble
 from graphs.prng import STREAM_C2F, STREAM_COARSE
 from conftest import OUTPUTS, golden
+from vampnet_onnx.model import interface_feeds
 
 V = 1024
 COARSE_CHUNK, C2F_CHUNK = 575, 173
@@ -50,13 +51,14 @@ SETTINGS = {
 
 
 def session(model_bytes_or_path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the stored defaults are overridable initializers: ORT warns
-    return ort.InferenceSession(model_bytes_or_path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes_or_path, providers=["CPUExecutionProvider"])
 
 
 def run(sess: ort.InferenceSession, feeds: dict) -> dict[str, np.ndarray]:
-    return dict(zip(OUTPUTS, sess.run(OUTPUTS, feeds)))
+    """Run with `feeds` completed by the interface's defaults (noise banks passed through)."""
+    noise = {k: v for k, v in feeds.items() if k in NOISE_NAMES}
+    values = {k: v for k, v in feeds.items() if k not in NOISE_NAMES and k != "audio"}
+    return dict(zip(OUTPUTS, sess.run(OUTPUTS, {**interface_feeds(feeds["audio"], **values), **noise})))
 
 
 @pytest.fixture(scope="module")

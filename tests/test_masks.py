@@ -2,6 +2,7 @@
 import itertools
 import json
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ f32, i64 = np.float32, np.int64
 INT64_MIN, INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 SHAPES = [(1, 14, 1), (1, 4, 7), (2, 3, 30), (3, 14, 100)]
 GOLDEN = Path(__file__).parent / "fixtures" / "upstream" / "golden"
+FRAME_RATE = f32(44100 / 768)  # exact in float32
 
 
 def codes_of(shape, seed=0):
@@ -23,8 +25,8 @@ def codes_of(shape, seed=0):
 
 def build(codes, key, intensity=1.0, prefix=0.0, suffix=0.0, P=7, width=1, dropout=0.0, ncc=0, upper=3, runtime="ort"):
     return run_function(
-        masks.build_mask, codes, np.uint32(key), f32(intensity), f32(prefix), f32(suffix),
-        i64(P), i64(width), f32(dropout), i64(ncc), i64(upper), runtime=runtime,
+        masks.build_mask, codes, np.int32(key), f32(intensity), f32(prefix), f32(suffix),
+        i64(P), i64(width), f32(dropout), i64(ncc), i64(upper), FRAME_RATE, runtime=runtime,
     )  # fmt: skip
 
 
@@ -41,17 +43,38 @@ def assert_mask(got, expected):
 # ---------------------------------------------------------------------------------- units
 
 
+@pytest.mark.parametrize("runtime", ["ort", "ref"])
 @pytest.mark.parametrize("seconds", [0.0, 0.01, 0.1, 1 / 3, 0.5, 1.0, 3.0, 10.0, 17.41, 1e6])
-def test_s2t_matches_python(seconds):
-    got = run_function(masks.s2t, f32(seconds))
+def test_s2t_matches_python(seconds, runtime):
+    got = run_function(masks.s2t, f32(seconds), FRAME_RATE, runtime=runtime)
     assert got.dtype == np.int64 and got == ref.s2t(seconds)
     assert got == math.ceil(float(f32(seconds)) * 44100 / 768)
 
 
 def test_s2t_upstream_values():
-    assert run_function(masks.s2t, f32(10.0)) == 575
-    assert run_function(masks.s2t, f32(3.0)) == 173
-    assert run_function(masks.s2t, f32(0.0)) == 0
+    assert run_function(masks.s2t, f32(10.0), FRAME_RATE) == 575
+    assert run_function(masks.s2t, f32(3.0), FRAME_RATE) == 173
+    assert run_function(masks.s2t, f32(0.0), FRAME_RATE) == 0
+
+
+@pytest.mark.parametrize("runtime", ["ort", "ref"])
+def test_exact_rounding_of_products_without_float64(runtime):
+    """ceil/floor of x·c for float32 x, c equal Python's exact rational results, also where the
+    float32 product itself rounds onto or across an integer."""
+    rng = np.random.default_rng(3)
+    rate = np.float32(44100 / 512)  # another codec's frame rate, 14 significant bits
+    x = np.concatenate([
+        rng.uniform(0, 100, 3000), np.arange(0, 300) * 64 / 3675,  # products at and near integers
+        np.float32(np.arange(1, 300) / rate), [0.0, 1e-30, 2.0**-20],
+    ]).astype(np.float32)
+    x = np.concatenate([x, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(0))])
+    x = x[(x == 0) | (x >= 1e-30)]  # no subnormals: some runtimes flush them to zero
+    for c in [FRAME_RATE, rate, np.float32(0.3), np.float32(1 / 3)]:
+        exact = [Fraction(float(v)) * Fraction(float(c)) for v in x]
+        ceil = run_function(masks.exact_ceil, x, np.full_like(x, c), runtime=runtime)
+        floor = run_function(masks.exact_floor, x, np.full_like(x, c), runtime=runtime)
+        np.testing.assert_array_equal(ceil, [math.ceil(e) for e in exact])
+        np.testing.assert_array_equal(floor, [math.floor(e) for e in exact])
 
 
 # ---------------------------------------------------------------------------------- builders
@@ -344,10 +367,10 @@ def test_resolve_mask_builds_or_fits(runtime):
     codes = codes_of(shape)
     built = build_ref(shape, key, **params)
     for empty in [np.zeros((1, 14, 0), np.int64), np.zeros((0, 14, 45), np.int64), np.zeros((2, 0, 0), np.int64)]:
-        got = run_function(masks.resolve_mask, empty, codes, key, *args, runtime=runtime)
+        got = run_function(masks.resolve_mask, empty, codes, key, *args, FRAME_RATE, runtime=runtime)
         assert_mask(got, built)
     explicit = np.random.default_rng(2).integers(0, 2, (1, 14, 40), dtype=np.int64)
-    got = run_function(masks.resolve_mask, explicit, codes, key, *args, runtime=runtime)
+    got = run_function(masks.resolve_mask, explicit, codes, key, *args, FRAME_RATE, runtime=runtime)
     assert_mask(got, ref.fit_mask(explicit, shape))
 
 
@@ -364,7 +387,7 @@ def test_function_models_pass_the_onnx_checker():
     from tests.graph_helpers import function_model
 
     shape = (2, 14, 9)
-    args = [np.uint32(1), f32(1), f32(0), f32(0), i64(7), i64(1), f32(0), i64(0), i64(3)]
+    args = [np.int32(1), f32(1), f32(0), f32(0), i64(7), i64(1), f32(0), i64(0), i64(3), FRAME_RATE]
     for fn, inputs in [
         (masks.build_mask, [codes_of(shape)] + args),
         (masks.resolve_mask, [np.zeros((1, 14, 0), np.int64), codes_of(shape)] + args),

@@ -9,8 +9,8 @@
 * Any length: 1, 767, 768, 769 samples, a few seconds and past one 10 s coarse chunk.
 * Robustness: extreme settings never give NaN/Inf or out-of-range codes; out-of-range inputs are
   clamped as README's table says (checked by equality with the clamped value).
-* Graph structure: no initializer inside a Loop body, defaults stored as initializers equal to the
-  metadata, the metadata of design.md.
+* Graph structure: no initializer inside a Loop body, every input a plain graph input with its
+  default in the metadata, the portable form (IR 9, inlined, typed subgraphs, no float64/uint32).
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from builder.assemble import DEFAULTS
 from conftest import CASE_VARIANT, DETERMINISTIC_CASES, OUTPUTS, fixture_inputs, golden
 from tolerances import assert_audio_close
+from vampnet_onnx import interface
+from vampnet_onnx.model import interface_feeds
 
 HOP = 768
 SR = 44100
@@ -34,18 +35,13 @@ _SESSIONS: dict = {}
 
 def session(built) -> ort.InferenceSession:
     if built.path not in _SESSIONS:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        _SESSIONS[built.path] = ort.InferenceSession(str(built.path), options, providers=["CPUExecutionProvider"])
+        _SESSIONS[built.path] = ort.InferenceSession(str(built.path), providers=["CPUExecutionProvider"])
     return _SESSIONS[built.path]
 
 
 def feeds(audio: np.ndarray, **inputs) -> dict[str, np.ndarray]:
-    """Inputs with the model's dtypes (ints int64, reals float32, scalars 0-d)."""
-    out = {"audio": np.ascontiguousarray(audio, dtype=np.float32)}
-    for name, value in inputs.items():
-        out[name] = np.asarray(value, dtype=DEFAULTS[name].dtype)
-    return out
+    """Every input of the model: the given ones, the interface table's defaults for the rest."""
+    return interface_feeds(audio, **inputs)
 
 
 def run(built, audio: np.ndarray, **inputs) -> dict[str, np.ndarray]:
@@ -309,22 +305,61 @@ def test_weights_stay_in_the_main_graph(tiny):
     # each component's weights are stored once, in the main graph
     stored = sum(len(t.raw_data) for t in model.graph.initializer)
     exported = sum(len(t.raw_data) for c in tiny.components.values() for t in c.graph.initializer)
-    assert exported <= stored < exported + 4096  # + the input defaults
+    assert exported <= stored < exported + 4096
 
 
-def test_defaults_are_initializers_equal_to_the_metadata(tiny):
+def test_every_input_is_a_plain_graph_input_with_defaults_in_metadata(tiny):
     model = onnx.load(str(tiny.path))
-    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [(v.name, v.type.tensor_type.elem_type, [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim])
+              for v in model.graph.input]
+    elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
+    assert [(n, e) for n, e, _ in inputs] == [(i.name, elem[i.dtype]) for i in interface.INPUTS]
+    assert not initializers & {n for n, _, _ in inputs}
+    for name, _, dims in inputs:
+        if interface.BY_NAME[name].is_parameter:
+            assert dims == [1], name
     metadata = {p.key: p.value for p in model.metadata_props}
-    stored = json.loads(metadata["defaults"])
-    inputs = [v.name for v in model.graph.input]
-    assert inputs[0] == "audio" and "audio" not in initializers
-    for name in inputs[1:]:
-        assert name in initializers, f"{name} has no default"
-        np.testing.assert_array_equal(initializers[name], DEFAULTS[name], err_msg=name)
-        if name != "mask":
-            np.testing.assert_array_equal(initializers[name], np.asarray(stored[name]), err_msg=name)
-    assert initializers["mask"].shape == (1, 14, 0)
+    assert json.loads(metadata["defaults"]) == interface.DEFAULTS
+    assert metadata["format_version"] == interface.FORMAT_VERSION
+
+
+def _all_graphs(graph):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield from _all_graphs(g)
+
+
+def test_portable_form(tiny):
+    """What the weakest runtimes need: IR 9, opset 20, no local functions, every Loop/If body
+    input and output typed (both If branches of one rank), no float64 or uint32 anywhere."""
+    model = onnx.load(str(tiny.path))
+    assert model.ir_version == 9
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 20)]
+    assert not model.functions
+    forbidden = {onnx.TensorProto.DOUBLE, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+    for g in _all_graphs(model.graph):
+        for v in [*g.input, *g.output, *g.value_info]:
+            assert v.type.tensor_type.elem_type not in forbidden, v.name
+        for node in g.node:
+            assert node.domain == "", node.op_type
+            for attr in node.attribute:
+                if attr.name == "to":
+                    assert attr.i not in forbidden, node.name
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    assert attr.t.data_type not in forbidden, node.name
+            if node.op_type in ("Loop", "If"):
+                for attr in node.attribute:
+                    body = attr.g
+                    for v in [*body.input, *body.output]:
+                        t = v.type.tensor_type
+                        assert t.elem_type and t.HasField("shape"), f"{node.op_type} {attr.name}: {v.name} untyped"
+            if node.op_type == "If":
+                then, other = (a.g for a in node.attribute)
+                assert [len(v.type.tensor_type.shape.dim) for v in then.output] == \
+                       [len(v.type.tensor_type.shape.dim) for v in other.output], node.name
 
 
 def test_metadata(tiny):
@@ -346,3 +381,34 @@ def test_axes_are_symbolic(tiny):
         assert dims[0].dim_param and dims[-1].dim_param, value.name
     for value in model.graph.output[1:]:
         assert value.type.tensor_type.shape.dim[1].dim_value == 14, value.name
+
+
+EMPTY_BATCH = """
+import sys, numpy as np, onnx
+from vampnet_onnx.model import interface_feeds
+path, runtime, samples = sys.argv[1], sys.argv[2], int(sys.argv[3])
+feeds = interface_feeds(np.zeros((0, samples), np.float32), sampling_steps=2, c2f_sampling_steps=1)
+if runtime == "ort":
+    import onnxruntime as ort
+    outs = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
+else:
+    from onnx.reference import ReferenceEvaluator
+    outs = ReferenceEvaluator(onnx.load(path)).run(None, feeds)
+print([tuple(o.shape) for o in outs])
+"""
+
+
+@pytest.mark.parametrize("runtime", ["ort", "ref"])
+@pytest.mark.parametrize("samples", [1, 768, 769, 5000])
+def test_empty_batch_returns_empty_outputs(tiny, runtime, samples):
+    """Batch 0 never reaches a kernel that divides by a zero dimension (that kills the process
+    with SIGFPE, which no host can catch): run in a subprocess, it must return empty outputs."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", EMPTY_BATCH, str(tiny.path), runtime, str(samples)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    frames = math.ceil(samples / HOP)
+    shapes = [(0, samples)] + [(0, 14, frames)] * 4
+    assert proc.stdout.strip() == str(shapes)

@@ -21,16 +21,12 @@ import onnx
 import pytest
 
 from conftest import OUTPUTS
+from vampnet_onnx.interface import INPUT_NAMES
+from vampnet_onnx.model import interface_feeds
 
 REPO = Path(__file__).resolve().parents[1]
 
-# design.md, "The model's interface (v1)", in order.
-INPUTS = [
-    "audio", "seed", "mask", "rand_mask_intensity", "prefix_s", "suffix_s", "periodic_prompt",
-    "periodic_prompt_width", "dropout", "ncc", "upper_codebook_mask", "sampling_steps", "temperature",
-    "mask_temperature", "top_p", "sample_cutoff", "c2f_sampling_steps", "c2f_temperature",
-    "c2f_mask_temperature", "c2f_top_p", "c2f_sample_cutoff",
-]
+INPUTS = list(INPUT_NAMES)
 RELEASED = {"coarse": 335_893_664, "c2f": 277_753_072}
 
 
@@ -110,12 +106,10 @@ def test_externalized_build_equals_the_in_memory_build(tiny, tmp_path):
         if info["length"] >= 1 << 12:
             assert info["offset"] % 4096 == 0
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    ours = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    reference = ort.InferenceSession(str(tiny.path), options, providers=["CPUExecutionProvider"])
+    ours = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(str(tiny.path), providers=["CPUExecutionProvider"])
     audio = np.random.default_rng(3).uniform(-0.3, 0.3, (1, 9000)).astype(np.float32)
-    feeds = {"audio": audio, "seed": np.array(11), "sampling_steps": np.array(3)}
+    feeds = interface_feeds(audio, seed=11, sampling_steps=3)
     for a, b in zip(ours.run(OUTPUTS, feeds), reference.run(OUTPUTS, feeds)):
         np.testing.assert_array_equal(a, b)
 

@@ -121,8 +121,8 @@ def gain_db_to_linear(db: float) -> float:
 class PreparedAudio:
     """The model's input plus what ``restore`` needs to give the output the input's shape.
 
-    ``samples``: float32 (S,), 44.1 kHz mono, -24 LUFS, peak <= 1 (what the model's ``audio``
-    input expects, one row). The rest describes the input file.
+    ``samples``: float32 (S,) at the model's rate ``model_rate``, mono, -24 LUFS, peak <= 1 (what
+    the model's ``audio`` input expects, one row). The rest describes the input file.
     """
 
     samples: np.ndarray
@@ -133,6 +133,7 @@ class PreparedAudio:
     subtype: str | None
     format: str | None
     path: Path
+    model_rate: int = SAMPLE_RATE
 
     @property
     def duration_s(self) -> float:
@@ -180,14 +181,14 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return soxr.resample(x, rate_in, rate_out, quality=RESAMPLE_QUALITY)
 
 
-def preprocess(mono: np.ndarray, rate: int, *, what: str = "input") -> np.ndarray:
-    """Upstream ``_preprocess`` on a mono signal: resample to 44.1 kHz, -24 LUFS, peak <= 1.
+def preprocess(mono: np.ndarray, rate: int, *, what: str = "input", model_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Upstream ``_preprocess`` on a mono signal: resample to the model's rate, -24 LUFS, peak <= 1.
 
     (Mixing to mono before resampling is the same as after: both are linear.) Returns float32.
     Raises :class:`AudioError` if the signal is silent (at or below -70 LUFS).
     """
-    x = resample(np.asarray(mono, dtype=np.float64), rate, SAMPLE_RATE)
-    lufs = loudness(x, SAMPLE_RATE)
+    x = resample(np.asarray(mono, dtype=np.float64), rate, model_rate)
+    lufs = loudness(x, model_rate)
     if lufs <= MIN_LUFS:
         raise AudioError(f"{what} is silent (loudness at or below {MIN_LUFS:g} LUFS)")
     x = x * gain_db_to_linear(TARGET_LUFS - lufs)
@@ -197,8 +198,8 @@ def preprocess(mono: np.ndarray, rate: int, *, what: str = "input") -> np.ndarra
     return x.astype(np.float32)
 
 
-def load_audio(path: str | os.PathLike) -> PreparedAudio:
-    """Read ``path`` and prepare the model input (see the module docstring).
+def load_audio(path: str | os.PathLike, model_rate: int = SAMPLE_RATE) -> PreparedAudio:
+    """Read ``path`` and prepare the model input at ``model_rate`` (see the module docstring).
 
     Raises :class:`AudioError` for a missing, unreadable, empty, silent or non-finite input.
     """
@@ -206,7 +207,7 @@ def load_audio(path: str | os.PathLike) -> PreparedAudio:
     lufs_in = loudness(data, rate)
     if lufs_in <= MIN_LUFS:
         raise AudioError(f"input is silent (loudness at or below {MIN_LUFS:g} LUFS): {path}")
-    samples = preprocess(data.mean(axis=1), rate, what=f"input mixed to mono ({path})")
+    samples = preprocess(data.mean(axis=1), rate, what=f"input mixed to mono ({path})", model_rate=model_rate)
     return PreparedAudio(
         samples=samples,
         sample_rate=rate,
@@ -216,6 +217,7 @@ def load_audio(path: str | os.PathLike) -> PreparedAudio:
         subtype=subtype,
         format=fmt,
         path=Path(path),
+        model_rate=model_rate,
     )
 
 
@@ -224,7 +226,7 @@ def load_audio(path: str | os.PathLike) -> PreparedAudio:
 
 
 def restore(out: np.ndarray, ref: PreparedAudio) -> np.ndarray:
-    """Model output (S,) at 44.1 kHz mono -> float32 (ref.frames, ref.channels) at ref's rate.
+    """Model output (S,) at the model's rate, mono -> float32 (ref.frames, ref.channels) at ref's rate.
 
     Resampled to the input's sample rate, trimmed or zero-padded to the input's exact number of
     frames, copied to each of the input's channels, gain-matched to the input's loudness (as
@@ -233,7 +235,7 @@ def restore(out: np.ndarray, ref: PreparedAudio) -> np.ndarray:
     y = np.asarray(out, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(y)):
         raise AudioError("the model produced NaN or infinite samples")
-    y = resample(y, SAMPLE_RATE, ref.sample_rate)
+    y = resample(y, ref.model_rate, ref.sample_rate)
     if y.shape[0] >= ref.frames:
         y = y[: ref.frames]
     else:

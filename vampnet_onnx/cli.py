@@ -39,10 +39,8 @@ from .audio import (
     same_file,
     write_audio_file,
 )
+from .interface import BY_NAME, PARAMETERS
 from .model import (
-    DESIGN_DEFAULTS,
-    INT_INPUTS,
-    SCALAR_INPUTS,
     Model,
     ModelError,
     disk_size,
@@ -122,28 +120,19 @@ def _int_range(lo: int | None = None, hi: int | None = None):
     return parse
 
 
-# (input name, argparse type, help) for every scalar model input except seed
+def _parameter_type(p):
+    """The argparse type of a model parameter: its number type and the interface table's range."""
+    if p.is_int:
+        return _int_range(p.low, p.high)
+    if p.low is None and p.high is None:
+        return _finite_float
+    return _float_range(p.low, p.high)
+
+
+# (input name, argparse type, help) for every parameter of the model except seed, from the table
 PARAM_FLAGS: list[tuple[str, Any, str]] = [
-    ("rand_mask_intensity", _float_range(0.0, 1.0), "fraction of tokens masked at random (0-1)"),
-    ("prefix_s", _float_range(0.0), "seconds kept at the start"),
-    ("suffix_s", _float_range(0.0), "seconds kept at the end"),
-    ("periodic_prompt", _int_range(0), "keep every P-th frame, randomly rolled (0 = off)"),
-    ("periodic_prompt_width", _int_range(0), "frames kept around each periodic anchor"),
-    ("dropout", _float_range(0.0, 1.0), "fraction of frames re-masked at random"),
-    ("ncc", _int_range(0), "conditioning codebooks forced to keep"),
-    ("upper_codebook_mask", _int_range(0), "codebooks >= this are fully generated"),
-    ("sampling_steps", _int_range(1), "coarse sampling steps"),
-    ("temperature", _finite_float, "coarse sampling temperature (<= 0: untempered)"),
-    ("mask_temperature", _finite_float, "coarse re-masking temperature (0: deterministic)"),
-    ("top_p", _finite_float, "coarse nucleus sampling (1.0 = off)"),
-    ("sample_cutoff", _finite_float, "fraction of coarse steps that sample (< 0: argmax)"),
-    ("c2f_sampling_steps", _int_range(1), "coarse-to-fine sampling steps"),
-    ("c2f_temperature", _finite_float, "coarse-to-fine sampling temperature"),
-    ("c2f_mask_temperature", _finite_float, "coarse-to-fine re-masking temperature"),
-    ("c2f_top_p", _finite_float, "coarse-to-fine nucleus sampling (1.0 = off)"),
-    ("c2f_sample_cutoff", _finite_float, "fraction of coarse-to-fine steps that sample"),
+    (p.name, _parameter_type(p), p.help) for p in PARAMETERS if p.name != "seed"
 ]
-assert [n for n, _, _ in PARAM_FLAGS] == [n for n in SCALAR_INPUTS if n != "seed"]
 
 
 def _flag(name: str) -> str:
@@ -164,10 +153,10 @@ def build_parser() -> ArgumentParser:
         help="generate new audio from an audio file (onnxruntime only)",
         description=(
             "Run the model on IN and write OUT. The input (any rate, any channels) is resampled to "
-            "44.1 kHz, mixed to mono and normalised to -24 LUFS; the output gets the input's "
-            "sample rate, length and loudness, and the mono result is copied to each of the "
-            "input's channels. Flags left out are not fed: the model's stored defaults apply "
-            "(shown as 'model default')."
+            "the model's rate (44.1 kHz for VampNet), mixed to mono and normalised to -24 LUFS; the "
+            "output gets the input's sample rate, length and loudness, and the mono result is "
+            "copied to each of the input's channels. Flags left out take the model's defaults "
+            "(from its metadata)."
         ),
     )
     v.add_argument("input", metavar="IN", help="input audio file (WAV, FLAC, OGG, ...)")
@@ -180,9 +169,9 @@ def build_parser() -> ArgumentParser:
                    help="random seed (default: a random one, printed so the run can be repeated)")
     g = v.add_argument_group("mask and sampling (model inputs)")
     for name, typ, text in PARAM_FLAGS:
-        metavar = "N" if name in INT_INPUTS else "X"
+        metavar = "N" if BY_NAME[name].is_int else "X"
         g.add_argument(_flag(name), dest=name, type=typ, default=None, metavar=metavar,
-                       help=f"{text} (model default: {DESIGN_DEFAULTS[name]})")
+                       help=f"{text} (default: {BY_NAME[name].default})")
     v.add_argument("--variations", type=_int_range(1), default=None, metavar="N",
                    help="generate N variations in one batch (default: 1, or the mask's rows)")
     v.add_argument("--mask-from", metavar="FILE",
@@ -243,8 +232,9 @@ def variation_paths(output: str | os.PathLike, n: int) -> list[Path]:
     return [p.with_name(f"{p.stem}-{k}{p.suffix}") for k in range(1, n + 1)]
 
 
-def load_mask(path: str | os.PathLike, n_codebooks: int = 14) -> np.ndarray:
-    """Read a mask file: .npz (key 'mask', else 'mask_out') or .npy; returns int64 (B, C, T)."""
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask file: .npz (key 'mask', else 'mask_out') or .npy; returns int64 (B, C, T).
+    (The number of codebooks and frames is checked against the model once it is loaded.)"""
     p = Path(path)
     if not p.is_file():
         raise CliError(f"mask file not found: {p}")
@@ -262,8 +252,8 @@ def load_mask(path: str | os.PathLike, n_codebooks: int = 14) -> np.ndarray:
         arr = np.asarray(loaded)
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1] != n_codebooks or arr.shape[0] < 1:
-        raise CliError(f"mask in {p} must have shape ({n_codebooks}, T) or (B, {n_codebooks}, T), got {tuple(np.shape(arr))}")
+    if arr.ndim != 3 or arr.shape[0] < 1:
+        raise CliError(f"mask in {p} must have shape (codebooks, T) or (B, codebooks, T), got {tuple(np.shape(arr))}")
     if arr.dtype.kind not in "biuf":
         raise CliError(f"mask in {p} must be integer 0/1, got dtype {arr.dtype}")
     if not np.all((arr == 0) | (arr == 1)):
@@ -362,15 +352,15 @@ def cmd_vamp(args: argparse.Namespace) -> int:
             if same_file(a, b):
                 raise CliError(f"the same path is given for two outputs: {a}")
 
-    # -- audio, then the model
-    prepared = load_audio(inp)
+    # -- the model, then the audio at the model's sample rate
     model = Model(args.model, threads=args.threads or None)
+    prepared = load_audio(inp, model.sample_rate)
     S = prepared.samples.shape[0]
     if mask is not None:
         T = model.frames_for(S)
         if mask.shape[2] != T:
             raise CliError(f"--mask-from has {mask.shape[2]} frames but this input has {T} "
-                           f"(ceil({S} samples at 44.1 kHz / hop {model.hop}))")
+                           f"(ceil({S} samples at {model.sample_rate} Hz / hop {model.hop}))")
         if mask.shape[1] != model.n_codebooks:
             raise CliError(f"--mask-from has {mask.shape[1]} codebooks, the model {model.n_codebooks}")
         mask = np.ascontiguousarray(np.broadcast_to(mask, (n, mask.shape[1], T)))
@@ -452,7 +442,7 @@ def cmd_vamp(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     model = Model(args.model)
-    stored = model.stored_defaults()
+    defaults = model.defaults()
     print(f"model: {model.path}")
     if model.producer:
         print(f"producer: {model.producer}")
@@ -462,16 +452,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("inputs:")
     rows = []
     for info in model.inputs.values():
-        if info.required:
+        if info.name == "audio":
             default = "required"
-        elif stored is not None and info.name in stored:
-            default = f"default {json.dumps(stored[info.name])}"
         elif info.name == "mask":
-            default = "default empty (build the mask from the parameters)"
-        elif info.name in DESIGN_DEFAULTS:
-            default = f"default {DESIGN_DEFAULTS[info.name]} (design.md; not in the model's metadata)"
+            default = f"default empty (1, {model.n_codebooks}, 0): build the mask from the parameters"
+        elif info.name in defaults:
+            default = f"default {json.dumps(defaults[info.name])}"
         else:
-            default = "default stored in the model"
+            default = "no default known"
         rows.append((info.name, type_name(info.type), shape_text(info.shape), default))
     _print_table(rows)
     print("outputs:")

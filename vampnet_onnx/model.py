@@ -1,4 +1,4 @@
-"""A thin onnxruntime wrapper around the single VampNet model (interface v1, design.md).
+"""A thin onnxruntime wrapper around the single VampNet model (vampnet_onnx/interface.py).
 
 Runtime-only dependencies: onnxruntime and numpy (never torch or onnx).
 
@@ -7,9 +7,11 @@ Runtime-only dependencies: onnxruntime and numpy (never torch or onnx).
     out = model.run(audio, seed=3, temperature=0.8)   # audio: float32 (B, S)
     out["audio_out"], out["codes"], out["mask_out"], out["coarse_codes"], out["codes_out"]
 
-Only the inputs passed to ``run`` are fed; every other input keeps the default stored in the
-model (an initializer with the input's name). A model with external data must be loaded from its
-path, with the data file beside it.
+Every input of the model is a plain graph input and is always fed: the values passed to ``run``,
+and for the others the defaults from the model's metadata ("defaults"; the interface table's
+where a key is missing) and an empty mask. Plain Python numbers are fine; they are shaped to the
+model's (1,) parameters. A model with external data must be loaded from its path, with the data
+file beside it.
 """
 
 from __future__ import annotations
@@ -24,41 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-INT_INPUTS = frozenset(
-    {"seed", "periodic_prompt", "periodic_prompt_width", "ncc", "upper_codebook_mask",
-     "sampling_steps", "c2f_sampling_steps"}
-)
-
-DESIGN_DEFAULTS: dict[str, int | float] = {
-    "seed": 0,
-    "rand_mask_intensity": 1.0,
-    "prefix_s": 0.0,
-    "suffix_s": 0.0,
-    "periodic_prompt": 7,
-    "periodic_prompt_width": 1,
-    "dropout": 0.0,
-    "ncc": 0,
-    "upper_codebook_mask": 3,
-    "sampling_steps": 12,
-    "temperature": 1.0,
-    "mask_temperature": 10.5,
-    "top_p": 1.0,
-    "sample_cutoff": 1.0,
-    "c2f_sampling_steps": 2,
-    "c2f_temperature": 1.0,
-    "c2f_mask_temperature": 10.5,
-    "c2f_top_p": 1.0,
-    "c2f_sample_cutoff": 1.0,
-}
-"""The defaults of design.md's interface table: what the builder stores in every model, and what
-applies when a model carries no "defaults" metadata. Order = the order flags are shown in the CLI."""
-
-# Interface v1 (design.md).
-SCALAR_INPUTS: tuple[str, ...] = tuple(DESIGN_DEFAULTS)
-INPUT_NAMES: tuple[str, ...] = ("audio", "mask") + SCALAR_INPUTS
-OUTPUT_NAMES: tuple[str, ...] = ("audio_out", "codes", "mask_out", "coarse_codes", "codes_out")
-
-DESIGN_METADATA = {"sample_rate": 44100, "hop": 768, "n_codebooks": 14}
+from .interface import DEFAULTS, INPUT_NAMES, OUTPUT_NAMES, PARAMETERS  # noqa: F401 - re-exported
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -68,6 +36,20 @@ _ORT_TYPES = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
+
+
+def interface_feeds(audio: np.ndarray, n_codebooks: int = 14, **values: Any) -> dict[str, np.ndarray]:
+    """A complete feed for a model of this interface: `values` where given, else the table's
+    defaults; parameters as (1,) arrays, `mask` empty (1, n_codebooks, 0) unless given."""
+    unknown = set(values) - set(INPUT_NAMES)
+    if unknown:
+        raise ModelError(f"not an input of the model: {', '.join(sorted(unknown))}")
+    feed = {"audio": np.ascontiguousarray(audio, dtype=np.float32),
+            "mask": np.asarray(values.get("mask", np.zeros((1, n_codebooks, 0))), np.int64)}
+    for p in PARAMETERS:
+        value = values.get(p.name, p.default)
+        feed[p.name] = np.asarray(value, np.int64 if p.is_int else np.float32).reshape(1)
+    return feed
 
 
 class ModelError(Exception):
@@ -99,7 +81,6 @@ class TensorInfo:
     name: str
     type: str  # onnxruntime's type string, e.g. 'tensor(float)'
     shape: tuple
-    required: bool = True  # False: the model stores a default (it may be omitted)
 
     @property
     def dtype(self):
@@ -170,7 +151,6 @@ class Model:
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
-        so.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
                 str(p), sess_options=so, providers=providers or ["CPUExecutionProvider"]
@@ -178,18 +158,11 @@ class Model:
         except Exception as e:  # onnxruntime raises its own (RuntimeError-like) types
             raise ModelError(f"cannot load model {p}: {_one_line(e)}") from e
         self.path = p
-        # onnxruntime lists inputs with a stored default (an initializer of the same name) not in
-        # get_inputs() but in get_overridable_initializers().
-        self.inputs = {i.name: TensorInfo(i.name, i.type, tuple(i.shape), True)
-                       for i in self.session.get_inputs()}
-        for i in self.session.get_overridable_initializers():
-            self.inputs.setdefault(i.name, TensorInfo(i.name, i.type, tuple(i.shape), False))
-        self.outputs = {o.name: TensorInfo(o.name, o.type, tuple(o.shape))
-                        for o in self.session.get_outputs()}
+        self.inputs = {i.name: TensorInfo(i.name, i.type, tuple(i.shape)) for i in self.session.get_inputs()}
+        self.outputs = {o.name: TensorInfo(o.name, o.type, tuple(o.shape)) for o in self.session.get_outputs()}
         meta = self.session.get_modelmeta()
         self.metadata: dict[str, str] = dict(meta.custom_metadata_map or {})
         self.producer = meta.producer_name
-        self.description = meta.description
         if "audio" not in self.inputs:
             raise ModelError(f"{p} is not a vampnet-onnx model (it has no 'audio' input)")
 
@@ -207,11 +180,8 @@ class Model:
         return d if isinstance(d, dict) else None
 
     def defaults(self) -> dict[str, Any]:
-        """Defaults of the scalar inputs: the model's "defaults" metadata over design.md's table.
-
-        Only inputs the model actually has are returned.
-        """
-        merged: dict[str, Any] = dict(DESIGN_DEFAULTS)
+        """Defaults of the model's parameters: its "defaults" metadata over the interface table's."""
+        merged: dict[str, Any] = dict(DEFAULTS)
         merged.update(self.stored_defaults() or {})
         return {k: v for k, v in merged.items() if k in self.inputs and k not in ("audio", "mask")}
 
@@ -227,15 +197,15 @@ class Model:
 
     @property
     def sample_rate(self) -> int:
-        return self.meta_int("sample_rate", DESIGN_METADATA["sample_rate"])
+        return self.meta_int("sample_rate", 44100)
 
     @property
     def hop(self) -> int:
-        return self.meta_int("hop_length", self.meta_int("hop", DESIGN_METADATA["hop"]))
+        return self.meta_int("hop_length", 768)
 
     @property
     def n_codebooks(self) -> int:
-        return self.meta_int("n_codebooks", self.meta_int("codebooks", 14))
+        return self.meta_int("n_codebooks", 14)
 
     @property
     def max_sampling_steps(self) -> int | None:
@@ -250,26 +220,41 @@ class Model:
     # -- running ----------------------------------------------------------------------------
 
     def feeds(self, audio: np.ndarray, **inputs: Any) -> dict[str, np.ndarray]:
-        """The feed dict for ``run``: only the given inputs, cast to the model's dtypes."""
+        """The feed dict for ``run``: every model input, the given ones cast to the model's dtypes
+        and shapes, the others at their defaults."""
         audio = np.asarray(audio)
         if audio.ndim != 2 or audio.shape[1] < 1 or audio.shape[0] < 1:
             raise ModelError(f"audio must have shape (B, S) with B, S >= 1, got {audio.shape}")
+        unknown = [name for name in inputs if name not in self.inputs]
+        if unknown:
+            raise ModelError(f"the model has no input named '{unknown[0]}'")
+        values = {**self.defaults(), "mask": np.zeros((1, self.n_codebooks, 0), np.int64)}
+        values.update({k: v for k, v in inputs.items() if v is not None})
         feed = {"audio": np.ascontiguousarray(audio, dtype=np.float32)}
-        for name, value in inputs.items():
-            if value is None:
+        for name, info in self.inputs.items():
+            if name == "audio":
                 continue
-            info = self.inputs.get(name)
-            if info is None:
-                raise ModelError(f"the model has no input named '{name}'")
-            dtype = info.dtype or np.float32
-            arr = np.asarray(value)
-            if np.issubdtype(np.dtype(dtype), np.integer):
-                if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
-                    raise ModelError(f"input '{name}' must be an integer, got {value!r}")
-            if name != "mask" and arr.ndim != 0:
-                raise ModelError(f"input '{name}' must be a scalar, got shape {arr.shape}")
-            feed[name] = np.ascontiguousarray(arr.astype(dtype))
+            if name not in values:
+                raise ModelError(f"no value and no default for the model's input '{name}'")
+            feed[name] = self._tensor(info, values[name])
         return feed
+
+    @staticmethod
+    def _tensor(info: TensorInfo, value: Any) -> np.ndarray:
+        dtype = info.dtype or np.float32
+        arr = np.asarray(value)
+        if info.name == "mask":
+            return np.ascontiguousarray(arr.astype(dtype))
+        if arr.size != 1:
+            raise ModelError(f"input '{info.name}' takes one value, got shape {arr.shape}")
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+                raise ModelError(f"input '{info.name}' must be an integer, got {value!r}")
+            limits = np.iinfo(dtype)
+            if arr.dtype.kind in "iu" and not limits.min <= int(arr.reshape(-1)[0]) <= limits.max:
+                raise ModelError(f"input '{info.name}' must be within [{limits.min}, {limits.max}], got {value!r}")
+        shape = tuple(d if isinstance(d, int) else 1 for d in info.shape)  # (1,), or () for a scalar
+        return np.ascontiguousarray(arr.astype(dtype).reshape(shape))
 
     def run(self, audio: np.ndarray, *, tick: Callable[[float], None] | None = None,
             tick_interval: float = 0.5, **inputs: Any) -> dict[str, np.ndarray]:

@@ -1,0 +1,161 @@
+"""The model's interface, written once: every input and output with its type, default and range.
+
+Everything that knows about the interface reads this table: the graph assembler (it checks the
+graph's signature against it and stores the defaults in the model's metadata), the host (it feeds
+the defaults of the inputs a caller leaves out), the command line (one flag per parameter, with
+its range and help), the stub model of the host tests, and the README (a test checks that its
+table is `markdown_table()`). It imports nothing, so any of them can use it.
+
+Every input is a plain graph input: runtimes differ in how they treat inputs that carry a stored
+default (onnxruntime-node ignores a fed value, onnxruntime-web and OpenVINO refuse the feed), so
+the model stores none and the caller feeds all of them. The parameters are one-element tensors of
+shape (1,), not 0-d scalars, so that generic tools that fill inputs with random values
+(onnxruntime's `onnxruntime_test`) can feed them; the graph clamps every value it gets.
+
+Adding an input: one entry here, plus the graph code that uses it (graphs/model.py's signature
+and whatever computes with it). The CLI flag, the metadata, the README table and the host's
+defaults follow from the entry.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+FORMAT_VERSION = "2"  # 2: every input a plain graph input, parameters of shape (1,)
+PARAMETER_SHAPE = (1,)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    dtype: str  # "float32" or "int64"
+    default: int | float | None  # None: the caller must give it (audio); mask: empty
+    low: int | float | None  # the range the command line accepts (None: unbounded)
+    high: int | float | None
+    help: str
+    outside: str = "clamped"  # what the graph does with a value outside [low, high]
+    upstream: str = ""  # upstream VampNet's name, where it differs or needs saying
+    shape: tuple = PARAMETER_SHAPE
+
+    @property
+    def is_int(self) -> bool:
+        return self.dtype == "int64"
+
+    @property
+    def is_parameter(self) -> bool:
+        return self.shape == PARAMETER_SHAPE
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    dtype: str
+    shape: tuple
+    help: str
+
+
+MAX_SAMPLING_STEPS = 128
+MAX_PERIOD = 1 << 24  # frames (about 81 hours at 44.1 kHz / 768)
+MAX_SECONDS = 1.0e6
+MAX_TEMPERATURE = 1.0e6
+MIN_TEMPERATURE = 1.0e-6
+
+INPUTS: tuple[Input, ...] = (
+    Input("audio", "float32", None, None, None,
+          "mono audio at the model's sample rate, loudness-normalised; any length S >= 1",
+          outside="-", shape=("B", "S")),
+    Input("seed", "int64", 0, INT64_MIN, INT64_MAX,
+          "all randomness in the model derives from it (its low 32 bits)", outside="-"),
+    Input("mask", "int64", None, 0, 1,
+          "explicit mask, 1 = generate, 0 = keep; empty (B, K, 0) = build it from the parameters below",
+          outside="values clipped to [0, 1]; another shape is fitted: row b uses row b mod B', "
+                  "codebooks and frames cropped or padded with 1 (generate)",
+          shape=("MB", "MK", "MT")),
+    Input("rand_mask_intensity", "float32", 1.0, 0.0, 1.0, "fraction of tokens masked at random",
+          outside="clamped; NaN: 0"),
+    Input("prefix_s", "float32", 0.0, 0.0, MAX_SECONDS, "seconds kept at the start",
+          outside="clamped; NaN: 0"),
+    Input("suffix_s", "float32", 0.0, 0.0, MAX_SECONDS, "seconds kept at the end",
+          outside="clamped; NaN: 0"),
+    Input("periodic_prompt", "int64", 7, 0, MAX_PERIOD,
+          "keep every P-th frame, randomly rolled (0 = off)"),
+    Input("periodic_prompt_width", "int64", 1, 0, MAX_PERIOD,
+          "frames kept around each periodic anchor", outside="clamped (0 acts as 1, as upstream)"),
+    Input("dropout", "float32", 0.0, 0.0, 1.0, "fraction of frames re-masked at random",
+          outside="clamped; NaN: 0", upstream="_dropout"),
+    Input("ncc", "int64", 0, 0, 14, "conditioning codebooks forced to keep",
+          outside="clamped to [0, codebooks]"),
+    Input("upper_codebook_mask", "int64", 3, 0, 14, "codebooks >= this are fully generated",
+          outside="clamped to [0, codebooks]"),
+    Input("sampling_steps", "int64", 12, 1, MAX_SAMPLING_STEPS, "coarse sampling steps",
+          upstream="_sampling_steps"),
+    Input("temperature", "float32", 1.0, None, None, "coarse sampling temperature (<= 0: untempered)",
+          outside=f"<= 0 or NaN: untempered (1.0), as upstream; else clamped to [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"),
+    Input("mask_temperature", "float32", 10.5, None, None,
+          "coarse re-masking temperature (0: deterministic)",
+          outside=f"< 0 or NaN: 0; capped at {MAX_TEMPERATURE:g}"),
+    Input("top_p", "float32", 1.0, None, None, "coarse nucleus sampling (1.0 = off)",
+          outside=">= 1 or NaN: off; < 0: 0 (keeps the top token only)"),
+    Input("sample_cutoff", "float32", 1.0, None, None,
+          "fraction of coarse steps that sample (< 0: argmax at every step)",
+          outside="any value; NaN: never sample (argmax)"),
+    Input("c2f_sampling_steps", "int64", 2, 1, MAX_SAMPLING_STEPS, "coarse-to-fine sampling steps"),
+    Input("c2f_temperature", "float32", 1.0, None, None, "coarse-to-fine sampling temperature",
+          outside="as temperature"),
+    Input("c2f_mask_temperature", "float32", 10.5, None, None,
+          "coarse-to-fine re-masking temperature", outside="as mask_temperature"),
+    Input("c2f_top_p", "float32", 1.0, None, None, "coarse-to-fine nucleus sampling (1.0 = off)",
+          outside="as top_p"),
+    Input("c2f_sample_cutoff", "float32", 1.0, None, None,
+          "fraction of coarse-to-fine steps that sample", outside="as sample_cutoff"),
+)
+
+OUTPUTS: tuple[Output, ...] = (
+    Output("audio_out", "float32", ("B", "S"), "generated audio, as long as `audio`"),
+    Output("codes", "int64", ("B", "K", "T"), "the input's codes, T = ceil(S / hop)"),
+    Output("mask_out", "int64", ("B", "K", "T"), "the mask that was used"),
+    Output("coarse_codes", "int64", ("B", "K", "T"), "after the coarse stage (fine codebooks still the input's)"),
+    Output("codes_out", "int64", ("B", "K", "T"), "final codes"),
+)
+
+INPUT_NAMES = tuple(i.name for i in INPUTS)
+OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
+BY_NAME = {i.name: i for i in INPUTS}
+PARAMETERS = tuple(i for i in INPUTS if i.is_parameter)
+DEFAULTS: dict[str, int | float] = {p.name: p.default for p in PARAMETERS}
+
+
+def defaults_json() -> str:
+    """The parameters' defaults as the model's "defaults" metadata (JSON, name -> value)."""
+    return json.dumps(DEFAULTS)
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def _range_text(i: Input) -> str:
+    if i.low is None and i.high is None:
+        return "any"
+    if i.name == "seed":
+        return "any int64"
+    return f"[{i.low:g}, {i.high:g}]" if not i.is_int else f"[{i.low}, {i.high}]"
+
+
+def markdown_table() -> str:
+    """The README's input table (a test checks that the README holds exactly this)."""
+    rows = ["| input | type, shape | default | valid range | outside it | meaning |",
+            "|---|---|---|---|---|---|"]
+    for i in INPUTS:
+        default = "—" if i.default is None else repr(i.default)
+        if i.name == "mask":
+            default = "empty (1, K, 0)"
+        meaning = i.help + (f" (upstream `{i.upstream}`)" if i.upstream else "")
+        rows.append(f"| `{i.name}` | {i.dtype} {_shape_text(i.shape)} | {default} | "
+                    f"{'—' if i.name == 'audio' else _range_text(i)} | {i.outside} | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
