@@ -64,6 +64,7 @@ LAG = 1  # spectral flux lag (librosa onset_strength default)
 DELTA = 0.07  # peak_pick threshold above the local mean (librosa onset_detect default)
 TINY32 = float(np.finfo(np.float32).tiny)  # librosa util.tiny of a float32 envelope
 DB_PER_LN = 10.0 / math.log(10.0)  # 10·log10(x) = DB_PER_LN · ln(x)
+DB_FLOOR = float(np.float32(10.0) * np.log10(np.float32(AMIN)))  # librosa's float32 10·log10(amin)
 WIDTH_MAX = 1 << 24  # onset mask width clamp (any larger width keeps the whole signal anyway)
 # Closed-form `wait` rule: 2^REACH_DOUBLINGS must exceed the number of peaks one greedy run can
 # keep, which is below the number of frames: 2^24 frames > 2^31 samples for any hop >= 128.
@@ -400,7 +401,10 @@ def make_onset_detector(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> Ons
         """librosa.onset.onset_strength(y, sr, hop_length=hop) per row (not normalised), (B, F)."""
         power = power_spectrum(frames(audio))
         mel = op.MatMul(power, op.Constant(value=mel_t))  # (B, F, n_mels)
+        # 10·log10(max(amin, mel)); values at or below amin get librosa's constant exactly (onnxruntime's
+        # Log can differ by an ulp between positions of a tensor, which would make silence "flux")
         db = op.Log(op.Max(mel, op.CastLike(AMIN, mel))) * op.CastLike(DB_PER_LN, mel)
+        db = op.Where(mel <= op.CastLike(AMIN, mel), op.CastLike(DB_FLOOR, mel), db)
         floor = op.ReduceMax(db, [1, 2], keepdims=1) - op.CastLike(TOP_DB, db)
         db = op.Max(db, floor)
         n = op.Shape(db, start=1, end=2)
