@@ -343,8 +343,9 @@ class OnsetDetector:
 
 def make_onset_detector(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> OnsetDetector:
     """The graph functions of librosa's onset detector for one sample rate and hop (constants baked in)."""
-    if hop < 128 or N_FFT % math.gcd(N_FFT, hop) or hop % math.gcd(N_FFT, hop):
-        raise ValueError(f"hop {hop}: need hop >= 128")
+    if int(hop) != hop or hop < 128:  # REACH_DOUBLINGS covers 2^31 samples only for hop >= 128
+        raise ValueError(f"hop must be an integer >= 128, got {hop}")
+    hop = int(hop)
     pp = PeakPickParams.for_rate(sample_rate, hop)
     block = math.gcd(N_FFT, hop)  # frames are gathered as whole blocks of this many samples
     hop_blocks, frame_blocks = hop // block, N_FFT // block
