@@ -368,7 +368,7 @@ def make_onset_detector(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> Ons
         x = op.Pad(audio, op.Constant(value_ints=[0, half, 0, half]))  # (B, S + N)
         used = (F - 1) * hop + N_FFT  # <= S + N, a multiple of `block`
         x = op.Slice(x, [0], used, [1])
-        blocks = op.Reshape(x, op.Concat(op.Shape(audio, start=0, end=1), op.Constant(value_ints=[-1, block]), axis=0))
+        blocks = op.Reshape(x, op.Concat(op.Shape(audio, start=0, end=1), used / block, op.Constant(value_ints=[block]), axis=0))
         first = op.Unsqueeze(op.Range(0, op.Squeeze(F), 1) * hop_blocks, [1])  # (F, 1)
         index = first + op.Unsqueeze(op.Range(0, frame_blocks, 1), [0])  # (F, N / block)
         framed = op.Gather(blocks, index, axis=1)  # (B, F, N / block, block)

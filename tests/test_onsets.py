@@ -363,6 +363,25 @@ def test_short_audio(S, runtime):
     assert mask.shape == codes.shape and set(np.unique(mask)) <= {0, 1}
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy (reference evaluator) on inf/NaN
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_empty_shapes_and_extreme_audio(runtime):
+    empty = np.zeros((0, 100), f32)
+    assert run_function(onsets.onset_detect, empty, runtime=runtime).shape == (0, 1)
+    assert run_function(onsets.onset_mask, np.zeros((0, 14, 3), i64), empty, i64(2), runtime=runtime).shape == (0, 14, 3)
+    no_frames = run_function(onsets.onset_mask, np.zeros((2, 14, 0), i64), np.ones((2, 100), f32), i64(2), runtime=runtime)
+    assert no_frames.shape == (2, 14, 0)
+    rng = np.random.default_rng(5)
+    y = rng.standard_normal((4, 20000)).astype(f32)
+    y[0] *= 1e30  # overflows to inf power: not finite, no onsets
+    y[1, 100] = np.inf
+    y[2] *= 1e-30  # below amin everywhere: silence
+    y[3, :10000] = 0
+    found = run_function(onsets.onset_detect, y, runtime=runtime)
+    assert not found[:3].any()
+    np.testing.assert_array_equal(np.flatnonzero(found[3]), librosa_onsets(y[3]))
+
+
 def test_batch_rows_are_independent():
     signals = synthetic_signals()
     a, b = signals["plucks 100 bpm 8 s"][: 5 * SR], signals["drums 110 bpm 8 s"][: 5 * SR]
