@@ -316,7 +316,8 @@ def slice_mask(onsets: BOOL["B", "F"], n_frames: INT64, width: INT64) -> INT64["
     active = op.And(onsets, start < stop)
     one = op.Cast(active, to=INT64.dtype)
     shape = op.Shape(onsets)
-    diff = op.Expand(op.Constant(value_int=0), op.Concat(op.Shape(onsets, start=0, end=1), op.Reshape(T + 1, [1]), axis=0))
+    diff_shape = op.Concat(op.Shape(onsets, start=0, end=1), op.Reshape(T + 1, [1]), axis=0)  # (B, T + 1)
+    diff = op.Expand(op.Constant(value_int=0), diff_shape)
     diff = op.ScatterElements(diff, op.Expand(start, shape), one, axis=1, reduction="add")
     diff = op.ScatterElements(diff, op.Expand(stop, shape), -one, axis=1, reduction="add")
     covered = op.Slice(op.CumSum(diff, 1), [0], op.Reshape(T, [1]), [1])  # (B, T)
@@ -368,11 +369,13 @@ def make_onset_detector(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> Ons
         x = op.Pad(audio, op.Constant(value_ints=[0, half, 0, half]))  # (B, S + N)
         used = (F - 1) * hop + N_FFT  # <= S + N, a multiple of `block`
         x = op.Slice(x, [0], used, [1])
-        blocks = op.Reshape(x, op.Concat(op.Shape(audio, start=0, end=1), used / block, op.Constant(value_ints=[block]), axis=0))
+        blocks_shape = op.Concat(op.Shape(audio, start=0, end=1), used / block, op.Constant(value_ints=[block]), axis=0)
+        blocks = op.Reshape(x, blocks_shape)  # (B, used / block, block)
         first = op.Unsqueeze(op.Range(0, op.Squeeze(F), 1) * hop_blocks, [1])  # (F, 1)
         index = first + op.Unsqueeze(op.Range(0, frame_blocks, 1), [0])  # (F, N / block)
         framed = op.Gather(blocks, index, axis=1)  # (B, F, N / block, block)
-        framed = op.Reshape(framed, op.Concat(op.Shape(framed, start=0, end=2), op.Constant(value_ints=[N_FFT]), axis=0))
+        frames_shape = op.Concat(op.Shape(framed, start=0, end=2), op.Constant(value_ints=[N_FFT]), axis=0)
+        framed = op.Reshape(framed, frames_shape)
         return framed * op.Constant(value=window)
 
     @onnxscript.script(vampnet, default_opset=op)
@@ -383,8 +386,9 @@ def make_onset_detector(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> Ons
         Im X[k] = −Σ_{n=1}^{N/2−1} v[n] sin(2πkn/N), v[n] = y[n] − y[N − n]
         """
         head = op.Slice(framed, [0], op.Constant(value_ints=[half + 1]), [2])  # y[0 .. N/2]
-        tail = op.Slice(framed, op.Constant(value_ints=[N_FFT - 1]), op.Constant(value_ints=[half]), [2], [-1])  # y[N−1], ..., y[N/2+1]
-        tail = op.Pad(tail, op.Constant(value_ints=[0, 0, 1, 0, 0, 1]))  # (B, F, N/2 + 1): 0, y[N−1], ..., y[N/2+1], 0
+        # y[N−1], ..., y[N/2+1], then padded to (B, F, N/2 + 1): 0, y[N−1], ..., y[N/2+1], 0
+        tail = op.Slice(framed, op.Constant(value_ints=[N_FFT - 1]), op.Constant(value_ints=[half]), [2], [-1])
+        tail = op.Pad(tail, op.Constant(value_ints=[0, 0, 1, 0, 0, 1]))
         u = head + tail
         v = op.Slice(head - tail, [1], op.Constant(value_ints=[half]), [2])  # (B, F, N/2 − 1)
         k = op.Range(0, half + 1, 1)  # rows n, columns k
@@ -409,7 +413,8 @@ def make_onset_detector(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> Ons
         floor = op.ReduceMax(db, [1, 2], keepdims=1) - op.CastLike(TOP_DB, db)
         db = op.Max(db, floor)
         n = op.Shape(db, start=1, end=2)
-        flux = op.Slice(db, op.Constant(value_ints=[LAG]), n, [1]) - op.Slice(db, [0], n - LAG, [1])  # (B, F − lag, n_mels)
+        # (B, F − lag, n_mels)
+        flux = op.Slice(db, op.Constant(value_ints=[LAG]), n, [1]) - op.Slice(db, [0], n - LAG, [1])
         flux = op.Max(flux, op.CastLike(0.0, flux))
         envelope = op.ReduceMean(flux, [2], keepdims=0)  # (B, F − lag)
         envelope = op.Pad(envelope, op.Constant(value_ints=[0, centre_shift, 0, 0]))

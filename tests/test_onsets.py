@@ -131,7 +131,8 @@ def _clicks(rng, total_s, bpm, jitter=0.0):
 
 def _plucks(rng, total_s, bpm, decay=0.25):
     notes = [110, 147, 196, 220, 262, 330, 392, 440, 523]
-    return _place(total_s, [(t, _pluck(rng, rng.choice(notes), 1.5, decay)) for t in np.arange(0.05, total_s, 60 / bpm)], 0.3)
+    events = [(t, _pluck(rng, rng.choice(notes), 1.5, decay)) for t in np.arange(0.05, total_s, 60 / bpm)]
+    return _place(total_s, events, 0.3)
 
 
 def _chords(rng, total_s, every):
@@ -302,7 +303,9 @@ def _envelopes(rng):
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_peak_pick_matches_librosa(runtime):
     pp = onsets.DETECTOR.peak_pick_params
-    kwargs = dict(pre_max=pp.pre_max, post_max=pp.post_max, pre_avg=pp.pre_avg, post_avg=pp.post_avg, delta=pp.delta, wait=pp.wait)
+    kwargs = dict(
+        pre_max=pp.pre_max, post_max=pp.post_max, pre_avg=pp.pre_avg, post_avg=pp.post_avg, delta=pp.delta, wait=pp.wait
+    )
     for x in _envelopes(np.random.default_rng(2)):
         x = x.astype(f32)
         got = run_function(onsets.peak_pick, x[None], runtime=runtime)[0]
@@ -368,8 +371,10 @@ def test_short_audio(S, runtime):
 def test_empty_shapes_and_extreme_audio(runtime):
     empty = np.zeros((0, 100), f32)
     assert run_function(onsets.onset_detect, empty, runtime=runtime).shape == (0, 1)
-    assert run_function(onsets.onset_mask, np.zeros((0, 14, 3), i64), empty, i64(2), runtime=runtime).shape == (0, 14, 3)
-    no_frames = run_function(onsets.onset_mask, np.zeros((2, 14, 0), i64), np.ones((2, 100), f32), i64(2), runtime=runtime)
+    no_rows = run_function(onsets.onset_mask, np.zeros((0, 14, 3), i64), empty, i64(2), runtime=runtime)
+    assert no_rows.shape == (0, 14, 3)
+    no_frames = np.zeros((2, 14, 0), i64)
+    no_frames = run_function(onsets.onset_mask, no_frames, np.ones((2, 100), f32), i64(2), runtime=runtime)
     assert no_frames.shape == (2, 14, 0)
     rng = np.random.default_rng(5)
     y = rng.standard_normal((4, 20000)).astype(f32)
