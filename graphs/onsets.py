@@ -27,11 +27,11 @@ module-level names (`onset_envelope`, `onset_detect`, `onset_mask`, ...) are its
 holds one instance: the function names are the same in every instance.
 
 STFT as MatMul, not the ONNX STFT/DFT ops: a framed signal times a constant DFT basis uses only
-Gather, Mul and MatMul, which every runtime we target implements identically (the ONNX reference
+Gather, Mul and MatMul, which every runtime we target supports alike (the ONNX reference
 evaluator, onnxruntime CPU and web, OpenVINO), whereas STFT/DFT support and their argument
 conventions vary between runtimes and opsets. The basis is folded by the symmetry of the periodic
 Hann window (x[n] ± x[N−n]), which halves the multiplications: two MatMuls of (F, N/2 ± 1) by
-(N/2 ± 1, N/2 ± 1). The basis itself is gathered in the graph from a table of N cosines (8 KB)
+(N/2 ± 1, N/2 + 1). The basis itself is gathered in the graph from a table of N cosines (8 KB)
 with index (n·k mod N), so the model stores no 8 MB matrix; onnxruntime folds it once at load.
 
 No Loop and no If: the sequential `wait` rule is computed in closed form (see `wait_rule`), and
@@ -41,9 +41,9 @@ any signal shorter than 2^31 samples).
 
 Batch rows are independent: row b of the mask comes from row b of the audio (upstream detects on
 row 0 only and applies that to every row; identical for B = 1). A row whose envelope is not finite
-(NaN or Inf in the audio) has no onsets (librosa raises on such audio). When librosa would find
-peaks nothing (a non-zero envelope with no peak above threshold) upstream crashes in
-`onset_backtrack` on the empty list; here that row simply has no onsets.
+(NaN or Inf in the audio) has no onsets (librosa raises on such audio). When librosa's peak
+picking finds nothing in a non-zero envelope, upstream crashes in `onset_backtrack` on the empty
+list; here that row simply has no onsets.
 """
 import math
 from dataclasses import dataclass
