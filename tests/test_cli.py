@@ -936,3 +936,13 @@ def test_build_without_torch_says_how_to_install(tmp_path):
         p = _run(["-c", NO_TORCH_PRELUDE, *cmd], tmp_path)
         assert p.returncode == 1, p.stdout + p.stderr
         assert_one_line_error(p.returncode, p.stderr, 1, "pip install -e .[build]")
+
+
+def test_readme_interface_table_is_the_interface():
+    """README's input table is exactly what vampnet_onnx/interface.py generates."""
+    from vampnet_onnx.interface import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- interface table: generated -->\n") + len("<!-- interface table: generated -->\n")
+    end = readme.index("<!-- end of interface table -->")
+    assert readme[start:end].strip() == markdown_table()
