@@ -25,8 +25,8 @@ the ranges are (value after clamping):
     |------------------------|---------|------------------|--------------------------------------------|
     | rand_mask_intensity    | float32 | [0, 1]           | clipped; NaN → 0; −inf → 0; +inf → 1       |
     | prefix_s, suffix_s     | float32 | [0, 1e6] seconds | clipped; NaN → 0 (1e6 s > any input: all)  |
-    | periodic_prompt (P)    | int64   | [0, 2^24]        | clipped; negative → 0 = off                |
-    | periodic_prompt_width  | int64   | [0, 2^24]        | clipped; negative → 0 (acts as 1)          |
+    | periodic_prompt (P)    | int64   | [0, 2^23]        | clipped; negative → 0 = off                |
+    | periodic_prompt_width  | int64   | [0, 2^23]        | clipped; negative → 0 (acts as 1)          |
     | dropout                | float32 | [0, 1]           | clipped; NaN → 0                           |
     | ncc                    | int64   | [0, K]           | clipped (upstream's negative slice is not) |
     | upper_codebook_mask    | int64   | [0, K]           | clipped (negative → 0: all generated)      |
@@ -54,7 +54,7 @@ from graphs.prng import MASK_DROPOUT, MASK_RANDOM, MASK_ROLL, derive_key, randin
 from vampnet_onnx.interface import MAX_PERIOD, MAX_SECONDS
 
 SECONDS_MAX = MAX_SECONDS  # s2t(1e6) = 57_421_875 frames at 44.1 kHz / 768: keeps everything
-PERIOD_MAX = MAX_PERIOD  # roll offsets are exact up to 2^24 (prng.randint); 2^24 frames ≈ 81 hours
+PERIOD_MAX = MAX_PERIOD  # roll offsets are exact up to 2^23 (prng.randint); 2^23 frames ≈ 40 hours
 WIDTH_MAX = MAX_PERIOD
 SPLITTER = 4097.0  # 2^12 + 1: splits a float32 into two halves of 12 significant bits (Veltkamp)
 
@@ -125,7 +125,7 @@ def s2t(seconds: FLOAT, frame_rate: FLOAT) -> INT64:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def random_mask(codes: INT64["B", "K", "T"], key: INT32, intensity: FLOAT) -> INT64["B", "K", "T"]:
+def random_mask(codes: INT64["B", "K", "T"], key: INT32[2], intensity: FLOAT) -> INT64["B", "K", "T"]:
     """Bernoulli(intensity) per token: 1 where u < intensity (u in (0,1): r = 0 → none, r = 1 → all)."""
     u = uniform(key, op.Shape(codes))
     return op.Cast(u < intensity, to=INT64.dtype)
@@ -157,7 +157,7 @@ def periodic_keep(t: INT64[...], T: INT64, period: INT64, width: INT64) -> BOOL[
 
 @onnxscript.script(vampnet, default_opset=op)
 def periodic_mask(
-    codes: INT64["B", "K", "T"], key: INT32, period: INT64, width: INT64
+    codes: INT64["B", "K", "T"], key: INT32[2], period: INT64, width: INT64
 ) -> INT64["B", "K", "T"]:
     """Periodic prompt, rolled per batch row by randint(0, P); all ones when P = 0 (off)."""
     B = op.Shape(codes, start=0, end=1)
@@ -174,7 +174,7 @@ def periodic_mask(
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def dropout_mask(mask: INT64["B", "K", "T"], key: INT32, p: FLOAT) -> INT64["B", "K", "T"]:
+def dropout_mask(mask: INT64["B", "K", "T"], key: INT32[2], p: FLOAT) -> INT64["B", "K", "T"]:
     """Re-mask n = int(T·p) random frames per row in all codebooks (duplicates allowed)."""
     B = op.Shape(mask, start=0, end=1)
     T = op.Shape(mask, start=2, end=3)
@@ -212,7 +212,7 @@ def codebook_mask(mask: INT64["B", "K", "T"], upper: INT64) -> INT64["B", "K", "
 @onnxscript.script(vampnet, default_opset=op)
 def build_mask(
     codes: INT64["B", "K", "T"],
-    key: INT32,
+    key: INT32[2],
     rand_mask_intensity: FLOAT,
     prefix_s: FLOAT,
     suffix_s: FLOAT,
@@ -270,7 +270,7 @@ def fit_mask(mask: INT64["Bm", "Km", "Tm"], codes: INT64["B", "K", "T"]) -> INT6
 def resolve_mask(
     mask: INT64["Bm", "Km", "Tm"],
     codes: INT64["B", "K", "T"],
-    key: INT32,
+    key: INT32[2],
     rand_mask_intensity: FLOAT,
     prefix_s: FLOAT,
     suffix_s: FLOAT,

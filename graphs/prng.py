@@ -5,29 +5,32 @@ function of (seed, stream path, flat index): the same seed gives the same number
 runtime and in numpy (tests/numpy_reference.py), bit for bit.
 
 Portability decides the arithmetic. Some runtimes have no uint32 Mul (onnxruntime < 1.21), no
-BitShift on signed types (onnxruntime), or compute int64 in int32 (OpenVINO's CPU plugin). So
-everything here is int32 whose values never need more than 31 bits: 16-bit words, products of a
-16-bit word and a 15-bit constant (< 2^31), shifts written as Div by a power of two on
-non-negative values, masks as BitwiseAnd.
+BitShift on signed types (onnxruntime), compute int64 in int32, or even compute integer Mul and
+Div through float32 (OpenVINO's CPU plugin does both). So everything here is int32 whose
+arithmetic results stay below 2^24, where float32 is exact: 16-bit words, products of an 8-bit
+limb and a 15-bit constant, shifts written as Div by a power of two on non-negative values, masks
+as BitwiseAnd.
 
 The hash is a 6-round Feistel network on two 16-bit halves (L, R):
 
     round r:  L, R = R, L ^ F(R ^ k_r, M_r)      F(x, M) = (t ^ (t / 2^16)) & 0xFFFF,  t = x·M
-    k_r = the key's high half (r even) or low half (r odd), xor a round constant C_r
+    k_r = the key's high word (r even) or low word (r odd), xor a round constant C_r
+    t < 2^31 is never formed: F is computed from the two 8-bit limbs of x (see `mix`).
 
 It is a bijection of 32-bit blocks for each key (any Feistel network is), and 4 rounds already
 reach full avalanche (every output bit flips with probability 1/2 when any input bit flips).
 
-    key             int32 scalar in [0, 2^31): high half 15 bits, low half 16 bits
-    seed_key(seed)  = block(FIXED_KEY, low 32 bits of seed)      (seed and seed + 2^32 coincide)
-    derive_key(k, n) = block(k, low 32 bits of n) cut to 31 bits  child key of stream n
-    random_bits(k, shape): x_i = block(k, i), i = flat (row-major) index, as (hi16, lo16)
+    key             int32 (2,): two 16-bit words
+    seed_key(seed)  = block(SEED_KEY, low 32 bits of seed)       (seed and seed + 2^32 coincide)
+    derive_key(k, n) = block(k, low 32 bits of n)                 child key of stream n
+    x_i = block(k, i), i = flat (row-major) index, as two words
     uniform: m_i = the top 23 bits of x_i, u_i = (2·m_i + 1)·2^-24   exact in float32, in (0, 1)
-    randint(k, shape, high) = floor(m_i · high / 2^23)                exact for high <= 2^24
+    randint(k, shape, high) = floor(m_i · high / 2^23)                exact for high <= 2^23
 
 A stream is prefix-stable: drawing shape (2, 3) gives the first 6 numbers of the stream, so (3,)
-draws its first 3. Keys have 31 bits, so about 2^15 distinct streams may collide by the birthday
-bound; the model uses a few thousand.
+draws its first 3. Keys have 32 bits, so about 2^16 distinct streams may collide by the birthday
+bound; the model uses a few thousand. Indices are exact up to 2^24 elements per draw in runtimes
+that compute integers in float32 (a coarse step of 8 variations draws 18.8 M).
 
 Stream layout (the `n` of derive_key at each level; one tree for the whole model):
 
@@ -56,51 +59,57 @@ MASK_RANDOM = 0
 MASK_ROLL = 1
 MASK_DROPOUT = 2
 
-# Odd multipliers below 2^15 (so x·M < 2^31 for a 16-bit x) and round constants, one per round.
+# Odd multipliers below 2^15 (an 8-bit limb times one stays below 2^23) and round constants.
 # Any odd values work; these are digits of well-known hash constants, chosen to be irregular.
 MULTIPLIERS = (0x6A5B, 0x4C93, 0x7D2F, 0x5E8B, 0x63A9, 0x45D5)
 ROUND_CONSTANTS = (0x9E37, 0x79B9, 0x7F4A, 0x7C15, 0xF39C, 0xC6EF)
-SEED_KEY = 0x2545F491  # the fixed key under which the seed itself is hashed
-WORD = 65536  # 2^16
+SEED_KEY = (0x2545, 0xF491)  # the fixed key under which the seed itself is hashed
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def mix(x: INT32[...], multiplier: INT32) -> INT32[...]:
-    """F(x, M) = (t ^ (t / 2^16)) & 0xFFFF with t = x·M < 2^31: the product's high bits fold down."""
-    t = x * multiplier
-    return op.BitwiseAnd(op.BitwiseXor(t, t / 65536), 0xFFFF)
+def mix(x: INT32[...], multiplier: INT64) -> INT32[...]:
+    """F(x, M) = (t mod 2^16) ^ (t / 2^16) for t = x·M, x < 2^16, M < 2^15, without forming t.
+
+    With x = 256·xh + xl: t = 256·a + b for a = xh·M and b = xl·M (both < 2^23), so
+        t mod 2^16 = (256·(a mod 256) + b) mod 2^16     and     t / 2^16 = a / 256 + s / 2^16
+    where s = 256·(a mod 256) + b < 2^24: every value stays exact in float32.
+    """
+    m = op.CastLike(multiplier, x)
+    a = (x / 256) * m
+    b = op.BitwiseAnd(x, 255) * m
+    s = op.BitwiseAnd(a, 255) * 256 + b
+    return op.BitwiseXor(op.BitwiseAnd(s, 0xFFFF), a / 256 + s / 65536)
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def block(key: INT32, high: INT32[...], low: INT32[...]):
+def block(key: INT32[2], high: INT32[...], low: INT32[...]):
     """The keyed 32-bit permutation on (high, low) 16-bit words; returns the two output words.
 
-    Six rounds (L, R) -> (R, L ^ F(R ^ k_r, M_r)), constants from MULTIPLIERS / ROUND_CONSTANTS.
+    Six rounds (L, R) -> (R, L ^ F(R ^ k_r, M_r)), written out with the constants of
+    MULTIPLIERS and ROUND_CONSTANTS (tests check the two agree).
     """
-    k_high = key / 65536  # key >= 0: the division is a shift
-    k_low = op.BitwiseAnd(key, 0xFFFF)
-    m = op.Cast(op.Constant(value_ints=MULTIPLIERS), to=INT32.dtype)
-    c = op.Cast(op.Constant(value_ints=ROUND_CONSTANTS), to=INT32.dtype)
+    # The key's words as (1,) slices: OpenVINO's CPU plugin reuses a scalar Gather of a
+    # loop-carried tensor from the first Loop iteration (measured with 2026.4), a Slice it does not.
+    k_high = op.Slice(key, [0], [1])
+    k_low = op.Slice(key, [1], [2])
     left = op.BitwiseXor(high, k_high)
     right = op.BitwiseXor(low, k_low)
-    for_round = op.Concat(op.Reshape(k_high, [1]), op.Reshape(k_low, [1]), axis=0)
-    k = op.BitwiseXor(op.Tile(for_round, [3]), c)  # k_high, k_low, k_high, ... xor C_r
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[0]), m[0]))
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_high, 0x9E37)), 0x6A5B))
     left = right
     right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[1]), m[1]))
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_low, 0x79B9)), 0x4C93))
     left = right
     right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[2]), m[2]))
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_high, 0x7F4A)), 0x7D2F))
     left = right
     right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[3]), m[3]))
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_low, 0x7C15)), 0x5E8B))
     left = right
     right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[4]), m[4]))
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_high, 0xF39C)), 0x63A9))
     left = right
     right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, k[5]), m[5]))
+    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_low, 0xC6EF)), 0x45D5))
     left = right
     right = mixed
     return left, right
@@ -110,39 +119,34 @@ def block(key: INT32, high: INT32[...], low: INT32[...]):
 def words(n: INT64[...]):
     """The low 32 bits of n as (high, low) 16-bit words in int32 (negative n wraps).
 
-    The int32 Cast keeps the low 32 bits, and the exact division below is the same whether a
-    runtime holds the value in int64 or in int32: only the low 32 bits are ever used.
+    The int32 Cast keeps the low 32 bits; everything after it is bitwise or exact in float32.
     """
     n32 = op.Cast(n, to=INT32.dtype)
     low = op.BitwiseAnd(n32, 0xFFFF)
-    high = op.BitwiseAnd((n32 - low) / 65536, 0xFFFF)  # exact: n32 - low is a multiple of 2^16
+    # bits 16-30 (a multiple of 2^16: exact even in float32), then the sign bit as bit 15
+    high = op.BitwiseAnd(n32, 0x7FFF0000) / 65536 + op.Cast(n32 < 0, to=INT32.dtype) * 32768
     return high, low
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def key_from_words(high: INT32, low: INT32) -> INT32:
-    """A 31-bit key from two words (the high word's top bit is dropped so the key stays >= 0)."""
-    return op.BitwiseAnd(high, 0x7FFF) * 65536 + low
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def seed_key(seed: INT64) -> INT32:
+def seed_key(seed: INT64) -> INT32[2]:
     """Root key from the low 32 bits of the seed."""
     high, low = words(seed)
-    out_high, out_low = block(op.Cast(op.Constant(value_int=SEED_KEY), to=INT32.dtype), high, low)
-    return key_from_words(out_high, out_low)
+    fixed = op.Cast(op.Constant(value_ints=SEED_KEY), to=INT32.dtype)
+    out_high, out_low = block(fixed, high, low)
+    return op.Concat(op.Reshape(out_high, [1]), op.Reshape(out_low, [1]), axis=0)
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def derive_key(key: INT32, n: INT64) -> INT32:
+def derive_key(key: INT32[2], n: INT64) -> INT32[2]:
     """Child key for stream n (n: stage / chunk / step / purpose id, a small non-negative int)."""
     high, low = words(n)
     out_high, out_low = block(key, high, low)
-    return key_from_words(out_high, out_low)
+    return op.Concat(op.Reshape(out_high, [1]), op.Reshape(out_low, [1]), axis=0)
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def top23(key: INT32, shape: INT64["R"]) -> INT32[...]:
+def top23(key: INT32[2], shape: INT64["R"]) -> INT32[...]:
     """The top 23 bits of x_i = block(key, i) for the flat index i, reshaped to `shape`."""
     count = op.ReduceProd(shape, keepdims=0)  # 1 for shape = [] (a scalar)
     high, low = words(op.Range(0, count, 1))
@@ -153,21 +157,21 @@ def top23(key: INT32, shape: INT64["R"]) -> INT32[...]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def uniform(key: INT32, shape: INT64["R"]) -> FLOAT[...]:
+def uniform(key: INT32[2], shape: INT64["R"]) -> FLOAT[...]:
     """Uniforms in (0, 1): the top 23 bits m give (2m + 1)·2^-24, exact in float32, never 0 or 1."""
     odd = op.Cast(top23(key, shape) * 2 + 1, to=FLOAT.dtype)  # < 2^24: exact
     return odd * 5.9604644775390625e-08  # 2^-24: exact
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def randint(key: INT32, shape: INT64["R"], high: INT64) -> INT64[...]:
+def randint(key: INT32[2], shape: INT64["R"], high: INT64) -> INT64[...]:
     """Integers in [0, high): floor(m · high / 2^23) for the top 23 bits m, in exact integer steps.
 
-    high is clamped to [1, 2^24]. With m = mh·2^12 + ml and high = hh·2^12 + hl (12-bit limbs)
-    every partial product stays below 2^25:
+    high is clamped to [1, 2^23]. With m = mh·2^12 + ml and high = hh·2^12 + hl (12-bit limbs)
+    every partial product and sum stays below 2^24:
         floor(m·high / 2^23) = 2·mh·hh + floor((mh·hl + ml·hh + floor(ml·hl / 2^12)) / 2^11)
     """
-    h = op.Cast(op.Min(op.Max(high, 1), 16777216), to=INT32.dtype)
+    h = op.Cast(op.Min(op.Max(high, 1), 8388608), to=INT32.dtype)
     m = top23(key, shape)
     mh = m / 4096
     ml = op.BitwiseAnd(m, 4095)
@@ -175,3 +179,17 @@ def randint(key: INT32, shape: INT64["R"], high: INT64) -> INT64[...]:
     hl = op.BitwiseAnd(h, 4095)
     middle = mh * hl + ml * hh + (ml * hl) / 4096
     return op.Cast(mh * hh * 2 + middle / 2048, to=INT64.dtype)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def exponential(u: FLOAT[...]) -> FLOAT[...]:
+    """−log(u) for u in (0, 1), accurate to an ulp also where u is near 1.
+
+    There −log(u) ≈ 1 − u is tiny and a float32 Log loses its relative accuracy, differently in
+    every runtime; the sampler's winner is decided by exactly these tiny values (argmax p / q).
+    So for v = 1 − u < 1/16 (exact: u >= 1/2) the series v + v²/2 + v³/3 + … + v⁷/7 is used,
+    plain float32 multiply-adds that every runtime rounds alike.
+    """
+    v = 1.0 - u
+    series = v * (1.0 + v * (0.5 + v * (0.33333334 + v * (0.25 + v * (0.2 + v * (0.16666667 + v * 0.14285715))))))
+    return op.Where(v < 0.0625, series, op.Neg(op.Log(u)))

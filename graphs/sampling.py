@@ -53,6 +53,7 @@ from onnx import numpy_helper
 from onnxscript import BOOL, FLOAT, INT64
 
 from graphs.opsets import op, vampnet
+from graphs.prng import exponential
 from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
 from vampnet_onnx.interface import MAX_TEMPERATURE, MIN_TEMPERATURE
 
@@ -227,7 +228,7 @@ def remask(prob: FLOAT["B", "N"], u: FLOAT["B", "N"], k: INT64["B"], mask_temp: 
     ties at the cut re-mask fewer than k).
     """
     u = op.Clip(u, U_MIN, U_MAX)
-    gumbel = op.Neg(op.Log(op.Neg(op.Log(u))))
+    gumbel = op.Neg(op.Log(exponential(u)))  # −log(−log u), accurate for u near 1
     conf = op.Log(prob) + mask_temp * gumbel
     # One +inf column: row k of a sort of N + 1 values is valid for every k in [0, N], even N = 0.
     inf_column = op.Expand(op.Constant(value_float=POS_INF), op.Concat(op.Shape(conf, start=0, end=1), [1], axis=0))

@@ -29,13 +29,13 @@ import onnxscript
 from onnxscript import FLOAT, INT32, INT64
 
 from graphs.opsets import op, vampnet
-from graphs.prng import derive_key, uniform
+from graphs.prng import derive_key, exponential, uniform
 from graphs.sampling import MASK_TOKEN, count_masked, generation_step, is_sampling_step
 
 
 @onnxscript.script(vampnet, default_opset=op)
 def sampling_noise(
-    key: INT32, step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
+    key: INT32[2], step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
 ) -> tuple[FLOAT["B", "N", "V"], FLOAT["B", "N"]]:
     """Exponential noise q for the token draw (argmax p/q) and uniforms u for re-masking.
 
@@ -44,7 +44,7 @@ def sampling_noise(
     step_key = derive_key(key, step)
     shape = op.Shape(logits)
     if is_sampling_step(step, steps, sample_cutoff):
-        q = op.Neg(op.Log(uniform(derive_key(step_key, 0), shape)))
+        q = exponential(uniform(derive_key(step_key, 0), shape))
     else:
         q = op.Expand(0.0, [0, 0, 0])  # empty, but of the same rank as the other branch
     u = uniform(derive_key(step_key, 1), op.Slice(shape, [0], [2]))
@@ -53,7 +53,7 @@ def sampling_noise(
 
 @onnxscript.script(vampnet, default_opset=op)
 def prng_noise(
-    key: INT32, chunk: INT64, step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
+    key: INT32[2], chunk: INT64, step: INT64, steps: INT64, sample_cutoff: FLOAT, logits: FLOAT["B", "N", "V"]
 ) -> tuple[FLOAT["B", "N", "V"], FLOAT["B", "N"]]:
     """The model's noise: `sampling_noise` under the chunk's key (stage key -> chunk -> step -> purpose)."""
     q, u = sampling_noise(derive_key(key, chunk), step, steps, sample_cutoff, logits)
@@ -62,7 +62,7 @@ def prng_noise(
 
 @onnxscript.script(vampnet, default_opset=op)
 def injected_noise(
-    key: INT32,
+    key: INT32[2],
     chunk: INT64,
     step: INT64,
     steps: INT64,
@@ -128,7 +128,7 @@ def decode(codes: INT64["B", "K", "T"], audio: FLOAT["B", "S"]) -> FLOAT["B", "S
 def coarse_stage(
     codes: INT64["B", "K", "T"],
     mask: INT64["B", "K", "T"],
-    key: INT32,
+    key: INT32[2],
     chunk: INT64,
     n_coarse: INT64,
     steps: INT64,
@@ -167,7 +167,7 @@ def coarse_stage(
 def c2f_stage(
     codes: INT64["B", "K", "T"],
     mask: INT64["B", "K", "T"],
-    key: INT32,
+    key: INT32[2],
     chunk: INT64,
     n_conditioning: INT64,
     steps: INT64,

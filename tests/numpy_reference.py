@@ -22,11 +22,10 @@ import numpy as np
 from graphs.prng import MULTIPLIERS, ROUND_CONSTANTS, SEED_KEY
 
 
-def block(key: int, high, low):
-    """The keyed Feistel permutation on 16-bit words (int64 numpy; every value stays < 2^31)."""
-    key = int(key)
-    assert 0 <= key < 2**31
-    k_high, k_low = key >> 16, key & 0xFFFF
+def block(key, high, low):
+    """The keyed Feistel permutation on 16-bit words, written with the full product t = x·M."""
+    k_high, k_low = (int(k) for k in np.asarray(key).reshape(2))
+    assert 0 <= k_high < 2**16 and 0 <= k_low < 2**16
     left = np.asarray(high, np.int64) ^ k_high
     right = np.asarray(low, np.int64) ^ k_low
     for r, (m, c) in enumerate(zip(MULTIPLIERS, ROUND_CONSTANTS)):
@@ -40,21 +39,21 @@ def words(n):
     return n >> 16, n & 0xFFFF
 
 
-def key_from_words(high, low) -> np.int32:
-    return np.int32((int(high) & 0x7FFF) << 16 | int(low))
+def as_key(high, low) -> np.ndarray:
+    return np.array([int(high), int(low)], np.int32)
 
 
-def seed_key(seed: int) -> np.int32:
-    return key_from_words(*block(SEED_KEY, *words(int(seed) & 0xFFFFFFFF)))
+def seed_key(seed: int) -> np.ndarray:
+    return as_key(*block(SEED_KEY, *words(int(seed) & 0xFFFFFFFF)))
 
 
-def derive_key(key, n: int) -> np.int32:
-    return key_from_words(*block(int(key), *words(int(n) & 0xFFFFFFFF)))
+def derive_key(key, n: int) -> np.ndarray:
+    return as_key(*block(key, *words(int(n) & 0xFFFFFFFF)))
 
 
 def top23(key, shape) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
-    high, low = block(int(key), *words(np.arange(count, dtype=np.int64)))
+    high, low = block(key, *words(np.arange(count, dtype=np.int64)))
     return ((high << 7) | (low >> 9)).reshape(tuple(shape))
 
 
@@ -62,12 +61,22 @@ def uniform(key, shape) -> np.ndarray:
     return ((2 * top23(key, shape) + 1).astype(np.float32) * np.float32(2.0**-24)).astype(np.float32)
 
 
+def exponential(u) -> np.ndarray:
+    """−log(u) as graphs/prng.py computes it (float32, the same operations in the same order)."""
+    u = np.asarray(u, np.float32)
+    f = np.float32
+    v = f(1) - u
+    series = v * (f(1) + v * (f(0.5) + v * (f(0.33333334) + v * (f(0.25) + v * (f(0.2) + v * (f(0.16666667) + v * f(0.14285715)))))))
+    with np.errstate(divide="ignore"):
+        return np.where(v < f(0.0625), series, -np.log(u)).astype(np.float32)
+
+
 def randint(key, shape, high: int) -> np.ndarray:
-    high = min(max(int(high), 1), 1 << 24)
+    high = min(max(int(high), 1), 1 << 23)
     return (top23(key, shape) * high) >> 23  # Python-exact in int64: < 2^47
 
 
-def key_path(seed: int, *path: int) -> np.int32:
+def key_path(seed: int, *path: int) -> np.ndarray:
     """derive_key applied along a stream path from seed_key(seed)."""
     key = seed_key(seed)
     for n in path:
@@ -82,7 +91,7 @@ def key_path(seed: int, *path: int) -> np.int32:
 MASK_RANDOM, MASK_ROLL, MASK_DROPOUT = 0, 1, 2
 SAMPLE_RATE, HOP = 44100, 768
 SECONDS_MAX = 1.0e6
-PERIOD_MAX = WIDTH_MAX = 1 << 24
+PERIOD_MAX = WIDTH_MAX = 1 << 23
 
 
 def s2t(seconds) -> int:

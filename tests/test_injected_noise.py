@@ -106,13 +106,13 @@ def torch_stage_draws(B: int, N: int, steps: int, n_chunks: int, cutoff: float =
 
 def prng_stage_draws(seed: int, stream: int, B: int, N: int, steps: int, n_chunks: int):
     """The production model's noise for one stage, from the numpy reference of graphs/prng.py:
-    key = seed → stage → chunk → step, then purpose 0 (q = −log of uniforms) and 1 (u)."""
+    key = seed → stage → chunk → step, then purpose 0 (q = exponential(uniforms)) and 1 (u)."""
     q = np.empty((n_chunks * steps, B, N, V), np.float32)
     u = np.empty((n_chunks * steps, B, N), np.float32)
     for c in range(n_chunks):
         for i in range(steps):
             d = c * steps + i
-            q[d] = -np.log(R.uniform(R.key_path(seed, stream, c, i, 0), (B, N, V)))
+            q[d] = R.exponential(R.uniform(R.key_path(seed, stream, c, i, 0), (B, N, V)))
             u[d] = R.uniform(R.key_path(seed, stream, c, i, 1), (B, N))
     return q, u
 

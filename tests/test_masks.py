@@ -25,7 +25,7 @@ def codes_of(shape, seed=0):
 
 def build(codes, key, intensity=1.0, prefix=0.0, suffix=0.0, P=7, width=1, dropout=0.0, ncc=0, upper=3, runtime="ort"):
     return run_function(
-        masks.build_mask, codes, np.int32(key), f32(intensity), f32(prefix), f32(suffix),
+        masks.build_mask, codes, np.asarray(key, np.int32), f32(intensity), f32(prefix), f32(suffix),
         i64(P), i64(width), f32(dropout), i64(ncc), i64(upper), FRAME_RATE, runtime=runtime,
     )  # fmt: skip
 
@@ -252,10 +252,10 @@ CLAMP_CASES = [
     (dict(suffix=1e30), dict(suffix=1e6)),
     (dict(P=-1), dict(P=0)),
     (dict(P=INT64_MIN), dict(P=0)),
-    (dict(P=INT64_MAX), dict(P=1 << 24)),
+    (dict(P=INT64_MAX), dict(P=1 << 23)),
     (dict(width=-4), dict(width=0)),
-    (dict(width=INT64_MAX), dict(width=1 << 24)),
-    (dict(width=INT64_MIN, P=INT64_MAX), dict(width=0, P=1 << 24)),
+    (dict(width=INT64_MAX), dict(width=1 << 23)),
+    (dict(width=INT64_MIN, P=INT64_MAX), dict(width=0, P=1 << 23)),
     (dict(dropout=np.nan), dict(dropout=0.0)),
     (dict(dropout=np.inf), dict(dropout=1.0)),
     (dict(dropout=-1.0), dict(dropout=0.0)),
@@ -387,7 +387,7 @@ def test_function_models_pass_the_onnx_checker():
     from tests.graph_helpers import function_model
 
     shape = (2, 14, 9)
-    args = [np.int32(1), f32(1), f32(0), f32(0), i64(7), i64(1), f32(0), i64(0), i64(3), FRAME_RATE]
+    args = [np.array([1, 2], np.int32), f32(1), f32(0), f32(0), i64(7), i64(1), f32(0), i64(0), i64(3), FRAME_RATE]
     for fn, inputs in [
         (masks.build_mask, [codes_of(shape)] + args),
         (masks.resolve_mask, [np.zeros((1, 14, 0), np.int64), codes_of(shape)] + args),

@@ -27,8 +27,9 @@ def test_block_matches_numpy(runtime):
     rng = np.random.default_rng(0)
     high = np.concatenate([np.array([0, 0, 0xFFFF, 0x7FFF], np.int32), rng.integers(0, 1 << 16, 4096, np.int32)])
     low = np.concatenate([np.array([0, 1, 0xFFFF, 0x8000], np.int32), rng.integers(0, 1 << 16, 4096, np.int32)])
-    for key in [0, 1, 0x7FFFFFFF, 123456789]:
-        got_high, got_low = run_function(prng.block, np.int32(key), high, low, runtime=runtime)
+    for key in [(0, 0), (0, 1), (0xFFFF, 0xFFFF), (1234, 56789)]:
+        key = np.array(key, np.int32)
+        got_high, got_low = run_function(prng.block, key, high, low, runtime=runtime)
         assert got_high.dtype == np.int32 and got_high.shape == high.shape
         want_high, want_low = ref.block(key, high, low)
         np.testing.assert_array_equal(got_high, want_high)
@@ -37,14 +38,14 @@ def test_block_matches_numpy(runtime):
 
 def test_block_is_a_bijection_with_full_avalanche():
     n = np.arange(1 << 18, dtype=np.int64)
-    high, low = ref.block(99, *ref.words(n))
+    high, low = ref.block((0, 99), *ref.words(n))
     assert np.unique(high << 16 | low).size == n.size
     # flipping any one input bit flips each output bit with probability 1/2
     rng = np.random.default_rng(1)
     x = rng.integers(0, 1 << 32, 20000, dtype=np.int64)
-    out = np.stack(ref.block(99, *ref.words(x)))
+    out = np.stack(ref.block((0, 99), *ref.words(x)))
     for bit in range(32):
-        flipped = np.stack(ref.block(99, *ref.words(x ^ (1 << bit))))
+        flipped = np.stack(ref.block((0, 99), *ref.words(x ^ (1 << bit))))
         changed = np.concatenate([((out[w] ^ flipped[w]) >> b) & 1 for w in range(2) for b in range(16)])
         rate = changed.reshape(32, -1).mean(axis=1)
         assert np.all(np.abs(rate - 0.5) < 0.02), (bit, rate)
@@ -54,18 +55,19 @@ def test_block_is_a_bijection_with_full_avalanche():
 @pytest.mark.parametrize("seed", SEEDS)
 def test_seed_key_matches_numpy(seed, runtime):
     got = run_function(prng.seed_key, np.int64(seed), runtime=runtime)
-    assert got.dtype == np.int32 and got.shape == ()
-    assert got == ref.seed_key(seed) and 0 <= got
+    assert got.dtype == np.int32 and got.shape == (2,)
+    np.testing.assert_array_equal(got, ref.seed_key(seed))
+    assert (0 <= got).all() and (got < 1 << 16).all()
 
 
 def test_seed_key_uses_the_low_32_bits():
     # Runtimes that hold int64 in int32 (OpenVINO's CPU plugin) see only these bits, so only they count.
     seeds = [0, 1, 2, 42, -1, -5, 2**31 - 1, 2**31, 2**32 - 2]
-    keys = [ref.seed_key(s) for s in seeds]
-    assert len(set(keys)) == len(seeds)
-    for s in [2**32, 2**32 + 42, -(2**32), 42 - 2**40]:
-        assert ref.seed_key(s) == ref.seed_key(s % 2**32)
-        assert run_function(prng.seed_key, np.int64(s)) == ref.seed_key(s)
+    keys = {tuple(ref.seed_key(s)) for s in seeds}
+    assert len(keys) == len(seeds)
+    for s in [2**32, 2**32 + 42, -(2**32), 42 - 2**40, -1, 2**31, -(2**31)]:
+        np.testing.assert_array_equal(ref.seed_key(s), ref.seed_key(s % 2**32))
+        np.testing.assert_array_equal(run_function(prng.seed_key, np.int64(s)), ref.seed_key(s))
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -74,17 +76,17 @@ def test_derive_key_matches_numpy(runtime):
         key = ref.seed_key(seed)
         for n in STREAMS:
             got = run_function(prng.derive_key, key, np.int64(n), runtime=runtime)
-            assert got.dtype == np.int32 and got.shape == ()
-            assert got == ref.derive_key(key, n), (seed, n)
+            assert got.dtype == np.int32 and got.shape == (2,)
+            np.testing.assert_array_equal(got, ref.derive_key(key, n), err_msg=f"{seed} {n}")
 
 
 def test_derive_key_children_are_distinct():
     key = ref.seed_key(0)
-    children = {ref.derive_key(key, n) for n in range(2000)}
+    children = {tuple(ref.derive_key(key, n)) for n in range(2000)}
     assert len(children) == 2000
     # a two-level path is not the same as its reverse, nor as a one-level path
-    assert ref.derive_key(ref.derive_key(key, 1), 2) != ref.derive_key(ref.derive_key(key, 2), 1)
-    assert key not in children
+    assert tuple(ref.derive_key(ref.derive_key(key, 1), 2)) != tuple(ref.derive_key(ref.derive_key(key, 2), 1))
+    assert tuple(key) not in children
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -93,12 +95,12 @@ def test_uniform_and_randint_bit_exact(seed, runtime):
     shape = np.array([3, 5, 7], np.int64)
     for path in [(), (0,), (1, 4, 11, 2), (2**33 + 1,)]:
         key = graph_key(seed, *path, runtime=runtime)
-        assert key == ref.key_path(seed, *path)
+        np.testing.assert_array_equal(key, ref.key_path(seed, *path))
         u = run_function(prng.uniform, key, shape, runtime=runtime)
         assert u.dtype == np.float32 and u.shape == (3, 5, 7)
         np.testing.assert_array_equal(u, ref.uniform(key, shape))
         assert u.min() > 0.0 and u.max() < 1.0
-        for high in [1, 2, 7, 575, 2**24]:
+        for high in [1, 2, 7, 575, 2**23]:
             r = run_function(prng.randint, key, shape, np.int64(high), runtime=runtime)
             assert r.dtype == np.int64 and r.shape == (3, 5, 7)
             np.testing.assert_array_equal(r, ref.randint(key, shape, high))
@@ -226,7 +228,7 @@ def test_function_models_pass_the_onnx_checker():
 
     from tests.graph_helpers import function_model
 
-    key, shape = np.int32(5), np.array([2, 3], np.int64)
+    key, shape = np.array([5, 6], np.int32), np.array([2, 3], np.int64)
     for fn, inputs, elem in [
         (prng.seed_key, [np.int64(1)], onnx.TensorProto.INT32),
         (prng.derive_key, [key, np.int64(1)], onnx.TensorProto.INT32),
@@ -240,3 +242,16 @@ def test_function_models_pass_the_onnx_checker():
         if model.graph.output[0].type.tensor_type.HasField("shape"):
             onnx.checker.check_model(model, full_check=True)
         assert model.graph.output[0].type.tensor_type.elem_type == elem
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_exponential_is_accurate_near_one(runtime):
+    """−log(u) to a few ulps relative everywhere, also for u within 2^-24 of 1 (where a float32
+    Log loses its relative accuracy and runtimes disagree), and equal to the numpy reference."""
+    m = np.arange(0, 1 << 23, 97, dtype=np.int64)
+    u = np.concatenate([(2 * m + 1) * 2.0**-24, 1 - (2 * np.arange(1, 4096) - 1) * 2.0**-24]).astype(np.float32)
+    got = run_function(prng.exponential, u, runtime=runtime)
+    exact = -np.log(u.astype(np.float64))
+    assert np.max(np.abs(got / exact - 1)) < 8 * 2.0**-24
+    near_one = u > 1 - 1 / 16
+    np.testing.assert_array_equal(got[near_one], ref.exponential(u)[near_one])

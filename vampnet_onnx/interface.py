@@ -56,7 +56,7 @@ class Output:
 
 
 MAX_SAMPLING_STEPS = 128
-MAX_PERIOD = 1 << 24  # frames (about 81 hours at 44.1 kHz / 768)
+MAX_PERIOD = 1 << 23  # frames (about 40 hours at 44.1 kHz / 768; exact in the PRNG's randint)
 MAX_SECONDS = 1.0e6
 MAX_TEMPERATURE = 1.0e6
 MIN_TEMPERATURE = 1.0e-6
