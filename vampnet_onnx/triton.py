@@ -144,6 +144,7 @@ B variations), not separate requests. Scalars are sent with shape `[1]`. Inputs 
 ```python
 import numpy as np
 import tritonclient.http as httpclient  # pip install tritonclient[http]
+from tritonclient.utils import np_to_triton_dtype
 
 client = httpclient.InferenceServerClient("localhost:8000")
 # (B, S): B variations of one mono clip at {rate} Hz, loudness-normalised (-24 LUFS), as
@@ -154,7 +155,7 @@ feeds = {{
 }}
 inputs = []
 for key, value in feeds.items():
-    tensor = httpclient.InferInput(key, list(value.shape), httpclient.np_to_triton_dtype(value.dtype))
+    tensor = httpclient.InferInput(key, list(value.shape), np_to_triton_dtype(value.dtype))
     tensor.set_data_from_numpy(value)
     inputs.append(tensor)
 wanted = [httpclient.InferRequestedOutput(n) for n in ({out_names})]
@@ -171,14 +172,14 @@ def write_repository(model_path: str | Path, repo_dir: str | Path, name: str = "
     from .cli import CliError
     from .model import Model, external_data_files
 
-    model = Model(model_path)
-    inputs, outputs = tensor_entries(model)
     repo = Path(repo_dir).absolute()
     folder = repo / name
-    if folder.exists() and not overwrite:
-        raise CliError(f"{folder} already exists (pass --overwrite to replace it)")
     if repo.exists() and not repo.is_dir():
         raise CliError(f"not a folder: {repo}")
+    if folder.exists() and not overwrite:
+        raise CliError(f"{folder} already exists (pass --overwrite to replace it)")
+    model = Model(model_path)
+    inputs, outputs = tensor_entries(model)
     version = folder / "1"
     version.mkdir(parents=True, exist_ok=True)
     data_files = external_data_files(model.path, model.metadata)
