@@ -242,7 +242,10 @@ def run(jobs: list[Job], *, model: str, threads: int, workers: int | None,
     remote = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=MAX_RETRIES)(VampWorker)
     actors = [remote.remote(model, threads) for _ in range(n)]
     try:
-        errors = [e for e in ray.get([a.ready.remote() for a in actors]) if e]
+        try:
+            errors = [e for e in ray.get([a.ready.remote() for a in actors]) if e]
+        except ray.exceptions.RayError as e:  # e.g. a worker killed while loading the model
+            raise CliError(f"a worker could not start: {_one_line(e)}") from e
         if errors:
             raise CliError(errors[0])
         summary.workers = n
