@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "artifacts" / "demo" / "vampnet-tiny.onnx"
 

@@ -288,6 +288,7 @@ class Progress:
     def __call__(self, job: Job, status: str, reason: str) -> None:
         self.count += 1
         self.failed += status != "done"
+        self.clear()  # the per-file line goes where the bar was; the bar is drawn again below
         if status == "done":
             print(f"done {job.rel} (seed {job.seed})", flush=True)
         else:
