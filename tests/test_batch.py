@@ -137,6 +137,37 @@ def test_usage_errors_are_one_line(clips, model, tmp_path, capsys, monkeypatch):
     assert ".[cluster]" in error_line(batch_args(clips, tmp_path / "o", model))
 
 
+def test_ray_address_joins_that_cluster(clips, model, tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        raise ConnectionError("no cluster there")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    assert main(batch_args(clips, tmp_path / "o", model, "--ray", "head:6379")) == 1
+    assert [c["address"] for c in calls] == ["head:6379"]
+    err = capsys.readouterr().err
+    assert err == "vampnet-onnx: error: cannot start or join the Ray cluster at head:6379: " \
+                  "no cluster there\n"
+
+
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+    job = batch.Job("a.wav", 5, {}, [])
+    batch.Progress(2)(job, "done", "")
+    assert capsys.readouterr().err == ""  # not a terminal: per-file lines only
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = batch.Progress(2)
+    bar(job, "done", "")
+    bar(batch.Job("b.wav", 6, {}, []), "failed", "cannot read it")
+    bar.clear()
+    captured = capsys.readouterr()
+    assert captured.out == "done a.wav (seed 5)\nfailed b.wav: cannot read it\n"
+    assert "1/2 (0 failed" in captured.err and "2/2 (1 failed" in captured.err
+    assert captured.err.endswith("\r\033[K")  # cleared at the end
+
+
 def test_vamp_and_info_never_import_ray(model, clips, tmp_path):
     code = runtime_only(("torch", "onnx", "onnxscript", "ray"))
     for argv in (["info", str(model)],
@@ -158,6 +189,7 @@ def test_batch_equals_vamp_then_skips_then_redoes_one(clips, references, model, 
                         *batch_args(clips, out, model, "--workers", "2")],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
     assert files_under(out) == references  # byte-identical, and nothing else written
     for rel in CLIPS:
         assert f"done {rel} (seed {batch.derive_seed(SEED, rel)})" in r.stdout
