@@ -394,10 +394,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
         summary.total = len(jobs)
     summary.skipped = skipped
 
+    rate = ""
+    if summary.workers:
+        plural = "s" if summary.workers != 1 else ""
+        rate = (f" ({summary.workers} worker{plural}, {summary.files_per_minute:.1f} files/min "
+                f"after {summary.startup_s:.1f} s of start-up)")
     print(f"batch: {summary.total} files: {len(summary.done)} done, {len(summary.skipped)} skipped, "
-          f"{len(summary.failed)} failed in {time.monotonic() - t0:.1f} s"
-          + (f" ({summary.workers} workers, {summary.files_per_minute:.1f} files/min after "
-             f"{summary.startup_s:.1f} s of start-up)" if summary.workers else ""))
+          f"{len(summary.failed)} failed in {time.monotonic() - t0:.1f} s{rate}")
     if summary.failed:
         print("failed:")
         for rel, reason in summary.failed:
