@@ -110,14 +110,15 @@ def _np_dtype(triton_type: str) -> str:
 def readme_text(name: str, repo_dir: Path, model, inputs: list[dict], outputs: list[dict]) -> str:
     """The repository's README: the tritonserver command and a tritonclient snippet, with every
     input the model requires (values from the model's "defaults" metadata)."""
-    defaults = model.defaults()
+    defaults = {**model.defaults(), **(model.stored_defaults() or {})}
     feeds = []
     for e in inputs:
         n, dtype = e["name"], _np_dtype(e["data_type"])
         if n == "audio":
-            feeds.append(f'    "audio": audio,')
+            feeds.append('    "audio": audio,')
         elif n in defaults and (not e.get("optional") or n == "seed"):
-            feeds.append(f'    "{n}": np.array([{json.dumps(defaults[n])}], {dtype}),')
+            value = defaults[n] if isinstance(defaults[n], list) else [defaults[n]]  # scalar: [1]
+            feeds.append(f'    "{n}": np.array({json.dumps(value)}, {dtype}),')
         elif not e.get("optional"):
             feeds.append(f'    # "{n}": required, {e["data_type"]} dims {e["dims"]}: give it here')
     rate = model.sample_rate
