@@ -5,6 +5,9 @@ Subcommands:
 * ``vamp IN -o OUT``: run the single ONNX model on an audio file with onnxruntime only (this
   path never imports torch, onnx, onnxscript, ``builder`` or ``graphs``).
 * ``info MODEL``: print the model's interface, defaults, metadata and size on disk.
+* ``batch IN_DIR OUT_DIR``: ``vamp`` every audio file under a folder on Ray workers
+  (``vampnet_onnx.batch``; Ray is the optional ``cluster`` extra, imported only by ``batch``).
+* ``triton MODEL DIR``: write a Triton Inference Server model repository (``vampnet_onnx.triton``).
 * ``build`` / ``demo``: parse arguments, then hand over to ``builder.build.build_command(args)`` /
   ``builder.demo.demo_command(args)`` (imported lazily: they need the ``build`` extras).
 
@@ -139,6 +142,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The mask and sampling flags (one per model input); shared by `vamp` and `batch`."""
+    g = parser.add_argument_group("mask and sampling (model inputs)")
+    for name, typ, text in PARAM_FLAGS:
+        metavar = "N" if BY_NAME[name].is_int else "X"
+        g.add_argument(_flag(name), dest=name, type=typ, default=None, metavar=metavar,
+                       help=f"{text} (default: {BY_NAME[name].default})")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
@@ -167,11 +179,7 @@ def build_parser() -> ArgumentParser:
                    help=f"the .onnx model (default: {DEFAULT_MODEL})")
     v.add_argument("--seed", type=_int_range(INT64_MIN, INT64_MAX), default=None, metavar="N",
                    help="random seed (default: a random one, printed so the run can be repeated)")
-    g = v.add_argument_group("mask and sampling (model inputs)")
-    for name, typ, text in PARAM_FLAGS:
-        metavar = "N" if BY_NAME[name].is_int else "X"
-        g.add_argument(_flag(name), dest=name, type=typ, default=None, metavar=metavar,
-                       help=f"{text} (default: {BY_NAME[name].default})")
+    add_model_flags(v)
     v.add_argument("--variations", type=_int_range(1), default=None, metavar="N",
                    help="generate N variations in one batch (default: 1, or the mask's rows)")
     v.add_argument("--mask-from", metavar="FILE",
@@ -217,6 +225,12 @@ def build_parser() -> ArgumentParser:
     d.add_argument("--seed", type=_int_range(INT64_MIN, INT64_MAX), default=None, metavar="N",
                    help="random seed (default: the demo's own)")
     d.set_defaults(func=cmd_demo)
+
+    # ---- batch, triton (their own modules; Ray is imported only when `batch` runs)
+    from . import batch, triton
+
+    batch.add_parser(sub)
+    triton.add_parser(sub)
     return parser
 
 
@@ -323,7 +337,9 @@ class _Ticker:
             self.shown = False
 
 
-def cmd_vamp(args: argparse.Namespace) -> int:
+def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
+    """`vamp`; ``model``: an already-loaded model to use instead of loading ``args.model``
+    (`batch` workers load theirs once)."""
     t_start = time.monotonic()
     inp = Path(args.input)
 
@@ -353,7 +369,8 @@ def cmd_vamp(args: argparse.Namespace) -> int:
                 raise CliError(f"the same path is given for two outputs: {a}")
 
     # -- the model, then the audio at the model's sample rate
-    model = Model(args.model, threads=args.threads or None)
+    if model is None:
+        model = Model(args.model, threads=args.threads or None)
     prepared = load_audio(inp, model.sample_rate)
     S = prepared.samples.shape[0]
     if mask is not None:
