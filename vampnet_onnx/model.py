@@ -70,6 +70,28 @@ _ORT_TYPES = {
 }
 
 
+TERMINATE_WAIT_S = 60.0
+"""How long an interrupted run waits for onnxruntime to notice ``RunOptions.terminate``."""
+
+# Runs whose worker thread is still inside onnxruntime (see ``run_in_progress``).
+_ACTIVE_RUNS: set[threading.Event] = set()
+
+
+def run_in_progress() -> bool:
+    """True while a worker thread of ``Model.run`` is still inside onnxruntime."""
+    return bool(_ACTIVE_RUNS)
+
+
+def _wait_through_interrupts(done: threading.Event, timeout: float) -> None:
+    """Wait up to ``timeout`` s for ``done``; a further Ctrl-C or signal does not cut it short."""
+    deadline = time.monotonic() + timeout
+    while not done.is_set() and time.monotonic() < deadline:
+        try:
+            done.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
+
+
 class ModelError(Exception):
     """A problem loading or running the model, explained in one line."""
 
@@ -163,7 +185,8 @@ class Model:
         p = Path(path)
         if not p.exists():
             raise ModelError(
-                f"model not found: {p} (build one with `vampnet-onnx build`, or pass -m MODEL)"
+                f"model not found: {p} (build one with `vampnet-onnx build`, run `vampnet-onnx "
+                f"demo` for a tiny random-weight one, or pass -m MODEL)"
             )
         if p.is_dir():
             raise ModelError(f"model path is a folder, not an .onnx file: {p}")
@@ -268,6 +291,17 @@ class Model:
                     raise ModelError(f"input '{name}' must be an integer, got {value!r}")
             if name != "mask" and arr.ndim != 0:
                 raise ModelError(f"input '{name}' must be a scalar, got shape {arr.shape}")
+            if arr.dtype == object:  # Python ints beyond 64 bits
+                raise ModelError(f"input '{name}' is out of range for {np.dtype(dtype).name}: {value!r}")
+            if np.issubdtype(np.dtype(dtype), np.integer) and arr.dtype.kind in "iuf":
+                lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+                if not np.all((arr >= lo) & (arr <= hi)):
+                    raise ModelError(f"input '{name}' is out of range for {np.dtype(dtype).name}: {value!r}")
+            if np.issubdtype(np.dtype(dtype), np.floating) and arr.dtype.kind == "f":
+                # finite values beyond float32 saturate (the graph clamps them) instead of
+                # becoming inf with a numpy overflow warning
+                big = np.finfo(dtype).max
+                arr = np.where(np.isfinite(arr), np.clip(arr, -big, big), arr)
             feed[name] = np.ascontiguousarray(arr.astype(dtype))
         return feed
 
@@ -284,25 +318,34 @@ class Model:
 
         feed = self.feeds(audio, **inputs)
         run_options = ort.RunOptions()
+        run_options.log_severity_level = 4  # a terminated run is reported once, by the caller
         result: dict[str, Any] = {}
+        done = threading.Event()
 
         def work() -> None:
             try:
                 result["out"] = self.session.run(None, feed, run_options)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 result["err"] = e
+            finally:
+                _ACTIVE_RUNS.discard(done)
+                done.set()
 
         t0 = time.monotonic()
         worker = threading.Thread(target=work, name="vampnet-onnx-run", daemon=True)
+        _ACTIVE_RUNS.add(done)
         worker.start()
+        # Wait on an Event, not Thread.join: a KeyboardInterrupt inside join() makes Python 3.11
+        # mark the thread finished while it is still inside onnxruntime (bpo-45274).
         try:
-            while worker.is_alive():
-                worker.join(tick_interval)
-                if tick is not None and worker.is_alive():
+            while not done.wait(tick_interval):
+                if tick is not None:
                     tick(time.monotonic() - t0)
         except KeyboardInterrupt:
+            # Stop onnxruntime at its next node and wait until it has returned: leaving the
+            # worker inside onnxruntime at interpreter exit aborts the process (exit 134).
             run_options.terminate = True
-            worker.join(5.0)
+            _wait_through_interrupts(done, TERMINATE_WAIT_S)
             raise
         if "err" in result:
             e = result["err"]
