@@ -514,10 +514,10 @@ def test_demo_model_is_the_fallback(capsys, tmp_path, wav, model_path, monkeypat
 
 
 def test_fuzz_model_inputs(model_path):
-    """200 seeded random cases (about 45 s of CPU on the tiny model): no crash, no hang, no NaN/Inf
+    """160 seeded random cases (about 40 s of CPU on the tiny model): no crash, no hang, no NaN/Inf
     in any output, outputs of the expected shapes."""
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fuzz_model.py")),
-                           str(model_path), "200", "20260101"], env=env_with_repo(),
+                           str(model_path), "160", "20260101"], env=env_with_repo(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert proc.stdout.strip().endswith("ok 200")
+    assert proc.stdout.strip().endswith("ok 160")
