@@ -283,7 +283,6 @@ def test_build_output_never_overwrites_inputs(capsys, tmp_path):
     ck = _tiny_checkpoints(tmp_path)
     lora = tmp_path / "lora.pth"
     shutil.copy(ck / "coarse.pth", lora)
-    before = snapshot(tmp_path)
     cases = [
         (["--checkpoints", ck, "-o", ck / "codec.pth"], "codec"),
         (["--checkpoints", ck, "--coarse-lora", lora, "-o", lora], "coarse lora"),
