@@ -150,8 +150,15 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
     metadata.update({f"parameters_{name}": m.checkpoint_parameters
                      for name, m in [("codec", codec_model), ("coarse", coarse_model), ("c2f", c2f_model)]})
 
+    created = None  # the topmost folder this build creates, removed again if it fails
+    if not output.parent.is_dir():
+        created = output.parent
+        while not created.parent.exists():
+            created = created.parent
+        step(f"creating the output folder {output.parent}")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    done = False
     try:
         step("exporting components (codec encoder, codec decoder, coarse and c2f transformers)")
         components = export_components(codec_model, coarse_model, c2f_model)
@@ -185,11 +192,26 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
         stale = output.with_name(output.name + ".data")
         if len(written) == 1 and stale.exists():
             stale.unlink()  # left from an earlier, bigger build at the same path
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not done and created is not None:
+            _remove_empty_folders(output.parent, created)
     total = sum((output.parent / p.name).stat().st_size for p in written)
     step(f"wrote {', '.join(str(output.parent / p.name) for p in written)} ({total / 1e6:.1f} MB)")
     return output
+
+
+def _remove_empty_folders(folder: Path, top: Path) -> None:
+    """Remove `folder` and its parents up to `top` while they are empty."""
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
+        folder = folder.parent
 
 
 class _ConfigOnly:
@@ -206,13 +228,39 @@ def checkpoint_paths(args) -> dict[str, Path]:
     return {name: Path(getattr(args, name)) for name in CHECKPOINT_NAMES}
 
 
+def check_build_paths(inputs: dict[str, Path | None], output: Path) -> None:
+    """Before any work: neither the model nor its .data file may be one of the input files
+    (links followed), and the output folder (or its nearest existing parent) must be writable."""
+    from vampnet_onnx.audio import check_writable_folder, same_file
+    from vampnet_onnx.cli import CliError
+
+    if output.is_dir():
+        raise CliError(f"the output is a folder: {output} (give the .onnx file's path)")
+    for out in (output, output.with_name(output.name + ".data")):
+        for name, path in inputs.items():
+            if path is not None and same_file(out, path):
+                raise CliError(f"refusing to overwrite the {name.replace('_', ' ')} checkpoint "
+                               f"{path} with the model ({out}); choose another -o")
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # build creates the missing folders (and says so)
+    if not folder.is_dir():
+        raise CliError(f"cannot create the output folder {output.parent}: {folder} is not a folder")
+    check_writable_folder(folder)
+
+
 def build_command(args) -> int:
     from vampnet_onnx.cli import CliError
 
     paths = checkpoint_paths(args)
+    output = Path(args.output)
+    loras = {"coarse_lora": args.coarse_lora, "c2f_lora": args.c2f_lora}
+    check_build_paths({**paths, **{k: Path(v) if v else None for k, v in loras.items()}}, output)
     try:
-        build_model(paths["codec"], paths["coarse"], paths["c2f"], Path(args.output),
+        build_model(paths["codec"], paths["coarse"], paths["c2f"], output,
                     coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora)
     except (CheckpointError, ValueError) as e:
         raise CliError(str(e)) from None
+    except OSError as e:  # e.g. the disk filled up or the folder became read-only meanwhile
+        raise CliError(f"cannot write {output}: {e.strerror or e}") from None
     return 0

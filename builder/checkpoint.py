@@ -10,6 +10,7 @@ upstream's eval mode computes them.
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,21 +36,50 @@ def _unpickle(path: Path, what: str):
         raise CheckpointError(f"{what} not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"{what} is not a file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
     if not zipfile.is_zipfile(path):
+        if magic == b"PK\x03\x04":  # a zip archive whose end (the central directory) is missing
+            raise CheckpointError(f"{path} is truncated or damaged (an incomplete zip archive); "
+                                  f"copy or download it again")
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint (expected a torch.save zip archive, "
             f"as VampNet's codec.pth / coarse.pth / c2f.pth are)"
         )
+    # torch.load never checks the members' CRCs: flipped bytes would load as wrong weights
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); copy or download it again") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is damaged (checksum error in {bad}); copy or download it again")
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False, i.e. running the file's code: not repeated
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{path}: refusing to load objects that are not plain data "
-            f"(loading never executes code from a checkpoint): {str(e).splitlines()[0]}"
+            f"{path} holds Python objects that are not plain data{what}; they are refused because "
+            f"loading never executes code from a checkpoint: use the original checkpoint file"
         ) from None
     except Exception as e:  # corrupt zip members, truncated files, ...
-        raise CheckpointError(f"{path} could not be read as a checkpoint: {e}") from None
+        raise CheckpointError(f"{path} could not be read as a checkpoint: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [s for s in str(e).splitlines() if s.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _check_finite(path: Path, state: dict) -> None:
+    """NaN or infinite weights would build a model that runs but generates nothing useful."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: tensor '{key}' holds NaN or infinite values; "
+                                  f"the checkpoint is damaged (use the original file)")
 
 
 def _identify(kwargs: dict, state: dict) -> str:
@@ -86,6 +116,7 @@ class Checkpoint:
                 f"{self.path} holds a {found} model but was given as the {kind} checkpoint "
                 f"(n_conditioning_codebooks={kwargs.get('n_conditioning_codebooks')}); check which file goes where"
             )
+        _check_finite(self.path, state)
         self.kwargs = kwargs
         self.state = {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
         self.taken: set[str] = set()
@@ -94,12 +125,17 @@ class Checkpoint:
         """Overlay a LoRA-only state dict (upstream's `coarse_lora_ckpt` / `c2f_lora_ckpt`)."""
         path = Path(path)
         data = _unpickle(path, f"{self.kind} LoRA file")
+        kwargs = None
         if isinstance(data, dict) and "state_dict" in data:
+            meta = data.get("metadata")
+            kwargs = meta.get("kwargs") if isinstance(meta, dict) else None
             data = data["state_dict"]
         if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
             raise CheckpointError(f"{path} is not a LoRA state dict (a mapping of names to tensors)")
         if not any(k.endswith(("lora_A", "lora_B")) for k in data):
             raise CheckpointError(f"{path} holds no lora_A / lora_B tensors; is it a LoRA file?")
+        self._check_lora_belongs(path, data, kwargs)
+        _check_finite(path, data)
         for k, v in data.items():
             expected = self._lora_shape(k) if k not in self.state else tuple(self.state[k].shape)
             if expected is None:
@@ -109,6 +145,25 @@ class Checkpoint:
                     f"{path}: tensor '{k}' has shape {tuple(v.shape)}, the {self.kind} model needs {expected}"
                 )
             self.state[k] = v.detach().float()
+
+    def _check_lora_belongs(self, path: Path, data: dict, kwargs: dict | None) -> None:
+        """A LoRA must come from this kind of model, not only fit its shapes (the released coarse
+        and c2f models share d_model, so a c2f LoRA fits the coarse model's first 16 layers)."""
+        flag = f"--{self.kind.replace('_', '-')}-lora"
+        if isinstance(kwargs, dict):  # a LoRA saved with its model's constructor kwargs
+            for name in ("n_codebooks", "n_conditioning_codebooks", "n_layers", "embedding_dim"):
+                if name in kwargs and name in self.kwargs and kwargs[name] != self.kwargs[name]:
+                    raise CheckpointError(
+                        f"{path} is a LoRA of another model ({name}={kwargs[name]}, the {self.kind} "
+                        f"model in {self.path} has {self.kwargs[name]}); check which file goes "
+                        f"with {flag}")
+        # upstream's lora_state_dict covers every transformer layer of the model it came from
+        layers = {int(m.group(1)) for k in data if (m := re.match(r"transformer\.layers\.(\d+)\.", k))}
+        n_layers = self.kwargs.get("n_layers")
+        if layers and isinstance(n_layers, int) and layers != set(range(n_layers)):
+            raise CheckpointError(
+                f"{path} is a LoRA of a model with {max(layers) + 1} transformer layers, the "
+                f"{self.kind} model in {self.path} has {n_layers}; check which file goes with {flag}")
 
     def _lora_shape(self, key: str, r: int = 8) -> tuple[int, int] | None:
         """Shape of a LoRA factor the base file may lack (released base files may carry none)."""

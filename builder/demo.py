@@ -243,6 +243,7 @@ def demo_command(args: argparse.Namespace) -> int:
     print("To use real VampNet checkpoints instead:")
     print("  vampnet-onnx build --checkpoints DIR     # DIR holds codec.pth, coarse.pth, c2f.pth;")
     print("                                           # writes artifacts/vampnet.onnx")
-    print("  vampnet-onnx vamp in.wav -o out.wav      # uses artifacts/vampnet.onnx (or -m MODEL)")
+    print("  vampnet-onnx vamp in.wav -o out.wav      # uses artifacts/vampnet.onnx (or -m MODEL);")
+    print("                                           # until it exists, this demo model")
     print("  vampnet-onnx vamp --help                 # mask and sampling options")
     return 0

@@ -34,13 +34,14 @@ All user-facing problems raise :class:`AudioError` with a one-line message.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -273,16 +274,34 @@ def output_format(path: str | os.PathLike) -> str:
 _HIGH_RES = {"FLOAT", "DOUBLE", "PCM_24", "PCM_32"}
 
 
-def choose_subtype(fmt: str, input_subtype: str | None) -> str:
-    """The input's sample format if ``fmt`` supports it; else PCM_24 for a high-resolution
-    input (float, 24/32-bit) if ``fmt`` supports it; else ``fmt``'s default."""
+def choose_subtype(fmt: str, input_subtype: str | None, *, rate: int = SAMPLE_RATE,
+                   channels: int = 1, path: str | os.PathLike | None = None) -> str:
+    """The input's sample format if ``fmt`` takes it; else PCM_24 for a high-resolution input
+    (float, 24/32-bit) if ``fmt`` takes it; else ``fmt``'s default.
+
+    Each candidate is tried by writing a few silent frames at ``rate`` and ``channels`` in memory:
+    ``soundfile.check_format`` accepts combinations libsndfile cannot write (MP3 data in WAV), and
+    some formats limit rates or channels (MP3: 48 kHz, 2 channels). AudioError if none works.
+    """
     import soundfile as sf
 
+    candidates = []
     if input_subtype and sf.check_format(fmt, input_subtype):
-        return input_subtype
+        candidates.append(input_subtype)
     if input_subtype in _HIGH_RES and sf.check_format(fmt, "PCM_24"):
-        return "PCM_24"
-    return sf.default_subtype(fmt)
+        candidates.append("PCM_24")
+    candidates.append(sf.default_subtype(fmt))
+    problem = ""
+    for subtype in candidates:
+        try:
+            sf.write(io.BytesIO(), np.zeros((16, channels), np.float32), rate, format=fmt,
+                     subtype=subtype)
+            return subtype
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+            problem = _one_line(e)
+    name = f" {path}" if path is not None else ""
+    raise AudioError(f"cannot write{name} as {fmt} at {rate} Hz with {channels} channel(s) "
+                     f"({problem}); use another format, e.g. .wav or .flac")
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -296,18 +315,35 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return pa.resolve() == pb.resolve()
 
 
-def check_output_path(path: str | os.PathLike, *, inputs: tuple = ()) -> Path:
-    """Validate an output path before any work: folder exists, not a folder, not an input."""
+def check_output_path(path: str | os.PathLike, *, inputs: Iterable = ()) -> Path:
+    """Validate an output path before any work: folder exists and is writable, not a folder, not
+    an input. ``inputs``: paths, or (what, path) pairs naming them in the message."""
     p = Path(path)
     for i in inputs:
+        what, i = i if isinstance(i, tuple) else ("an input", i)
         if i is not None and same_file(p, i):
-            raise AudioError(f"refusing to overwrite the input file: {p}")
+            raise AudioError(f"refusing to overwrite the input file {i} ({what}) with an output; "
+                             f"choose another output path")
     if p.exists() and p.is_dir():
         raise AudioError(f"output is a folder: {p}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise AudioError(f"output folder does not exist: {parent}")
+    check_writable_folder(parent)
     return p
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """AudioError unless a file can be created in ``folder`` (tried: permission bits do not tell
+    for root, read-only mounts or ACLs)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".vampnet-onnx-probe.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise AudioError(f"cannot write to the output folder {folder}: "
+                         f"{e.strerror or _one_line(e)}") from e
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
 
 
 def _umask() -> int:
@@ -404,7 +440,8 @@ def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, *,
     """
     dest = check_output_path(path, inputs=(input_path,))
     fmt = output_format(dest)
-    sub = choose_subtype(fmt, subtype)
+    sub = choose_subtype(fmt, subtype, rate=rate, channels=int(np.shape(data)[1]) if np.ndim(data) == 2 else 1,
+                         path=dest)
     with atomic_writer() as out:
         out.add(dest, lambda tmp: write_audio_file(tmp, data, rate, fmt, sub, dest))
     return dest

@@ -13,18 +13,23 @@ Subcommands:
 
 Exit codes: 0 success; 1 a problem with the input, the model, an output path or the run
 (one line on stderr: ``vampnet-onnx: error: ...``); 2 a command-line usage error (same one-line
-form); 130 interrupted (Ctrl-C). No traceback for any of these.
+form); 128 + the signal's number when interrupted: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP
+(same one-line form; temporary files are removed, nothing is half-written). No traceback for any
+of these.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,6 +53,7 @@ from .model import (
     ModelError,
     disk_size,
     human_size,
+    run_in_progress,
     shape_text,
     type_name,
 )
@@ -55,7 +61,14 @@ from .model import (
 PROG = "vampnet-onnx"
 DEFAULT_MODEL = "artifacts/vampnet.onnx"
 DEFAULT_DEMO_DIR = "artifacts/demo"
+DEFAULT_DEMO_MODEL = f"{DEFAULT_DEMO_DIR}/vampnet-tiny.onnx"  # what `vampnet-onnx demo` builds
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_VARIATIONS = 256
+"""Hard cap on --variations (one batch); memory usually allows fewer (``check_memory``)."""
+ROW_BYTES_PER_SAMPLE = 2048
+"""Estimated peak memory of one batch row per input sample (44.1 kHz) beyond the weights. The
+real-size model peaks about 0.6 GB above its 2.6 GB of weights on a 10 s clip (README's
+benchmark), 1.4 KB per sample; rounded up for a margin."""
 
 
 class CliError(Exception):
@@ -93,9 +106,29 @@ def _finite_float(text: str) -> float:
 
 def _int(text: str) -> int:
     try:
-        return int(text, 10)
+        v = int(text, 10)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not INT64_MIN <= v <= INT64_MAX:  # every integer input of the model is int64
+        raise argparse.ArgumentTypeError(f"must be a 64-bit integer (-2^63 to 2^63-1), got {text!r}")
+    return v
+
+
+def cpu_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _threads(text: str) -> int:
+    # More threads than cores only slows onnxruntime down (each waits for the others).
+    try:
+        v = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not 0 <= v <= cpu_cores():
+        raise argparse.ArgumentTypeError(
+            f"must be between 0 and {cpu_cores()} (this machine has {cpu_cores()} CPU cores; "
+            f"0 = onnxruntime's choice), got {text!r}")
+    return v
 
 
 def _float_range(lo: float | None = None, hi: float | None = None):
@@ -175,13 +208,15 @@ def build_parser() -> ArgumentParser:
     v.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="output audio file; the format follows the extension "
                         "(with --variations N > 1: OUT-1.ext ... OUT-N.ext)")
-    v.add_argument("-m", "--model", metavar="MODEL", default=DEFAULT_MODEL,
-                   help=f"the .onnx model (default: {DEFAULT_MODEL})")
+    v.add_argument("-m", "--model", metavar="MODEL", default=None,
+                   help=f"the .onnx model (default: {DEFAULT_MODEL}; if it is missing, the demo's "
+                        f"random-weight {DEFAULT_DEMO_MODEL} when `vampnet-onnx demo` has built it)")
     v.add_argument("--seed", type=_int_range(INT64_MIN, INT64_MAX), default=None, metavar="N",
                    help="random seed (default: a random one, printed so the run can be repeated)")
     add_model_flags(v)
-    v.add_argument("--variations", type=_int_range(1), default=None, metavar="N",
-                   help="generate N variations in one batch (default: 1, or the mask's rows)")
+    v.add_argument("--variations", type=_int_range(1, MAX_VARIATIONS), default=None, metavar="N",
+                   help=f"generate N variations in one batch (default: 1, or the mask's rows; at "
+                        f"most {MAX_VARIATIONS}, and fewer if the memory would not hold them)")
     v.add_argument("--mask-from", metavar="FILE",
                    help="explicit mask: .npz (key 'mask', as written by --save-codes) or .npy, "
                         "int 0/1 of shape (14, T) or (B, 14, T); 1 = generate, 0 = keep")
@@ -189,16 +224,17 @@ def build_parser() -> ArgumentParser:
                    help="save codes, mask_out (also as 'mask'), coarse_codes, codes_out and seed")
     v.add_argument("--plot", metavar="FILE.png",
                    help="save a picture of input codes, mask and output codes (needs matplotlib)")
-    v.add_argument("--threads", type=_int_range(0), default=None, metavar="N",
-                   help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+    v.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help=f"onnxruntime intra-op threads, at most the CPU cores ({cpu_cores()} "
+                        f"here) (default: onnxruntime's choice)")
     v.set_defaults(func=cmd_vamp)
 
     # ---- info
     i = sub.add_parser("info", help="print a model's interface, defaults, metadata and size",
                        description="Print a model's inputs (type, shape, default), outputs, "
                                    "metadata and size on disk.")
-    i.add_argument("model", metavar="MODEL", nargs="?", default=DEFAULT_MODEL,
-                   help=f"the .onnx model (default: {DEFAULT_MODEL})")
+    i.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                   help=f"the .onnx model (default: {DEFAULT_MODEL}, else the demo's model)")
     i.set_defaults(func=cmd_info)
 
     # ---- build
@@ -253,7 +289,21 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     if not p.is_file():
         raise CliError(f"mask file not found: {p}")
     try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise CliError(f"cannot read mask file {p}: {e.strerror or e}") from e
+    # np.load treats anything that is neither .npy nor .npz as a pickle: say what it really is
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise CliError(f"mask file {p} is not a NumPy .npy or .npz file (write it with numpy.save "
+                       f"or --save-codes)")
+    try:
         loaded = np.load(p, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e):  # a .npy of Python objects: never unpickled
+            raise CliError(f"mask file {p} holds Python objects, not an integer array; "
+                           f"save the mask as an integer array") from e
+        raise CliError(f"cannot read mask file {p} (expected .npz or .npy): {e}") from e
     except Exception as e:  # noqa: BLE001 - any unreadable file
         raise CliError(f"cannot read mask file {p} (expected .npz or .npy): {e}") from e
     if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -273,6 +323,51 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     if not np.all((arr == 0) | (arr == 1)):
         raise CliError(f"mask in {p} must contain only 0 and 1")
     return arr.astype(np.int64)
+
+
+def resolve_model(path: str | None) -> Path:
+    """The model to use: ``path`` if given; else DEFAULT_MODEL, or the demo's model (with a note
+    that it has random weights) when only ``vampnet-onnx demo`` has been run."""
+    if path is not None:
+        return Path(path)
+    if not Path(DEFAULT_MODEL).exists() and Path(DEFAULT_DEMO_MODEL).is_file():
+        print(f"note: {DEFAULT_MODEL} not found; using the demo model {DEFAULT_DEMO_MODEL}, which "
+              f"has RANDOM weights (noise-like output); build a real one with `{PROG} build`")
+        return Path(DEFAULT_DEMO_MODEL)
+    return Path(DEFAULT_MODEL)
+
+
+def model_files(model: Path) -> list[Path]:
+    """The model file and its external data file (by convention ``<model>.data``)."""
+    return [model, model.with_name(model.name + ".data")]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (MemAvailable of /proc/meminfo), if known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(n: int, samples: int, model: Path) -> None:
+    """Refuse more variations than the available memory can hold (an estimate; see
+    ROW_BYTES_PER_SAMPLE): the batch would otherwise be killed for memory mid-run."""
+    available = available_memory()
+    if n <= 1 or available is None:
+        return
+    weights = sum(f.stat().st_size for f in model_files(model) if f.is_file())
+    per_row = samples * ROW_BYTES_PER_SAMPLE
+    fit = max(1, (available - weights) // per_row)
+    if n > fit:
+        raise CliError(
+            f"--variations {n} would need about {human_size(weights + n * per_row)} of memory for "
+            f"this {samples / 44100:.1f} s input, and {human_size(available)} is available: use at "
+            f"most --variations {fit} (or a shorter input)")
 
 
 def _plot_available() -> bool:
@@ -342,6 +437,7 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
     (`batch` workers load theirs once)."""
     t_start = time.monotonic()
     inp = Path(args.input)
+    model_path = resolve_model(args.model)
 
     # -- everything that can be checked without the model or the audio, first
     output_format(args.output)
@@ -356,9 +452,15 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
         elif n != mask.shape[0]:
             raise CliError(f"--mask-from has {mask.shape[0]} rows but --variations is {n} "
                            f"(give a mask with 1 or {n} rows)")
+        if n > MAX_VARIATIONS:
+            raise CliError(f"--mask-from has {n} rows: at most {MAX_VARIATIONS} variations")
     n = n or 1
     audio_paths = variation_paths(args.output, n)
-    protected = (inp, args.model)
+    # every output against every input (links followed), and each output folder writable
+    protected = [("the input audio", inp)]
+    protected += [("the model", f) for f in model_files(model_path)]
+    if args.mask_from:
+        protected.append(("the --mask-from mask", Path(args.mask_from)))
     extra = [p for p in (args.save_codes, args.plot) if p]
     all_outputs = audio_paths + [Path(p) for p in extra]
     for p in all_outputs:
@@ -368,11 +470,16 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
             if same_file(a, b):
                 raise CliError(f"the same path is given for two outputs: {a}")
 
-    # -- the model, then the audio at the model's sample rate
+    # -- the model (for its sample rate), the audio at that rate, the output format at the input's
+    #    rate and channels, memory: all before the model runs
     if model is None:
-        model = Model(args.model, threads=args.threads or None)
+        model = Model(model_path, threads=args.threads or None)
     prepared = load_audio(inp, model.sample_rate)
+    fmt = output_format(args.output)
+    subtype = choose_subtype(fmt, prepared.subtype, rate=prepared.sample_rate,
+                             channels=prepared.channels, path=args.output)
     S = prepared.samples.shape[0]
+    check_memory(n, S, model_path)
     if mask is not None:
         T = model.frames_for(S)
         if mask.shape[2] != T:
@@ -416,8 +523,6 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
     if audio_out is None or audio_out.shape[0] != n:
         raise CliError(f"the model returned no audio_out of {n} rows")
 
-    fmt = output_format(args.output)
-    subtype = choose_subtype(fmt, prepared.subtype)
     params = {k: (v if not isinstance(v, np.ndarray) else "explicit") for k, v in feeds.items()}
 
     with AtomicOutputs() as w:
@@ -458,7 +563,7 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    model = Model(args.model)
+    model = Model(resolve_model(args.model))
     defaults = model.defaults()
     print(f"model: {model.path}")
     if model.producer:
@@ -552,6 +657,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that the same cleanup runs (temporary files
+    removed, the onnxruntime run terminated)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM and SIGHUP raise :class:`Interrupted` while the command runs (the default action
+    would kill the process and leave temporary files behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("SIGTERM", "SIGHUP")
+    old = {}
+    for name in names:
+        if hasattr(signal, name):
+            num = getattr(signal, name)
+            old[num] = signal.signal(num, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for num, handler in old.items():
+            signal.signal(num, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (never raises SystemExit)."""
     parser = build_parser()
@@ -560,12 +698,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, already printed)
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
-        return args.func(args)
+        with _signals_interrupt():
+            return args.func(args)
     except SystemExit as e:  # a sub-parser's .error() raised from a command (usage error)
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
     except (CliError, AudioError, ModelError) as e:
         sys.stderr.write(_error_line(str(e)) + "\n")
         return 1
-    except KeyboardInterrupt:
-        sys.stderr.write(f"\n{PROG}: interrupted\n")
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        sys.stderr.write(("\n" if sys.stderr.isatty() else "")
+                         + _error_line(f"interrupted ({signal.Signals(signum).name})") + "\n")
+        if run_in_progress():
+            # onnxruntime ignored the terminate request: exiting normally would abort inside it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        return 128 + signum

@@ -52,6 +52,28 @@ def interface_feeds(audio: np.ndarray, n_codebooks: int = 14, **values: Any) -> 
     return feed
 
 
+TERMINATE_WAIT_S = 60.0
+"""How long an interrupted run waits for onnxruntime to notice ``RunOptions.terminate``."""
+
+# Runs whose worker thread is still inside onnxruntime (see ``run_in_progress``).
+_ACTIVE_RUNS: set[threading.Event] = set()
+
+
+def run_in_progress() -> bool:
+    """True while a worker thread of ``Model.run`` is still inside onnxruntime."""
+    return bool(_ACTIVE_RUNS)
+
+
+def _wait_through_interrupts(done: threading.Event, timeout: float) -> None:
+    """Wait up to ``timeout`` s for ``done``; a further Ctrl-C or signal does not cut it short."""
+    deadline = time.monotonic() + timeout
+    while not done.is_set() and time.monotonic() < deadline:
+        try:
+            done.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
+
+
 class ModelError(Exception):
     """A problem loading or running the model, explained in one line."""
 
@@ -144,7 +166,8 @@ class Model:
         p = Path(path)
         if not p.exists():
             raise ModelError(
-                f"model not found: {p} (build one with `vampnet-onnx build`, or pass -m MODEL)"
+                f"model not found: {p} (build one with `vampnet-onnx build`, run `vampnet-onnx "
+                f"demo` for a tiny random-weight one, or pass -m MODEL)"
             )
         if p.is_dir():
             raise ModelError(f"model path is a folder, not an .onnx file: {p}")
@@ -241,18 +264,25 @@ class Model:
 
     @staticmethod
     def _tensor(info: TensorInfo, value: Any) -> np.ndarray:
-        dtype = info.dtype or np.float32
+        dtype = np.dtype(info.dtype or np.float32)
         arr = np.asarray(value)
         if info.name == "mask":
             return np.ascontiguousarray(arr.astype(dtype))
         if arr.size != 1:
             raise ModelError(f"input '{info.name}' takes one value, got shape {arr.shape}")
-        if np.issubdtype(np.dtype(dtype), np.integer):
+        if arr.dtype == object:  # Python ints beyond 64 bits
+            raise ModelError(f"input '{info.name}' is out of range for {dtype.name}: {value!r}")
+        if np.issubdtype(dtype, np.integer):
             if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
                 raise ModelError(f"input '{info.name}' must be an integer, got {value!r}")
             limits = np.iinfo(dtype)
-            if arr.dtype.kind in "iu" and not limits.min <= int(arr.reshape(-1)[0]) <= limits.max:
-                raise ModelError(f"input '{info.name}' must be within [{limits.min}, {limits.max}], got {value!r}")
+            if arr.dtype.kind in "iuf" and not np.all((arr >= limits.min) & (arr <= limits.max)):
+                raise ModelError(f"input '{info.name}' is out of range for {dtype.name}: {value!r}")
+        elif arr.dtype.kind == "f":
+            # finite values beyond float32 saturate (the graph clamps them) instead of becoming
+            # inf with a numpy overflow warning
+            big = np.finfo(dtype).max
+            arr = np.where(np.isfinite(arr), np.clip(arr, -big, big), arr)
         shape = tuple(d if isinstance(d, int) else 1 for d in info.shape)  # (1,), or () for a scalar
         return np.ascontiguousarray(arr.astype(dtype).reshape(shape))
 
@@ -269,25 +299,34 @@ class Model:
 
         feed = self.feeds(audio, **inputs)
         run_options = ort.RunOptions()
+        run_options.log_severity_level = 4  # a terminated run is reported once, by the caller
         result: dict[str, Any] = {}
+        done = threading.Event()
 
         def work() -> None:
             try:
                 result["out"] = self.session.run(None, feed, run_options)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 result["err"] = e
+            finally:
+                _ACTIVE_RUNS.discard(done)
+                done.set()
 
         t0 = time.monotonic()
         worker = threading.Thread(target=work, name="vampnet-onnx-run", daemon=True)
+        _ACTIVE_RUNS.add(done)
         worker.start()
+        # Wait on an Event, not Thread.join: a KeyboardInterrupt inside join() makes Python 3.11
+        # mark the thread finished while it is still inside onnxruntime (bpo-45274).
         try:
-            while worker.is_alive():
-                worker.join(tick_interval)
-                if tick is not None and worker.is_alive():
+            while not done.wait(tick_interval):
+                if tick is not None:
                     tick(time.monotonic() - t0)
         except KeyboardInterrupt:
+            # Stop onnxruntime at its next node and wait until it has returned: leaving the
+            # worker inside onnxruntime at interpreter exit aborts the process (exit 134).
             run_options.terminate = True
-            worker.join(5.0)
+            _wait_through_interrupts(done, TERMINATE_WAIT_S)
             raise
         if "err" in result:
             e = result["err"]
