@@ -49,7 +49,7 @@ def interface_feeds(audio: np.ndarray, n_codebooks: int = 14, **values: Any) -> 
     for p in PARAMETERS:
         value = values.get(p.name, p.default)
         feed[p.name] = np.asarray(value, np.int64 if p.is_int else np.float32).reshape(1)
-    return feed
+    return {name: feed[name] for name in INPUT_NAMES}  # in the model's order
 
 
 TERMINATE_WAIT_S = 60.0

@@ -1,0 +1,200 @@
+"""The shipped model runs the same in every runtime the README names.
+
+On the tiny model, one clip, seed 7 and three settings (a changed temperature, a changed periodic
+prompt, an explicit mask), each runtime must give `codes_out` (and every other code output)
+identical to onnxruntime in Python, and audio within the project's float32 noise floor:
+
+* onnxruntime, the oldest supported version (1.17.3), in its own virtual environment;
+* onnxruntime-node and onnxruntime-web (its wasm backend, run by Node), pinned in tests/js;
+* OpenVINO on CPU with INFERENCE_PRECISION_HINT=f32 (its default on CPUs with bf16 units is bf16,
+  which changes even the encoder's codes);
+* onnxruntime's own `onnxruntime_test` command fills every input with random values and must run;
+* the ONNX reference evaluator (tests/test_model.py).
+
+The other runtimes are installed on first use into `.cache/runtimes/` of the checkout (Node itself
+from Debian's packages when it is missing and the tests run as root).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conftest import OUTPUTS, golden
+from tolerances import assert_audio_close
+from vampnet_onnx.model import interface_feeds
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache" / "runtimes"
+JS = Path(__file__).parent / "js"
+OLDEST_ORT = "1.17.3"
+HOP = 768
+
+
+@pytest.fixture(scope="module")
+def cases(tiny) -> dict[str, dict[str, np.ndarray]]:
+    audio = golden("tiny_periodic")["preprocessed_audio"][:, 0, : 66150]
+    frames = -(-audio.shape[1] // HOP)
+    mask = np.random.default_rng(3).integers(0, 2, (1, 14, frames))
+    return {
+        "temperature": interface_feeds(audio, seed=7, temperature=0.6),
+        "periodic_prompt": interface_feeds(audio, seed=7, periodic_prompt=3),
+        "explicit_mask": interface_feeds(audio, seed=7, mask=mask),
+        "other_seed": interface_feeds(audio, seed=8, temperature=0.6),
+    }
+
+
+@pytest.fixture(scope="module")
+def expected(tiny, cases) -> dict[str, dict[str, np.ndarray]]:
+    session = ort.InferenceSession(str(tiny.path), providers=["CPUExecutionProvider"])
+    return {name: dict(zip(OUTPUTS, session.run(OUTPUTS, feeds))) for name, feeds in cases.items()}
+
+
+def assert_same_outputs(got: dict, want: dict, label: str) -> None:
+    for name in OUTPUTS[1:]:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=f"{label}: {name}")
+    assert_audio_close(got["audio_out"], want["audio_out"], f"{label}: audio_out")
+
+
+def assert_seed_matters(outputs: dict, label: str) -> None:
+    """A changed seed changes the output: the runtime really reads the `seed` input."""
+    assert (outputs["other_seed"]["codes_out"] != outputs["temperature"]["codes_out"]).mean() > 0.3, label
+
+
+def run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+# ------------------------------------------------------------------------ the oldest onnxruntime
+
+
+def oldest_onnxruntime() -> Path:
+    """A virtual environment with onnxruntime OLDEST_ORT (and a numpy it was built for)."""
+    venv = CACHE / f"onnxruntime-{OLDEST_ORT}"
+    python = venv / "bin" / "python"
+    if not (venv / "ready").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        run([sys.executable, "-m", "venv", str(venv)])
+        run([str(python), "-m", "pip", "install", "-q", f"onnxruntime=={OLDEST_ORT}", "numpy<2"], timeout=900)
+        (venv / "ready").touch()
+    return python
+
+
+OLD_RUNNER = """
+import sys, numpy as np, onnxruntime as ort
+assert ort.__version__ == sys.argv[3], ort.__version__
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+cases = np.load(sys.argv[2], allow_pickle=False)
+names = sorted({key.split("/")[0] for key in cases.files})
+out = {}
+for case in names:
+    feeds = {i.name: cases[f"{case}/{i.name}"] for i in session.get_inputs()}
+    for o, value in zip(session.get_outputs(), session.run(None, feeds)):
+        out[f"{case}/{o.name}"] = value
+np.savez(sys.argv[2] + ".out.npz", **out)
+"""
+
+
+def test_oldest_onnxruntime_gives_the_same_outputs(tiny, cases, expected, tmp_path):
+    python = oldest_onnxruntime()
+    bundle = tmp_path / "cases.npz"
+    np.savez(bundle, **{f"{case}/{k}": v for case, feeds in cases.items() for k, v in feeds.items()})
+    run([str(python), "-c", OLD_RUNNER, str(tiny.path), str(bundle), OLDEST_ORT], timeout=600)
+    with np.load(str(bundle) + ".out.npz") as z:
+        got = {case: {name: z[f"{case}/{name}"] for name in OUTPUTS} for case in cases}
+    for case in cases:
+        assert_same_outputs(got[case], expected[case], f"onnxruntime {OLDEST_ORT}, {case}")
+    assert_seed_matters(got, f"onnxruntime {OLDEST_ORT}")
+
+
+# ----------------------------------------------------------------- onnxruntime-node and -web
+
+
+def node() -> str:
+    found = shutil.which("node")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        run(["apt-get", "update", "-qq"], timeout=900)
+        run(["apt-get", "install", "-y", "-qq", "nodejs", "npm"], timeout=1800)
+        found = shutil.which("node")
+    assert found, "Node.js is needed for the onnxruntime-node/-web tests: install nodejs and npm"
+    return found
+
+
+def js_packages() -> Path:
+    """tests/js's pinned packages, installed with `npm ci` into .cache/runtimes/js."""
+    folder = CACHE / "js"
+    lock = (JS / "package-lock.json").read_bytes()
+    if not (folder / "ready").exists() or (folder / "package-lock.json").read_bytes() != lock:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name in ("package.json", "package-lock.json", "run_model.mjs"):
+            shutil.copy(JS / name, folder / name)
+        npm = shutil.which("npm")
+        assert npm, "npm is needed for the onnxruntime-node/-web tests"
+        # the CUDA binaries onnxruntime-node would download are not needed (nor reachable)
+        env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip", "ONNXRUNTIME_NODE_INSTALL_CUDA": "skip"}
+        run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=folder, env=env, timeout=1800)
+        (folder / "ready").touch()
+    shutil.copy(JS / "run_model.mjs", folder / "run_model.mjs")  # always the current runner
+    return folder
+
+
+def run_js(backend: str, model: Path, feeds: dict, folder: Path) -> dict[str, np.ndarray]:
+    """Feed the runner raw little-endian files plus a JSON manifest; read its outputs back."""
+    folder.mkdir()
+    manifest = []
+    for name, value in feeds.items():
+        (folder / f"in_{name}.bin").write_bytes(np.ascontiguousarray(value).tobytes())
+        manifest.append({"name": name, "dtype": str(value.dtype), "shape": list(value.shape), "file": f"in_{name}.bin"})
+    (folder / "inputs.json").write_text(json.dumps(manifest))
+    packages = js_packages()
+    run([node(), str(packages / "run_model.mjs"), backend, str(model), str(folder)], timeout=600)
+    report = json.loads((folder / "outputs.json").read_text())
+    assert report["inputs"] == list(feeds)  # the runtime lists every input as a plain input
+    dtypes = {"float32": np.float32, "int64": np.int64}
+    return {o["name"]: np.frombuffer((folder / o["file"]).read_bytes(), dtypes[o["dtype"]]).reshape(o["shape"])
+            for o in report["outputs"]}
+
+
+@pytest.mark.parametrize("backend", ["node", "web"])
+def test_onnxruntime_js_gives_the_same_outputs(tiny, cases, expected, tmp_path, backend):
+    got = {case: run_js(backend, tiny.path, feeds, tmp_path / case) for case, feeds in cases.items()}
+    for case in cases:
+        assert_same_outputs(got[case], expected[case], f"onnxruntime-{backend}, {case}")
+    assert_seed_matters(got, f"onnxruntime-{backend}")
+
+
+# ----------------------------------------------------------------------------------- OpenVINO
+
+
+def test_openvino_gives_the_same_outputs(tiny, cases, expected):
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(tiny.path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = {}
+    for case, feeds in cases.items():
+        result = compiled(feeds)
+        got[case] = {key.get_any_name(): value for key, value in result.items()}
+        assert_same_outputs(got[case], expected[case], f"OpenVINO, {case}")
+    assert_seed_matters(got, "OpenVINO")
+
+
+# ---------------------------------------------------------------------- onnxruntime_test (CLI)
+
+
+def test_onnxruntime_test_command_runs_the_model_on_random_inputs(tiny):
+    """The command in onnxruntime's wheel fills every input with random values (integers up to
+    1000, floats in [0, 1)); the graph clamps them, so it runs. README shows this command."""
+    command = Path(sys.executable).with_name("onnxruntime_test")
+    proc = run([str(command), str(tiny.path), "1", "--symbolic_dims", "B=1,S=44100,MB=1,MK=14,MT=0"], timeout=900)
+    assert "Exception" not in proc.stdout + proc.stderr
