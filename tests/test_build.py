@@ -67,6 +67,32 @@ def test_build_with_lora_overlays_reproduces_upstream(tmp_path, capsys):
     np.testing.assert_array_equal(got["coarse_codes"], g["coarse_out"])
     np.testing.assert_array_equal(got["codes_out"], g["fine_out"])
     assert_audio_close(got["audio_out"], g["audio_out"][:, 0], "tiny_lora via build")
+    assert_conformance_data_round_trips(out)
+
+
+def assert_conformance_data_round_trips(model: Path) -> None:
+    """The model-zoo style set `build` writes beside the model (test_data_set_0/input_<i>.pb,
+    output_<i>.pb, ONNX TensorProto files) holds every input and output, and both onnxruntime and
+    the ONNX reference evaluator reproduce its outputs from its inputs."""
+    from onnx.reference import ReferenceEvaluator
+
+    def tensors(kind: str) -> dict[str, np.ndarray]:
+        files = sorted((model.parent / "test_data_set_0").glob(f"{kind}_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+        loaded = [onnx.load_tensor(str(f)) for f in files]
+        return {t.name: onnx.numpy_helper.to_array(t) for t in loaded}
+
+    inputs, outputs = tensors("input"), tensors("output")
+    proto = onnx.load(str(model))
+    assert list(inputs) == [v.name for v in proto.graph.input]
+    assert list(outputs) == [v.name for v in proto.graph.output]
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for runtime, got in [("onnxruntime", session.run(list(outputs), inputs)),
+                         ("reference evaluator", ReferenceEvaluator(proto).run(list(outputs), inputs))]:
+        for (name, want), value in zip(outputs.items(), got):
+            if name == "audio_out":
+                assert_audio_close(np.asarray(value), want, f"{runtime}: test_data_set_0")
+            else:
+                np.testing.assert_array_equal(value, want, err_msg=f"{runtime}: {name}")
 
 
 @pytest.mark.parametrize("case", ["coarse_as_c2f", "missing", "not_a_lora_file", "misshaped_lora"])
