@@ -28,7 +28,7 @@ from torch.export import Dim
 from builder.codec import Codec
 from builder.export import DOMAIN, component_function, export_component
 from graphs.model import GraphConfig, main_graph
-from graphs.portable import ship
+from graphs.portable import make_portable, ship
 from graphs.sampling import MASK_TOKEN
 from graphs.stages import injected_noise, prng_noise
 from vampnet_onnx import interface
@@ -137,9 +137,11 @@ def _noise_graph_inputs() -> list[onnx.ValueInfoProto]:
 
 
 def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
-             components: dict[str, onnx.ModelProto] | None = None, noise_inputs: bool = False) -> onnx.ModelProto:
+             components: dict[str, onnx.ModelProto] | None = None, noise_inputs: bool = False,
+             inline: bool = True) -> onnx.ModelProto:
     """The single model. `noise_inputs=True` (tests only): the sampling noise comes from the extra
-    inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`)."""
+    inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`).
+    `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them."""
     config = graph_config(codec, coarse, c2f)
     components = components or export_components(codec, coarse, c2f)
 
@@ -165,7 +167,10 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     for output in model.graph.output[1:]:  # the four code tensors: (B, n_codebooks, T)
         output.type.tensor_type.shape.dim[1].dim_value = config.n_codebooks
     model.graph.initializer.extend(weights)
-    model = ship(model, {(DOMAIN, name): [v.type for v in c.graph.output] for name, c in components.items()})
+    if inline:
+        model = ship(model, {(DOMAIN, name): [v.type for v in c.graph.output] for name, c in components.items()})
+    else:
+        make_portable(model)
 
     props = {
         "format_version": interface.FORMAT_VERSION,

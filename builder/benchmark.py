@@ -276,6 +276,51 @@ def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: boo
     }
 
 
+def build_function_form(checkpoints: Path, path: Path) -> None:
+    """The same model with its local functions kept (what the shipped model inlines)."""
+    import onnx
+
+    from builder.assemble import assemble, export_components
+    from builder.build import externalize_weights
+    from builder.codec import load_codec
+    from builder.transformer import load_transformer
+
+    codec = load_codec(checkpoints / "codec.pth")
+    coarse = load_transformer(checkpoints / "coarse.pth", codec, "coarse")
+    c2f = load_transformer(checkpoints / "c2f.pth", codec, "c2f")
+    components = export_components(codec, coarse, c2f)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    externalize_weights(components, data)
+    onnx.save_model(assemble(codec, coarse, c2f, components=components, inline=False), str(path))
+
+
+def inlining(folder: Path, reps: int, seconds: float, threads: int) -> dict:
+    """The shipped (inlined) model against the same graph with local functions, interleaved."""
+    ensure_build(folder)
+    functions = folder / "vampnet-functions.onnx"
+    if not functions.exists():
+        print(f"building {functions} (local functions kept)", flush=True)
+        build_function_form(folder / "checkpoints", functions)
+    runners = {"inlined": OrtVamp(folder / "vampnet.onnx", threads), "functions": OrtVamp(functions, threads)}
+    warm = test_signal(WARMUP_SECONDS, seed=1)
+    for runner in runners.values():
+        runner(warm)
+    audio = test_signal(seconds)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    outputs = {}
+    for rep in range(reps):
+        for name in (list(runners) if rep % 2 == 0 else list(runners)[::-1]):
+            s, outputs[name] = _timed(runners[name], audio)
+            times[name].append(s)
+            print(f"rep {rep} {name:9s} {s:6.2f} s  (load average {os.getloadavg()[0]:.2f})", flush=True)
+    same = all((outputs["inlined"][k] == outputs["functions"][k]).all() for k in ("codes", "codes_out"))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"times": times, "median": med, "ratio_inlined_over_functions": med["inlined"] / med["functions"],
+            "same_codes": bool(same), "seconds_of_audio": seconds, "threads": threads,
+            "command": "python -m builder.benchmark " + " ".join(sys.argv[1:])}
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -325,7 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-side peak-memory processes")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--memory", choices=("ort", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--inlining", action="store_true",
+                        help="instead: the shipped (inlined) model against the same graph with local functions")
     args = parser.parse_args(argv)
+    if args.inlining:
+        result = inlining(args.dir, args.reps, args.seconds, args.threads)
+        print(json.dumps(result, indent=2))
+        return 0
     if args.memory:
         print(json.dumps(measure_memory(args.memory, args.dir, args.seconds, args.threads)))
         return 0
