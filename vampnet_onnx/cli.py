@@ -139,6 +139,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# shorter spellings, besides the flag named after the input
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"time_stretch_factor": ("--time-stretch",)}
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
@@ -170,7 +174,7 @@ def build_parser() -> ArgumentParser:
     g = v.add_argument_group("mask and sampling (model inputs)")
     for name, typ, text in PARAM_FLAGS:
         metavar = "N" if BY_NAME[name].is_int else "X"
-        g.add_argument(_flag(name), dest=name, type=typ, default=None, metavar=metavar,
+        g.add_argument(_flag(name), *FLAG_ALIASES.get(name, ()), dest=name, type=typ, default=None, metavar=metavar,
                        help=f"{text} (default: {BY_NAME[name].default})")
     v.add_argument("--variations", type=_int_range(1), default=None, metavar="N",
                    help="generate N variations in one batch (default: 1, or the mask's rows)")
@@ -360,7 +364,8 @@ def cmd_vamp(args: argparse.Namespace) -> int:
         T = model.frames_for(S)
         if mask.shape[2] != T:
             raise CliError(f"--mask-from has {mask.shape[2]} frames but this input has {T} "
-                           f"(ceil({S} samples at {model.sample_rate} Hz / hop {model.hop}))")
+                           f"(ceil({S} samples at {model.sample_rate} Hz / hop {model.hop}); "
+                           f"with --time-stretch the mask is given before stretching)")
         if mask.shape[1] != model.n_codebooks:
             raise CliError(f"--mask-from has {mask.shape[1]} codebooks, the model {model.n_codebooks}")
         mask = np.ascontiguousarray(np.broadcast_to(mask, (n, mask.shape[1], T)))
@@ -398,6 +403,10 @@ def cmd_vamp(args: argparse.Namespace) -> int:
     audio_out = out.get("audio_out")
     if audio_out is None or audio_out.shape[0] != n:
         raise CliError(f"the model returned no audio_out of {n} rows")
+    # the output is the input's length times the time stretch (the factor as the model clamped it)
+    stretch = audio_out.shape[1] // S
+    if stretch < 1 or audio_out.shape[1] != stretch * S:
+        raise CliError(f"the model returned {audio_out.shape[1]} samples for {S}: not a whole multiple")
 
     fmt = output_format(args.output)
     subtype = choose_subtype(fmt, prepared.subtype)
@@ -405,7 +414,7 @@ def cmd_vamp(args: argparse.Namespace) -> int:
 
     with AtomicOutputs() as w:
         for row, path in enumerate(audio_paths):
-            y = restore(audio_out[row], prepared)
+            y = restore(audio_out[row], prepared, stretch)
             w.add(path, lambda tmp, y=y, path=path: write_audio_file(
                 tmp, y, prepared.sample_rate, fmt, subtype, path))
         if args.save_codes:
@@ -429,7 +438,7 @@ def cmd_vamp(args: argparse.Namespace) -> int:
 
     for path in audio_paths:
         print(f"wrote {path} ({prepared.sample_rate} Hz, {prepared.channels} ch, "
-              f"{prepared.duration_s:.2f} s)")
+              f"{prepared.duration_s * stretch:.2f} s)")
     for p in extra:
         print(f"wrote {p}")
     print(f"elapsed: {time.monotonic() - t_start:.2f} s (model {model_s:.2f} s)")
