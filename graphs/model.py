@@ -110,13 +110,16 @@ def main_graph(config: GraphConfig):
         rows = op.Pad(audio, op.Concat([0, 0], op.Max(1 - batch, 0), [0], axis=0))
 
         input_codes = encode(rows, hop)
-        # the onset prompt only serves a built mask: an explicit one runs the detector on nothing
+        # upstream detects onsets in its preprocessed signal, which is zero-padded to whole hops
+        # like the encoder's input; the prompt only serves a built mask (explicit: detect on nothing)
+        n_samples = op.Shape(input_codes, start=2, end=3) * hop
+        hop_padded = op.Pad(rows, op.Concat([0, 0], [0], n_samples - op.Shape(rows, start=1, end=2), axis=0))
         width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
         input_mask = resolve_mask(
             mask, input_codes, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
             scalar(suffix_s), scalar(periodic_prompt), scalar(periodic_prompt_width), scalar(dropout),
             scalar(ncc), scalar(upper_codebook_mask), op.Constant(value_float=FRAME_RATE),
-            onset_mask(input_codes, rows, width),
+            onset_mask(input_codes, hop_padded, width),
         )
         # time stretch (upstream Interface.vamp): f× the frames, the added ones generated
         stretch = op.Clip(scalar(time_stretch_factor), 1, MAX_TIME_STRETCH)
@@ -133,8 +136,8 @@ def main_graph(config: GraphConfig):
             op.Clip(scalar(c2f_sampling_steps), 1, MAX_STEPS), scalar(c2f_temperature),
             scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff),
         )
+        samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S
         # the outputs are named after these variables
-        samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])
         audio_out = op.Slice(decode(row_out, samples), [0], batch, [0])
         codes = op.Slice(row_codes, [0], batch, [0])
         mask_out = op.Slice(row_mask, [0], batch, [0])

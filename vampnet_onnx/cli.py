@@ -139,7 +139,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-# shorter spellings, besides the flag named after the input
+# shorter spellings (shown first), besides the flag named after the input
 FLAG_ALIASES: dict[str, tuple[str, ...]] = {"time_stretch_factor": ("--time-stretch",)}
 
 
@@ -158,9 +158,9 @@ def build_parser() -> ArgumentParser:
         description=(
             "Run the model on IN and write OUT. The input (any rate, any channels) is resampled to "
             "the model's rate (44.1 kHz for VampNet), mixed to mono and normalised to -24 LUFS; the "
-            "output gets the input's sample rate, length and loudness, and the mono result is "
-            "copied to each of the input's channels. Flags left out take the model's defaults "
-            "(from its metadata)."
+            "output gets the input's sample rate, length (times --time-stretch) and loudness, and "
+            "the mono result is copied to each of the input's channels. Flags left out take the "
+            "model's defaults (from its metadata)."
         ),
     )
     v.add_argument("input", metavar="IN", help="input audio file (WAV, FLAC, OGG, ...)")
@@ -174,13 +174,14 @@ def build_parser() -> ArgumentParser:
     g = v.add_argument_group("mask and sampling (model inputs)")
     for name, typ, text in PARAM_FLAGS:
         metavar = "N" if BY_NAME[name].is_int else "X"
-        g.add_argument(_flag(name), *FLAG_ALIASES.get(name, ()), dest=name, type=typ, default=None, metavar=metavar,
+        g.add_argument(*FLAG_ALIASES.get(name, ()), _flag(name), dest=name, type=typ, default=None, metavar=metavar,
                        help=f"{text} (default: {BY_NAME[name].default})")
     v.add_argument("--variations", type=_int_range(1), default=None, metavar="N",
                    help="generate N variations in one batch (default: 1, or the mask's rows)")
     v.add_argument("--mask-from", metavar="FILE",
                    help="explicit mask: .npz (key 'mask', as written by --save-codes) or .npy, "
-                        "int 0/1 of shape (14, T) or (B, 14, T); 1 = generate, 0 = keep")
+                        "int 0/1 of shape (14, T) or (B, 14, T); 1 = generate, 0 = keep; T is the "
+                        "input's frame count, before any --time-stretch (a beat mask, say)")
     v.add_argument("--save-codes", metavar="FILE.npz",
                    help="save codes, mask_out (also as 'mask'), coarse_codes, codes_out and seed")
     v.add_argument("--plot", metavar="FILE.png",
