@@ -33,7 +33,7 @@ from graphs.sampling import MASK_TOKEN
 from graphs.stages import injected_noise, prng_noise
 from vampnet_onnx import interface
 
-STAGES = ("encode", "decode", "coarse_stage", "c2f_stage")
+STAGES = ("encode", "decode", "feedback_coarse", "coarse_stage", "c2f_stage")
 # noise op -> the extra graph inputs of a noise_inputs=True model: q (D, B, N, V), u (D, B, N)
 NOISE_INPUTS = {
     "coarse_noise": ("coarse_noise_q", "coarse_noise_u"),

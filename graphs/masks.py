@@ -9,9 +9,12 @@ A mask is int64 (B, K, T): 1 = generate the token, 0 = keep the input's token. B
                      each row by a random offset in [0, P): out[(t + off) mod T] = in[t]; P = 0: off
     dropout_mask     n = int(T·p) random frames per row (duplicates allowed) re-masked in all codebooks
     codebook_unmask  codebooks < ncc kept
+    onset prompt     keep [o − W, o + W) around every note onset o of the audio (graphs/onsets.py);
+                     computed by the caller, all ones when off
+    codebook_unmask  codebooks < ncc kept
     codebook_mask    codebooks ≥ upper generated
 
-    build_mask = codebook_mask(codebook_unmask(dropout(min(random, inpaint, periodic)), ncc), upper)
+    build_mask = codebook_mask(codebook_unmask(dropout(min(random, inpaint, periodic, onset)), ncc), upper)
 
 Deliberate difference from upstream: batch rows are independent, so the periodic roll and the
 dropout frames are drawn per row (upstream draws one roll / one frame list for the whole batch).
@@ -222,10 +225,12 @@ def build_mask(
     ncc: INT64,
     upper_codebook_mask: INT64,
     frame_rate: FLOAT,
+    onset: INT64["B", "K", "T"],
 ) -> INT64["B", "K", "T"]:
-    """Upstream `Interface.build_mask` (without onset masks), parameters clamped first (module doc).
+    """Upstream `Interface.build_mask`, parameters clamped first (module doc).
 
     frame_rate: codec frames per second (sample rate / hop), exact in float32.
+    onset: the onset prompt (1 generate, 0 keep; all ones when off), shaped like codes.
     """
     K = op.Squeeze(op.Shape(codes, start=1, end=2))
     intensity = clamp_real(rand_mask_intensity, 0.0, 1.0)
@@ -241,6 +246,7 @@ def build_mask(
     # a frame is kept if any prompt keeps it (upstream mask_and = elementwise min)
     mask = op.Min(mask, inpaint_mask(codes, n_prefix, n_suffix))
     mask = op.Min(mask, periodic_mask(codes, derive_key(key, MASK_ROLL), period, width))
+    mask = op.Min(mask, onset)
     mask = dropout_mask(mask, derive_key(key, MASK_DROPOUT), p_dropout)
     mask = codebook_unmask(mask, n_cond)
     return codebook_mask(mask, upper)
@@ -280,6 +286,7 @@ def resolve_mask(
     ncc: INT64,
     upper_codebook_mask: INT64,
     frame_rate: FLOAT,
+    onset: INT64["B", "K", "T"],
 ) -> INT64["B", "K", "T"]:
     """The mask used: the explicit one fitted to codes, or, if it is empty, one built from parameters."""
     # fit_mask is cheap and valid for any mask, so it runs outside the If. This also keeps a vampnet
@@ -299,6 +306,7 @@ def resolve_mask(
             ncc,
             upper_codebook_mask,
             frame_rate,
+            onset,
         )
     else:
         resolved = op.Identity(fitted)

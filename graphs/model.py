@@ -14,9 +14,11 @@ import onnxscript
 from onnxscript import FLOAT, INT64
 
 from graphs.masks import resolve_mask
+from graphs.onsets import make_onset_detector
 from graphs.opsets import op, vampnet
-from graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_MASK, derive_key, seed_key
-from graphs.stages import c2f_stage, coarse_stage, decode, encode
+from graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
+from graphs.stages import c2f_stage, decode, encode, feedback_coarse, stretch_mask, stretch_time
+from vampnet_onnx.interface import MAX_FEEDBACK_STEPS, MAX_ONSET_WIDTH, MAX_TIME_STRETCH
 from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -67,6 +69,7 @@ def main_graph(config: GraphConfig):
     HOP, N_COARSE = config.hop_length, config.n_coarse
     COARSE_CHUNK, C2F_CHUNK = config.coarse_chunk, config.c2f_chunk
     FRAME_RATE = float(np.float32(config.frame_rate))
+    onset_mask = make_onset_detector(config.sample_rate, config.hop_length).onset_mask
 
     @onnxscript.script(default_opset=op)
     def vampnet(
@@ -91,8 +94,11 @@ def main_graph(config: GraphConfig):
         c2f_mask_temperature: FLOAT[1],
         c2f_top_p: FLOAT[1],
         c2f_sample_cutoff: FLOAT[1],
+        feedback_steps: INT64[1],
+        time_stretch_factor: INT64[1],
+        onset_mask_width: INT64[1],
     ) -> tuple[
-        FLOAT["B", "S"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"]
+        FLOAT["B", "S_out"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"]
     ]:
         hop = op.Constant(value_int=HOP)
         n_coarse = op.Constant(value_int=N_COARSE)
@@ -103,14 +109,25 @@ def main_graph(config: GraphConfig):
         batch = op.Shape(audio, start=0, end=1)
         rows = op.Pad(audio, op.Concat([0, 0], op.Max(1 - batch, 0), [0], axis=0))
 
-        row_codes = encode(rows, hop)
-        row_mask = resolve_mask(
-            mask, row_codes, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
+        input_codes = encode(rows, hop)
+        # upstream detects onsets in its preprocessed signal, which is zero-padded to whole hops
+        # like the encoder's input; the prompt only serves a built mask (explicit: detect on nothing)
+        n_samples = op.Shape(input_codes, start=2, end=3) * hop
+        hop_padded = op.Pad(rows, op.Concat([0, 0], [0], n_samples - op.Shape(rows, start=1, end=2), axis=0))
+        width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
+        input_mask = resolve_mask(
+            mask, input_codes, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
             scalar(suffix_s), scalar(periodic_prompt), scalar(periodic_prompt_width), scalar(dropout),
             scalar(ncc), scalar(upper_codebook_mask), op.Constant(value_float=FRAME_RATE),
+            onset_mask(input_codes, hop_padded, width),
         )
-        row_coarse = coarse_stage(
-            row_codes, row_mask, derive_key(root, STREAM_COARSE), op.Constant(value_int=COARSE_CHUNK), n_coarse,
+        # time stretch (upstream Interface.vamp): f× the frames, the added ones generated
+        stretch = op.Clip(scalar(time_stretch_factor), 1, MAX_TIME_STRETCH)
+        row_codes = stretch_time(input_codes, stretch)
+        row_mask = stretch_mask(input_mask, stretch)
+        row_coarse = feedback_coarse(
+            row_codes, row_mask, derive_key(root, STREAM_COARSE), derive_key(root, STREAM_FEEDBACK),
+            op.Clip(scalar(feedback_steps), 1, MAX_FEEDBACK_STEPS), op.Constant(value_int=COARSE_CHUNK), n_coarse,
             op.Clip(scalar(sampling_steps), 1, MAX_STEPS), scalar(temperature), scalar(mask_temperature),
             scalar(top_p), scalar(sample_cutoff),
         )
@@ -119,8 +136,9 @@ def main_graph(config: GraphConfig):
             op.Clip(scalar(c2f_sampling_steps), 1, MAX_STEPS), scalar(c2f_temperature),
             scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff),
         )
+        samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S
         # the outputs are named after these variables
-        audio_out = op.Slice(decode(row_out, rows), [0], batch, [0])
+        audio_out = op.Slice(decode(row_out, samples), [0], batch, [0])
         codes = op.Slice(row_codes, [0], batch, [0])
         mask_out = op.Slice(row_mask, [0], batch, [0])
         coarse_codes = op.Slice(row_coarse, [0], batch, [0])

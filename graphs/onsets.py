@@ -53,9 +53,9 @@ import onnxscript
 from onnx import numpy_helper
 from onnxscript import BOOL, FLOAT, INT64
 
-from graphs.masks import HOP, SAMPLE_RATE
 from graphs.opsets import op, vampnet
 
+SAMPLE_RATE, HOP = 44100, 768  # VampNet's codec (the model builds its own detector from its config)
 N_FFT = 2048
 N_MELS = 128
 AMIN = 1e-10  # power_to_db floor

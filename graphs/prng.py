@@ -39,8 +39,10 @@ Stream layout (the `n` of derive_key at each level; one tree for the whole model
     │   ├── derive_key(., MASK_RANDOM)      random mask: uniforms (B, K, T)
     │   ├── derive_key(., MASK_ROLL)        periodic prompt roll: one offset per batch row (B,)
     │   └── derive_key(., MASK_DROPOUT)     dropout: frame indices (B, n)
-    ├── derive_key(root, STREAM_COARSE)     coarse stage
+    ├── derive_key(root, STREAM_COARSE)     coarse stage (its first feedback pass)
     │   └── derive_key(., chunk) → derive_key(., step) → derive_key(., purpose)
+    ├── derive_key(root, STREAM_FEEDBACK)   coarse feedback passes
+    │   └── derive_key(., pass) for pass >= 1: a coarse stage key, same layout as coarse
     └── derive_key(root, STREAM_C2F)        coarse-to-fine stage, same layout as coarse
 
 The per-stage layout below the stage key (chunk, step, purpose ids) belongs to the sampling code;
@@ -55,6 +57,7 @@ from graphs.opsets import op, vampnet
 STREAM_MASK = 0
 STREAM_COARSE = 1
 STREAM_C2F = 2
+STREAM_FEEDBACK = 3
 MASK_RANDOM = 0
 MASK_ROLL = 1
 MASK_DROPOUT = 2

@@ -13,6 +13,13 @@ each chunk as prompt where the row keeps anything at all; coarse-to-fine works o
 (3 s), the tail padded with token 0 and generated, then cropped. Every chunk and step draws its own
 noise (upstream re-seeds every coarse chunk with the same seed; we do not).
 
+Upstream Interface.vamp's options sit around the coarse stage (graphs/model.py calls them):
+`stretch_time` / `stretch_mask` repeat every frame f times and generate the added frames (the
+whole output is then f times as long), and `feedback_coarse` runs the coarse stage N times, each
+pass on the previous one's output with the same mask and its own noise. As upstream, each pass
+re-masks the same positions, so a pass's generated tokens are all replaced by the next pass: only
+the last pass's draws reach the output, and with deterministic settings N passes equal one.
+
 The sampling noise is an opaque op too: each step calls
 `vampnet.coarse_noise` / `vampnet.c2f_noise` (stage_key, chunk, step, steps, sample_cutoff, logits)
 -> (q (B, N, V), u (B, N)). The assembler binds both to one of two implementations:
@@ -117,11 +124,27 @@ def encode(audio: FLOAT["B", "S"], hop: INT64) -> INT64["B", "K", "T"]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def decode(codes: INT64["B", "K", "T"], audio: FLOAT["B", "S"]) -> FLOAT["B", "S"]:
-    """Decode and trim to the input's length."""
-    s = op.Shape(audio, start=1, end=2)
+def decode(codes: INT64["B", "K", "T"], samples: INT64[1]) -> FLOAT["B", "S"]:
+    """Decode and trim to `samples` (the input's length, times the time stretch)."""
     decoded = op.Squeeze(vampnet.codec_decoder(codes), [1])
-    return op.Slice(decoded, [0], s, [1])
+    return op.Slice(decoded, [0], samples, [1])
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def stretch_time(x: INT64["B", "K", "T"], factor: INT64) -> INT64["B", "K", "F"]:
+    """Upstream `x.repeat_interleave(factor, dim=-1)`: frame t·f + j is frame t (f >= 1)."""
+    n_frames = op.Squeeze(op.Shape(x, start=2, end=3))
+    return op.Gather(x, op.Range(0, n_frames * factor, 1) / factor, axis=2)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def stretch_mask(mask: INT64["B", "K", "T"], factor: INT64) -> INT64["B", "K", "F"]:
+    """Upstream Interface.vamp's stretched mask: repeated like the codes, and every frame that
+    the stretch added (index not a multiple of f) generated: mask | added."""
+    stretched = stretch_time(mask, factor)
+    frame = op.Range(0, op.Squeeze(op.Shape(stretched, start=2, end=3)), 1)
+    added = op.Cast(frame % factor != 0, to=INT64.dtype)
+    return op.Max(stretched, op.Unsqueeze(added, [0, 1]))
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -202,3 +225,31 @@ def c2f_stage(
             )
         result = op.Concat(result, x, axis=2)
     return op.Slice(result, [0], n_frames, [2])
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def feedback_coarse(
+    codes: INT64["B", "K", "T"],
+    mask: INT64["B", "K", "T"],
+    key: INT32,
+    feedback_key: INT32,
+    passes: INT64,
+    chunk: INT64,
+    n_coarse: INT64,
+    steps: INT64,
+    temperature: FLOAT,
+    mask_temperature: FLOAT,
+    top_p: FLOAT,
+    sample_cutoff: FLOAT,
+) -> INT64["B", "K", "T"]:
+    """Upstream's feedback: the coarse stage `passes` times (>= 1), each pass on the previous
+    pass's output, always with the same mask.
+
+    Pass 0 draws from `key`, so one pass is exactly the plain coarse stage; pass p >= 1 draws
+    from derive_key(feedback_key, p), its own noise.
+    """
+    z = codes
+    for p in range(passes):
+        pass_key = op.Where(p == 0, key, derive_key(feedback_key, p))
+        z = coarse_stage(z, mask, pass_key, chunk, n_coarse, steps, temperature, mask_temperature, top_p, sample_cutoff)
+    return z

@@ -8,6 +8,7 @@ the way the graph vectorises them, so that the two are independent derivations.
 Sections:
     1. PRNG          (graphs/prng.py)
     2. Masks         (graphs/masks.py)
+    3. Stages        (graphs/stages.py: chunking, time stretch, feedback)
 """
 from __future__ import annotations
 
@@ -370,3 +371,49 @@ def generate(forward, z, mask, steps, noise, temperature=1.0, mask_temperature=1
         zm, out = generation_step(forward(zm), zm, z, n0, i, steps, temperature, mask_temperature,
                                   top_p, sample_cutoff, q, u, n_conditioning)
     return out
+
+
+# ============================================================================================
+# 3. Stages (graphs/stages.py): upstream Interface.vamp / coarse_vamp, with a given generator
+# ============================================================================================
+
+
+def stretch_time(x: np.ndarray, factor: int) -> np.ndarray:
+    """Upstream `x.repeat_interleave(factor, dim=-1)`."""
+    return np.repeat(x, factor, axis=-1)
+
+
+def stretch_mask(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Upstream vamp: repeat_interleave, added = ones with added[..., ::f] = 0, mask | added."""
+    added = np.ones(mask.shape[:-1] + (mask.shape[-1] * factor,), np.int64)
+    added[..., ::factor] = 0
+    return (stretch_time(mask, factor).astype(bool) | added.astype(bool)).astype(np.int64)
+
+
+def with_anchors(mask: np.ndarray) -> np.ndarray:
+    """A row that keeps any token keeps the first and last frame of the chunk too."""
+    out = mask.copy()
+    for b in range(mask.shape[0]):
+        if (mask[b] == 0).any():
+            out[b, :, 0] = 0
+            out[b, :, -1] = 0
+    return out
+
+
+def coarse_stage(codes: np.ndarray, mask: np.ndarray, chunk: int, n_coarse: int, generate_chunk) -> np.ndarray:
+    """The coarse stage: codebooks < n_coarse regenerated chunk by chunk by
+    `generate_chunk(z_c, m_c, c)` (m_c with the anchors); the others pass through."""
+    out = codes.copy()
+    for c, start in enumerate(range(0, codes.shape[2], chunk)):
+        z_c = codes[:, :n_coarse, start:start + chunk]
+        m_c = with_anchors(mask[:, :n_coarse, start:start + chunk])
+        out[:, :n_coarse, start:start + chunk] = generate_chunk(z_c, m_c, c)
+    return out
+
+
+def feedback_coarse(codes, mask, passes: int, stage) -> np.ndarray:
+    """Upstream vamp's feedback loop: `stage(z, mask, p)` run `passes` times on its own output."""
+    z = codes
+    for p in range(passes):
+        z = stage(z, mask, p)
+    return z

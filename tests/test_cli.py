@@ -373,19 +373,23 @@ FLAG_VALUES = {
     "c2f_mask_temperature": 3.0,
     "c2f_top_p": 0.8,
     "c2f_sample_cutoff": 0.4,  # step 1 of 2 (1/2 > 0.4) takes the argmax; 0.5 would change nothing
+    "feedback_steps": 2,  # a second coarse pass draws new tokens
+    "time_stretch_factor": 2,  # tested on its own: the output is twice as long
+    "onset_mask_width": 2,  # tested on its own: needs an input with onsets
 }
 MASK_FLAGS = ("rand_mask_intensity", "prefix_s", "suffix_s", "periodic_prompt",
               "periodic_prompt_width", "dropout", "ncc", "upper_codebook_mask")
-COARSE_FLAGS = ("sampling_steps", "temperature", "mask_temperature", "top_p", "sample_cutoff")
+COARSE_FLAGS = ("sampling_steps", "temperature", "mask_temperature", "top_p", "sample_cutoff", "feedback_steps")
 C2F_FLAGS = ("c2f_sampling_steps", "c2f_temperature", "c2f_mask_temperature", "c2f_top_p",
              "c2f_sample_cutoff")
+OWN_TEST_FLAGS = ("time_stretch_factor", "onset_mask_width")  # test_time_stretch_flag, test_onset_flag
 CODE_KEYS = ("codes", "mask_out", "coarse_codes", "codes_out")
 
 
 def test_flag_table_covers_every_scalar_input():
     assert set(FLAG_VALUES) | {"seed"} == set(DESIGN_DEFAULTS)
     assert [n for n, _, _ in cli.PARAM_FLAGS] == list(FLAG_VALUES)
-    assert sorted(MASK_FLAGS + COARSE_FLAGS + C2F_FLAGS) == sorted(FLAG_VALUES)
+    assert sorted(MASK_FLAGS + COARSE_FLAGS + C2F_FLAGS + OWN_TEST_FLAGS) == sorted(FLAG_VALUES)
 
 
 def load_codes(path: Path) -> dict[str, np.ndarray]:
@@ -420,7 +424,7 @@ def changed(a: dict, b: dict, key: str, rows=slice(None)) -> int:
     return int(np.sum(a[key][:, rows] != b[key][:, rows]))
 
 
-@pytest.mark.parametrize("name", list(FLAG_VALUES))
+@pytest.mark.parametrize("name", [n for n in FLAG_VALUES if n not in OWN_TEST_FLAGS])
 def test_each_flag_reaches_the_model(tmp_path, capsys, model_path, flag_wav, baseline, name):
     """Each flag changes the real model's output, in the stage it belongs to."""
     flag = "--" + name.replace("_", "-")
@@ -437,6 +441,59 @@ def test_each_flag_reaches_the_model(tmp_path, capsys, model_path, flag_wav, bas
         np.testing.assert_array_equal(got["mask_out"], baseline["mask_out"])
         np.testing.assert_array_equal(got["coarse_codes"], baseline["coarse_codes"])
         assert changed(got, baseline, "codes_out", slice(4, 14)), f"{flag} did not reach the c2f stage"
+
+
+def test_time_stretch_flag(tmp_path, capsys, model_path):
+    """--time-stretch 2: the file written is twice as long at the input's rate and channels, the
+    codes have 2·T frames, and an explicit mask is given at the input's T frames."""
+    inp = write_input(tmp_path / "in.wav", sr=48000, seconds=0.6, channels=2)
+    frames_in = sf.info(str(inp)).frames
+    T = math.ceil(math.ceil(frames_in * 44100 / 48000) / HOP)
+    mask = np.random.default_rng(0).integers(0, 2, (14, T))
+    np.save(tmp_path / "m.npy", mask)
+    out = tmp_path / "out.wav"
+    rc, stdout, err = vamp(capsys, inp, "-o", out, "-m", model_path, "--seed", 4, "--time-stretch", 2,
+                           "--mask-from", tmp_path / "m.npy", "--save-codes", tmp_path / "out.npz")
+    assert rc == 0, err
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.frames) == (48000, 2, 2 * frames_in)
+    assert "1.20 s" in stdout
+    codes = load_codes(tmp_path / "out.npz")
+    assert codes["codes"].shape == (1, 14, 2 * T)
+    stretched = np.repeat(mask[None], 2, axis=-1)
+    stretched[..., 1::2] = 1  # the added frames are generated
+    np.testing.assert_array_equal(codes["mask_out"], stretched)
+    y, _ = read(out)
+    assert np.abs(y[frames_in:]).max() > 1e-3  # the second half is audio too, not padding
+    # the long spelling is the same flag
+    rc, _, err = vamp(capsys, inp, "-o", tmp_path / "b.wav", "-m", model_path, "--seed", 4,
+                      "--time-stretch-factor", 2, "--mask-from", tmp_path / "m.npy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(read(tmp_path / "b.wav")[0], y)
+
+
+def test_onset_flag(tmp_path, capsys, model_path):
+    """--onset-mask-width keeps the frames around the input's onsets (clicks every 0.25 s)."""
+    y = music(44100, 1.0, 1)
+    clicks = np.arange(0.1, 1.0, 0.25)
+    for t in clicks:
+        i = int(t * 44100)
+        y[i:i + 200, 0] += np.exp(-np.arange(200) / 30.0) * 0.9
+    sf.write(str(tmp_path / "clicks.wav"), y, 44100, subtype="FLOAT")
+    masks = {}
+    for width in (0, 2):
+        rc, _, err = vamp(capsys, tmp_path / "clicks.wav", "-o", tmp_path / f"w{width}.wav", "-m", model_path,
+                          "--seed", 1, "--periodic-prompt", 0, "--onset-mask-width", width,
+                          "--save-codes", tmp_path / f"w{width}.npz")
+        assert rc == 0, err
+        masks[width] = load_codes(tmp_path / f"w{width}.npz")["mask_out"]
+    assert masks[0].all()  # no prompt at all: everything generated
+    kept_frames = np.flatnonzero(masks[2][0, 0] == 0)
+    for t in clicks:  # every click keeps frames around it (backtracking may move an onset back a bit)
+        assert np.min(np.abs(kept_frames - t * 44100 / HOP)) <= 3, (t, kept_frames)
+    assert len(kept_frames) < masks[2].shape[2] / 2  # and much of the rest is generated
+    np.testing.assert_array_equal(masks[2][:, :3], np.repeat(masks[2][:, :1], 3, axis=1))
+    assert (masks[2][:, 3:] == 1).all()  # codebooks >= upper_codebook_mask still generated
 
 
 def test_explicit_defaults_equal_leaving_flags_out(tmp_path, capsys, model_path, flag_wav, baseline):

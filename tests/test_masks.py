@@ -26,8 +26,13 @@ def codes_of(shape, seed=0):
 def build(codes, key, intensity=1.0, prefix=0.0, suffix=0.0, P=7, width=1, dropout=0.0, ncc=0, upper=3, runtime="ort"):
     return run_function(
         masks.build_mask, codes, np.asarray(key, np.int32), f32(intensity), f32(prefix), f32(suffix),
-        i64(P), i64(width), f32(dropout), i64(ncc), i64(upper), FRAME_RATE, runtime=runtime,
+        i64(P), i64(width), f32(dropout), i64(ncc), i64(upper), FRAME_RATE, no_onsets(codes), runtime=runtime,
     )  # fmt: skip
+
+
+def no_onsets(codes):
+    """The onset prompt when it is off: all ones (generate), shaped like codes."""
+    return np.ones_like(codes)
 
 
 def build_ref(shape, key, intensity=1.0, prefix=0.0, suffix=0.0, P=7, width=1, dropout=0.0, ncc=0, upper=3):
@@ -239,6 +244,23 @@ def test_build_mask_rows_independent():
     assert not np.array_equal(got, other)
 
 
+def test_build_mask_combines_the_onset_prompt_by_min_before_the_codebook_masks():
+    """Upstream order: min(random, inpaint, periodic, onset), then dropout, ncc, upper codebooks."""
+    shape = (2, 14, 60)
+    key = ref.key_path(3, 0)
+    codes = codes_of(shape)
+    onset = np.ones(shape, np.int64)
+    onset[0, :, 10:14] = 0
+    onset[1, :, 40:42] = 0
+    args = [codes, np.asarray(key, np.int32), f32(0.8), f32(0.05), f32(0.0), i64(7), i64(1), f32(0.0), i64(1), i64(5), FRAME_RATE]
+    got = run_function(masks.build_mask, *args, onset)
+    without = build_ref(shape, key, intensity=0.8, prefix=0.05, P=7, ncc=1, upper=5)
+    expected = np.minimum(without, onset)
+    expected[:, 5:] = 1  # codebooks >= upper are generated whatever the prompts keep
+    assert_mask(got, expected)
+    assert (got != without).any()
+
+
 CLAMP_CASES = [
     # (parameter overrides, the documented equivalent in-range parameters)
     (dict(intensity=np.nan), dict(intensity=0.0)),
@@ -367,10 +389,10 @@ def test_resolve_mask_builds_or_fits(runtime):
     codes = codes_of(shape)
     built = build_ref(shape, key, **params)
     for empty in [np.zeros((1, 14, 0), np.int64), np.zeros((0, 14, 45), np.int64), np.zeros((2, 0, 0), np.int64)]:
-        got = run_function(masks.resolve_mask, empty, codes, key, *args, FRAME_RATE, runtime=runtime)
+        got = run_function(masks.resolve_mask, empty, codes, key, *args, FRAME_RATE, no_onsets(codes), runtime=runtime)
         assert_mask(got, built)
     explicit = np.random.default_rng(2).integers(0, 2, (1, 14, 40), dtype=np.int64)
-    got = run_function(masks.resolve_mask, explicit, codes, key, *args, FRAME_RATE, runtime=runtime)
+    got = run_function(masks.resolve_mask, explicit, codes, key, *args, FRAME_RATE, no_onsets(codes), runtime=runtime)
     assert_mask(got, ref.fit_mask(explicit, shape))
 
 
@@ -389,8 +411,8 @@ def test_function_models_pass_the_onnx_checker():
     shape = (2, 14, 9)
     args = [np.array([1, 2], np.int32), f32(1), f32(0), f32(0), i64(7), i64(1), f32(0), i64(0), i64(3), FRAME_RATE]
     for fn, inputs in [
-        (masks.build_mask, [codes_of(shape)] + args),
-        (masks.resolve_mask, [np.zeros((1, 14, 0), np.int64), codes_of(shape)] + args),
+        (masks.build_mask, [codes_of(shape)] + args + [no_onsets(codes_of(shape))]),
+        (masks.resolve_mask, [np.zeros((1, 14, 0), np.int64), codes_of(shape)] + args + [no_onsets(codes_of(shape))]),
         (masks.fit_mask, [np.zeros((1, 14, 3), np.int64), codes_of(shape)]),
     ]:
         model = function_model(fn, *inputs)

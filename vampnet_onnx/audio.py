@@ -226,21 +226,23 @@ def load_audio(path: str | os.PathLike, model_rate: int = SAMPLE_RATE) -> Prepar
 # postprocessing
 
 
-def restore(out: np.ndarray, ref: PreparedAudio) -> np.ndarray:
-    """Model output (S,) at the model's rate, mono -> float32 (ref.frames, ref.channels) at ref's rate.
+def restore(out: np.ndarray, ref: PreparedAudio, stretch: int = 1) -> np.ndarray:
+    """Model output (S,) at the model's rate, mono -> float32 (ref.frames·stretch, ref.channels) at
+    ref's rate (`stretch`: the model's time stretch factor; its output is that many times as long).
 
     Resampled to the input's sample rate, trimmed or zero-padded to the input's exact number of
-    frames, copied to each of the input's channels, gain-matched to the input's loudness (as
+    frames times the stretch, copied to each of the input's channels, gain-matched to the input's loudness (as
     measured on the file's channels), then scaled down to peak 1 if it exceeds it.
     """
     y = np.asarray(out, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(y)):
         raise AudioError("the model produced NaN or infinite samples")
     y = resample(y, ref.model_rate, ref.sample_rate)
-    if y.shape[0] >= ref.frames:
-        y = y[: ref.frames]
+    frames = ref.frames * int(stretch)
+    if y.shape[0] >= frames:
+        y = y[:frames]
     else:
-        y = np.pad(y, (0, ref.frames - y.shape[0]))
+        y = np.pad(y, (0, frames - y.shape[0]))
     y = np.repeat(y[:, None], ref.channels, axis=1)
     lufs = loudness(y, ref.sample_rate)
     if lufs > MIN_LUFS:  # a silent output stays silent

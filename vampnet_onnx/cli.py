@@ -175,13 +175,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# shorter spellings (shown first), besides the flag named after the input
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"time_stretch_factor": ("--time-stretch",)}
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """The mask and sampling flags (one per model input); shared by `vamp` and `batch`."""
     g = parser.add_argument_group("mask and sampling (model inputs)")
     for name, typ, text in PARAM_FLAGS:
         metavar = "N" if BY_NAME[name].is_int else "X"
-        g.add_argument(_flag(name), dest=name, type=typ, default=None, metavar=metavar,
-                       help=f"{text} (default: {BY_NAME[name].default})")
+        g.add_argument(*FLAG_ALIASES.get(name, ()), _flag(name), dest=name, type=typ, default=None,
+                       metavar=metavar, help=f"{text} (default: {BY_NAME[name].default})")
 
 
 def build_parser() -> ArgumentParser:
@@ -199,9 +203,9 @@ def build_parser() -> ArgumentParser:
         description=(
             "Run the model on IN and write OUT. The input (any rate, any channels) is resampled to "
             "the model's rate (44.1 kHz for VampNet), mixed to mono and normalised to -24 LUFS; the "
-            "output gets the input's sample rate, length and loudness, and the mono result is "
-            "copied to each of the input's channels. Flags left out take the model's defaults "
-            "(from its metadata)."
+            "output gets the input's sample rate, length (times --time-stretch) and loudness, and "
+            "the mono result is copied to each of the input's channels. Flags left out take the "
+            "model's defaults (from its metadata)."
         ),
     )
     v.add_argument("input", metavar="IN", help="input audio file (WAV, FLAC, OGG, ...)")
@@ -219,7 +223,8 @@ def build_parser() -> ArgumentParser:
                         f"most {MAX_VARIATIONS}, and fewer if the memory would not hold them)")
     v.add_argument("--mask-from", metavar="FILE",
                    help="explicit mask: .npz (key 'mask', as written by --save-codes) or .npy, "
-                        "int 0/1 of shape (14, T) or (B, 14, T); 1 = generate, 0 = keep")
+                        "int 0/1 of shape (14, T) or (B, 14, T); 1 = generate, 0 = keep; T is the "
+                        "input's frame count, before any --time-stretch (a beat mask, say)")
     v.add_argument("--save-codes", metavar="FILE.npz",
                    help="save codes, mask_out (also as 'mask'), coarse_codes, codes_out and seed")
     v.add_argument("--plot", metavar="FILE.png",
@@ -484,7 +489,8 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
         T = model.frames_for(S)
         if mask.shape[2] != T:
             raise CliError(f"--mask-from has {mask.shape[2]} frames but this input has {T} "
-                           f"(ceil({S} samples at {model.sample_rate} Hz / hop {model.hop}))")
+                           f"(ceil({S} samples at {model.sample_rate} Hz / hop {model.hop}); "
+                           f"with --time-stretch the mask is given before stretching)")
         if mask.shape[1] != model.n_codebooks:
             raise CliError(f"--mask-from has {mask.shape[1]} codebooks, the model {model.n_codebooks}")
         mask = np.ascontiguousarray(np.broadcast_to(mask, (n, mask.shape[1], T)))
@@ -522,12 +528,16 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
     audio_out = out.get("audio_out")
     if audio_out is None or audio_out.shape[0] != n:
         raise CliError(f"the model returned no audio_out of {n} rows")
+    # the output is the input's length times the time stretch (the factor as the model clamped it)
+    stretch = audio_out.shape[1] // S
+    if stretch < 1 or audio_out.shape[1] != stretch * S:
+        raise CliError(f"the model returned {audio_out.shape[1]} samples for {S}: not a whole multiple")
 
     params = {k: (v if not isinstance(v, np.ndarray) else "explicit") for k, v in feeds.items()}
 
     with AtomicOutputs() as w:
         for row, path in enumerate(audio_paths):
-            y = restore(audio_out[row], prepared)
+            y = restore(audio_out[row], prepared, stretch)
             w.add(path, lambda tmp, y=y, path=path: write_audio_file(
                 tmp, y, prepared.sample_rate, fmt, subtype, path))
         if args.save_codes:
@@ -551,7 +561,7 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
 
     for path in audio_paths:
         print(f"wrote {path} ({prepared.sample_rate} Hz, {prepared.channels} ch, "
-              f"{prepared.duration_s:.2f} s)")
+              f"{prepared.duration_s * stretch:.2f} s)")
     for p in extra:
         print(f"wrote {p}")
     print(f"elapsed: {time.monotonic() - t_start:.2f} s (model {model_s:.2f} s)")

@@ -60,6 +60,9 @@ MAX_PERIOD = 1 << 23  # frames (about 40 hours at 44.1 kHz / 768; exact in the P
 MAX_SECONDS = 1.0e6
 MAX_TEMPERATURE = 1.0e6
 MIN_TEMPERATURE = 1.0e-6
+MAX_FEEDBACK_STEPS = 8
+MAX_TIME_STRETCH = 8
+MAX_ONSET_WIDTH = 1 << 24  # frames; any width beyond the input keeps all of it anyway
 
 INPUTS: tuple[Input, ...] = (
     Input("audio", "float32", None, None, None,
@@ -109,12 +112,22 @@ INPUTS: tuple[Input, ...] = (
           outside="as top_p"),
     Input("c2f_sample_cutoff", "float32", 1.0, None, None,
           "fraction of coarse-to-fine steps that sample", outside="as sample_cutoff"),
+    Input("feedback_steps", "int64", 1, 1, MAX_FEEDBACK_STEPS,
+          "coarse passes, each on the previous pass's output with the same mask "
+          "(coarse time × N)"),
+    Input("time_stretch_factor", "int64", 1, 1, MAX_TIME_STRETCH,
+          "every frame repeated f times, the added frames generated: all outputs are f× as long "
+          "(generation time × f)"),
+    Input("onset_mask_width", "int64", 0, 0, MAX_ONSET_WIDTH,
+          "keep the frames [o − W, o + W) around every note onset o of `audio` (0 = off; "
+          "ignored with an explicit mask)"),
 )
 
 OUTPUTS: tuple[Output, ...] = (
-    Output("audio_out", "float32", ("B", "S"), "generated audio, as long as `audio`"),
-    Output("codes", "int64", ("B", "K", "T"), "the input's codes, T = ceil(S / hop)"),
-    Output("mask_out", "int64", ("B", "K", "T"), "the mask that was used"),
+    Output("audio_out", "float32", ("B", "S_out"),
+           "generated audio, S_out = f·S samples (f = time_stretch_factor, clamped)"),
+    Output("codes", "int64", ("B", "K", "T"), "the input's codes, T = f·ceil(S / hop) (stretched)"),
+    Output("mask_out", "int64", ("B", "K", "T"), "the mask that was used (stretched)"),
     Output("coarse_codes", "int64", ("B", "K", "T"), "after the coarse stage (fine codebooks still the input's)"),
     Output("codes_out", "int64", ("B", "K", "T"), "final codes"),
 )
