@@ -6,7 +6,7 @@
 2. The main graph (graphs/model.py) is converted from onnxscript; its stage functions are
    inlined so that every component call sits in the main graph or in one of its Loop bodies.
 3. Each component call gets the names of its weights appended: main-graph initializers,
-   referenced from the outer scope (no copy per Loop body; onnx-notes section 3).
+   referenced from the outer scope (a copy inside a Loop body would cost its memory again).
 4. The graph's signature is checked against the interface table (vampnet_onnx/interface.py),
    whose defaults go to the metadata: every input is a plain graph input.
 5. The model is made portable: functions inlined, Loop/If bodies typed, IR version 9
@@ -40,7 +40,7 @@ NOISE_INPUTS = {
     "c2f_noise": ("c2f_noise_q", "c2f_noise_u"),
 }
 
-_EXAMPLE_FRAMES = 40  # >= 2, or the exporter freezes the time axis (onnx-notes pitfall 1)
+_EXAMPLE_FRAMES = 40  # >= 2, or the exporter freezes the time axis to the example's
 _EXAMPLE_BATCH = 2  # a batch of 1 gets specialised too
 
 

@@ -8,9 +8,8 @@ place only after the checker and one short run have passed. Weights go to extern
 
 Memory (real size, 2.6 GB of weights): the torch modules are dropped once the components are
 exported, and big weights are written to `<output>.data` straight from the exported components,
-which keep only references; assembly and saving then never copy the weights (the in-memory route
-held four copies at once: torch, components, component_function's copies, the model's; 11.2 GB
-peak RSS, now ≈ 6 GB, set by the export). See builder/realsize.py for the numbers.
+which keep only references; assembly and saving then never copy the weights, and the peak is set
+by the export. `python -m builder.realsize` measures it.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every component (codec encoder, codec decoder, coarse and c2f transformers) goes through
 `export_component`: `torch.export` first, so that a silently narrowed dynamic axis is caught
-(the exporter specialises shapes without a word, see the ONNX notes), then the dynamo ONNX
+(the exporter can specialise a shape without a word), then the dynamo ONNX
 exporter. `component_function` turns the exported graph into a FunctionProto of the "vampnet"
 domain whose weights are extra inputs; the weights themselves go to the main graph, so calls
 from inside Loop bodies reference them from the outer scope instead of copying them.

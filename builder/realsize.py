@@ -29,7 +29,7 @@ from pathlib import Path
 from vampnet_onnx.model import OUTPUT_NAMES as OUTPUTS
 from vampnet_onnx.model import interface_feeds
 
-# The released models' parameter counts as upstream reports them (issue text; reference §1.3).
+# The released models' parameter counts as upstream reports them.
 EXPECTED_PARAMETERS = {"coarse": 335_893_664, "c2f": 277_753_072}
 DEFAULT_OUT = Path("artifacts/realsize")
 SHORT_RUN_SECONDS = 2.0

@@ -1,4 +1,4 @@
-"""The generation mask, built inside the graph: upstream `Interface.build_mask` (reference §6.5).
+"""The generation mask, built inside the graph: upstream `Interface.build_mask`.
 
 A mask is int64 (B, K, T): 1 = generate the token, 0 = keep the input's token. Builders, as upstream:
 

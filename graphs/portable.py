@@ -1,4 +1,4 @@
-"""Make what onnxscript emits run the same in every runtime (onnx-notes, pitfall 3).
+"""Make what onnxscript emits run the same in every runtime (docs/architecture.md).
 
 - `callee_first`: local functions ordered so every function comes after the ones it calls
   (onnxscript emits callers first; the ONNX reference evaluator resolves functions in order).

@@ -1,13 +1,13 @@
-"""One step of upstream `VampNet.generate` (reference §5.2 steps 7.4-7.13 and 8): sampling, schedule
+"""One step of upstream `VampNet.generate` (the body of its step loop): sampling, schedule
 and re-masking, as onnxscript functions in the "vampnet" domain.
 
-Layouts (reference §0):
+Layouts:
     logits      (B, N, V) float32, sequence index n = t·C_p + c (time-major, codebook-minor)
     codes       (B, C, T) int64, mask token M = MASK_TOKEN = 1024 (= V of every VampNet model)
     step, steps int64 scalars, step in [0, steps)
 All randomness comes in as tensors (the caller draws them from the PRNG):
-    q  (B, N, V) exponential(1) noise: upstream's multinomial is exactly argmax(probs / q)  (§5.3)
-    u  (B, N)    uniform (0, 1) noise for the Gumbel re-masking                          (§5.4)
+    q  (B, N, V) exponential(1) noise: upstream's multinomial is exactly argmax(probs / q)
+    u  (B, N)    uniform (0, 1) noise for the Gumbel re-masking
 
 Public functions (all in the vampnet domain):
     schedule_ratio(step, steps)                 -> r = fl32((i+1)/S)                    FLOAT ()
@@ -32,7 +32,7 @@ Parameter hygiene (inside the graph, so any float a caller passes is safe):
     u                 clipped to [1e-20, 1 − 2^-24] (upstream's uniform_(1e-20, 1) range): no ±inf Gumbel
 
 Differences from upstream, all deliberate:
-    * N0 is counted per batch row (count_masked), not summed over the batch (reference §7.2);
+    * N0 is counted per batch row (count_masked), not summed over the batch as upstream does;
       identical for B = 1. Passing n0 = full(B, sum of the rows) reproduces upstream for B > 1.
     * γ is the correctly rounded float32 cosine (see mask_schedule): equal to upstream's tables for
       S = 2, 12, 36; for some other S one step can differ by 1 ulp (torch's float32 cos is not
@@ -57,7 +57,7 @@ from graphs.prng import exponential
 from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
 from vampnet_onnx.interface import MAX_TEMPERATURE, MIN_TEMPERATURE
 
-MASK_TOKEN = 1024  # M = vocab_size + 0 (reference §0); VampNet's vocabulary is the codec's 1024 codes
+MASK_TOKEN = 1024  # M = vocab_size; VampNet's vocabulary is the codec's 1024 codes
 
 PI = math.pi  # becomes a float32 constant: torch also multiplies float32 r by fl32(π)
 GAMMA_MIN = 1e-10  # upstream clamp(1e-10, 1.0): cos(fl32(π/2)) = −4.37e-8 on the last step
@@ -140,7 +140,7 @@ def count_masked(zm: INT64["B", "C", "T"]) -> INT64["B"]:
 def num_to_mask(
     gamma: FLOAT, n0: INT64["B"], n_masked: INT64["B"], is_last: BOOL, n_tokens: INT64
 ) -> INT64["B"]:
-    """How many of the N predicted positions stay masked after this step (reference §5.2 7.9-7.10).
+    """How many of the N predicted positions stay masked after this step.
 
     k = floor(fl32(γ · N0)) (float32 product, as upstream); on non-final steps
     k = max(1, min(n_masked − 1, k)) so at least one token is fixed and one stays masked; on the
@@ -154,7 +154,7 @@ def num_to_mask(
 
 
 # --------------------------------------------------------------------------------------------
-# Sampling (reference §5.3)
+# Sampling (upstream's sample_from_logits)
 # --------------------------------------------------------------------------------------------
 
 
@@ -215,7 +215,7 @@ def sample_tokens(logits: FLOAT["B", "N", "V"], temperature: FLOAT, sample: BOOL
 
 
 # --------------------------------------------------------------------------------------------
-# Re-masking (reference §5.4)
+# Re-masking (upstream's mask_by_random_topk)
 # --------------------------------------------------------------------------------------------
 
 
@@ -241,7 +241,7 @@ def remask(prob: FLOAT["B", "N"], u: FLOAT["B", "N"], k: INT64["B"], mask_temp: 
 
 
 # --------------------------------------------------------------------------------------------
-# One generation step (reference §5.2 steps 7.4-7.13, and 8)
+# One generation step
 # --------------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ the main graph and then hands each component call its weights from the main grap
 initializers, so the transformers inside the step Loops read their weights from the outer scope
 instead of carrying copies.
 
-Chunking follows upstream's Interface (reference 6.6, 6.7): the coarse stage works on
+Chunking follows upstream's Interface (coarse_vamp, coarse_to_fine): the coarse stage works on
 `chunk`-frame pieces (575 frames = 10 s; the last one shorter) and pins the first and last frame of
 each chunk as prompt where the row keeps anything at all; coarse-to-fine works on 173-frame pieces
 (3 s), the tail padded with token 0 and generated, then cropped. Every chunk and step draws its own
@@ -30,7 +30,7 @@ The sampling noise is an opaque op too: each step calls
   d = chunk·steps + step from noise banks q (D, B, N, V) and u (D, B, N) that the assembler appends
   to the call as outer-scope graph inputs (`coarse_noise_q`, `coarse_noise_u`, `c2f_noise_q`,
   `c2f_noise_u`), the way the components get their weights. A harness fills the banks with
-  upstream's PyTorch draws (reference 5.5, 6.10) to reproduce a seeded upstream run token for token.
+  upstream's PyTorch draws, in upstream's order, to reproduce a seeded upstream run token for token.
 """
 import onnxscript
 from onnxscript import FLOAT, INT32, INT64

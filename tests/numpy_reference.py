@@ -210,7 +210,7 @@ def resolve_mask(mask: np.ndarray, shape, key, **params) -> np.ndarray:
 
 # ============================================================================================
 # 3. Sampling, schedule, re-masking (graphs/sampling.py): upstream VampNet.generate's loop body
-#    (reference §5.2-5.4), written with upstream's per-element float32 operations; noise injected.
+#    (generate, sample_from_logits, mask_by_random_topk), written with upstream's per-element float32 operations; noise injected.
 # ============================================================================================
 
 MASK_TOKEN = 1024
@@ -338,7 +338,7 @@ def generation_step(
     logits, zm, z, n0, step, steps, temperature, mask_temperature, top_p, sample_cutoff, q, u,
     n_conditioning,
 ):
-    """One iteration of upstream generate (reference §5.2 steps 7.4-7.13, and 8) -> (zm_next, out)."""
+    """One iteration of upstream generate (its step loop's body) -> (zm_next, out)."""
     steps = max(int(steps), 1)
     C = zm.shape[1]
     cc = min(max(int(n_conditioning), 0), C)
@@ -361,7 +361,7 @@ def generation_step(
 
 def generate(forward, z, mask, steps, noise, temperature=1.0, mask_temperature=10.5, top_p=1.0,
              sample_cutoff=1.0, n_conditioning=0, n0=None):
-    """Upstream generate's loop (§5.2) around `forward(zm) -> logits (B, N, V)`;
+    """Upstream generate's loop around `forward(zm) -> logits (B, N, V)`;
     `noise(i) -> (q, u)` gives step i's draws; n0 defaults to our per-row count."""
     zm = np.where(np.asarray(mask) != 0, MASK_TOKEN, z).astype(np.int64)
     n0 = count_masked(zm) if n0 is None else n0

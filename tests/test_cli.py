@@ -71,7 +71,7 @@ def model_path(request) -> Path:
 @pytest.fixture(scope="session")
 def stub_no_defaults(tmp_path_factory) -> Path:
     """The stub without "defaults" metadata: the builder always writes it, so only a hand-made
-    model can check the fallback to design.md's table."""
+    model can check the fallback to the interface table."""
     pytest.importorskip("onnx")
     path = tmp_path_factory.mktemp("model_nodefaults") / "stub.onnx"
     return _stub_module().build_stub_model(path, with_defaults_metadata=False)
@@ -507,7 +507,7 @@ def test_explicit_defaults_equal_leaving_flags_out(tmp_path, capsys, model_path,
 
 def test_deterministic_decoding_ignores_the_seed(tmp_path, capsys, model_path, flag_wav, baseline):
     """With an explicit mask, argmax sampling and mask_temperature 0 in both stages, nothing is
-    random: other seeds give the same codes (design.md: the deterministic path)."""
+    random: other seeds give the same codes (the deterministic path)."""
     np.save(tmp_path / "mask.npy", baseline["mask_out"])
     det = ["--mask-from", tmp_path / "mask.npy", "--sample-cutoff", -1, "--mask-temperature", 0,
            "--c2f-sample-cutoff", -1, "--c2f-mask-temperature", 0]

@@ -2,7 +2,7 @@
 
 With the noise as graph inputs, the single model reproduces upstream's seeded run of the fixture
 `tiny_stochastic_seed5` token for token when fed PyTorch's own draws in upstream's order
-(reference 5.3-5.5, 6.10):
+(upstream's generate and Interface, in their order of draws):
 
     torch.manual_seed(5)                       coarse_vamp(seed=5): one 58-frame chunk, re-seeded
     for each of the 12 coarse steps:           (every step samples: i/12 <= sample_cutoff = 1.0)
@@ -35,7 +35,7 @@ COARSE_CHUNK, C2F_CHUNK = 575, 173
 N_COARSE, N_FINE = 4, 10  # predicted codebooks per position of each stage
 NOISE_NAMES = [name for names in NOISE_INPUTS.values() for name in names]
 
-# upstream's defaults (reference 5.1, 6.8): what the fixture ran with, spelled out
+# upstream's defaults (generate, Interface.vamp): what the fixture ran with, spelled out
 SETTINGS = {
     "sampling_steps": np.array(12, np.int64),
     "temperature": np.array(1.0, np.float32),

@@ -19,7 +19,7 @@ from tests.graph_helpers import function_model, run_function
 M = S.MASK_TOKEN
 V = 1024
 
-# Reference §5.2 γ tables (upstream's float32 values, printed to 9 significant digits).
+# Upstream's γ tables (upstream's float32 values, printed to 9 significant digits).
 GAMMA_TABLES = {
     2: [0.707106769, 1e-10],
     12: [0.991444886, 0.965925813, 0.923879504, 0.866025388, 0.793353319, 0.707106769,
@@ -144,7 +144,7 @@ def schedule_counts(n0, n_tokens, steps, batch_n0=None):
 
 
 def test_num_to_mask_reproduces_upstream_worked_numbers():
-    """Reference §5.2 table: masked counts after each step (incl. upstream's batch-summed N0 for B = 2)."""
+    """Upstream's table: masked counts after each step (incl. upstream's batch-summed N0 for B = 2)."""
     coarse = [2280, 2221, 2124, 1991, 1824, 1626, 1400, 1149, 880, 595, 300, 0]
     assert [c[0] for c in schedule_counts([2300], 2300, 12)] == coarse
     coarse_b2 = [2299, 2298, 2297, 2296, 2295, 2294, 2293, 2292, 1760, 1190, 600, 0]
@@ -486,7 +486,7 @@ def test_generation_step_flattening_order():
 ])
 def test_generation_loop_follows_schedule(C, cc, T, steps, counts):
     """A full chunk through the loop body (ORT), fresh logits per step: masked counts follow the
-    reference §5.2 table, the result has no mask token, and matches the numpy loop."""
+    upstream's table, the result has no mask token, and matches the numpy loop."""
     rng = np.random.default_rng(12)
     z = rng.integers(0, V, size=(1, C, T)).astype(np.int64)
     zm = z.copy()

@@ -2,7 +2,7 @@
 
 Runtime-only dependencies: numpy, soundfile, soxr, pyloudnorm (never torch).
 
-Pipeline (vampnet-reference.md §6.3, §6.10, §7 items 32-34):
+Pipeline (upstream's Interface._preprocess, and what the app does with the output):
 
 * ``load_audio`` reads any file libsndfile reads (WAV, FLAC, OGG, AIFF, MP3, ...) at any sample
   rate and channel count, and returns a :class:`PreparedAudio`: the model's input (44.1 kHz, mono =
