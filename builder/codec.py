@@ -18,7 +18,7 @@ Public API: `CodecConfig`, `LAC`, `CodecEncoder` (audio -> codes), `CodecDecoder
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -76,10 +76,18 @@ class CodecConfig:
         kw = {**LAC_DEFAULTS, **kwargs}
         try:
             n = int(kw["n_codebooks"])
-            dims = kw["codebook_dim"]
+            dims = kw["codebook_dim"]  # one for all levels, or a list of one per level
             dims = [int(d) for d in dims] if isinstance(dims, (list, tuple)) else [int(dims)] * n
-            values = {f.name: kw[f.name] for f in fields(cls)} | {"codebook_dim": dims[0] if dims else 0}
-            config = cls(**{k: tuple(int(r) for r in v) if k.endswith("_rates") else int(v) for k, v in values.items()})
+            config = cls(
+                encoder_dim=int(kw["encoder_dim"]),
+                encoder_rates=tuple(int(r) for r in kw["encoder_rates"]),
+                decoder_dim=int(kw["decoder_dim"]),
+                decoder_rates=tuple(int(r) for r in kw["decoder_rates"]),
+                n_codebooks=n,
+                codebook_size=int(kw["codebook_size"]),
+                codebook_dim=dims[0] if dims else 0,
+                sample_rate=int(kw["sample_rate"]),
+            )
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: malformed codec kwargs ({e})") from None
         if len(dims) != n or len(set(dims)) != 1:
@@ -214,6 +222,8 @@ class VectorQuantize(nn.Module):
 
 
 class ResidualVectorQuantize(nn.Module):
+    """K levels, each quantizing what the previous ones left of the latents."""
+
     def __init__(self, config: CodecConfig):
         super().__init__()
         self.codebook_dim = config.codebook_dim
@@ -318,6 +328,8 @@ class Decoder(nn.Module):
 
 
 class LAC(nn.Module):
+    """The whole codec, as upstream's tree: `CodecEncoder` and `CodecDecoder` export its two halves."""
+
     def __init__(self, config: CodecConfig):
         super().__init__()
         self.config = config
