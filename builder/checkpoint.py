@@ -1,11 +1,12 @@
-"""Reading VampNet / LAC checkpoint files.
+"""Reading VampNet / LAC checkpoint files and mapping them onto our modules.
 
 The files are what audiotools' `BaseModel.save` writes: a torch zip holding
 `{"state_dict": {name: tensor}, "metadata": {"kwargs": {...}, ...}}`. We read them with
-`weights_only=True` (nothing in the file is executed), check every tensor we take for
-presence and shape (upstream loads with strict=False and silently keeps random weights
-for missing keys; we refuse), and fold weight norm and LoRA into plain weights exactly as
-upstream's eval mode computes them.
+`weights_only=True` (nothing in the file is executed) and refuse damaged ones. A `Mapping` then
+turns the file's tensors into the module's own `state_dict()`: renamed, weight norm and LoRA
+folded exactly as upstream's eval mode computes them, every tensor present with its exact shape
+(upstream loads with strict=False and silently keeps random weights for missing keys; we refuse).
+docs/checkpoints.md describes the format and the rules.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+LORA_R = 8  # vampnet.modules.transformer.LORA_R
 LORA_SCALE = 0.125  # loralib: lora_alpha / r = 1 / 8
 
 
@@ -121,8 +123,9 @@ class Checkpoint:
         self.state = {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
         self.taken: set[str] = set()
 
-    def add_lora(self, path) -> None:
-        """Overlay a LoRA-only state dict (upstream's `coarse_lora_ckpt` / `c2f_lora_ckpt`)."""
+    def add_lora(self, path, layout: dict[str, tuple[int, ...]]) -> None:
+        """Overlay a LoRA-only state dict (upstream's `coarse_lora_ckpt` / `c2f_lora_ckpt`); `layout`
+        is the model's `Mapping.layout`: which tensors belong to it, with which shapes."""
         path = Path(path)
         data = _unpickle(path, f"{self.kind} LoRA file")
         kwargs = None
@@ -137,12 +140,11 @@ class Checkpoint:
         self._check_lora_belongs(path, data, kwargs)
         _check_finite(path, data)
         for k, v in data.items():
-            expected = self._lora_shape(k) if k not in self.state else tuple(self.state[k].shape)
-            if expected is None:
+            if k not in layout:
                 raise CheckpointError(f"{path}: tensor '{k}' does not belong to the {self.kind} model in {self.path}")
-            if tuple(v.shape) != expected:
+            if tuple(v.shape) != layout[k]:
                 raise CheckpointError(
-                    f"{path}: tensor '{k}' has shape {tuple(v.shape)}, the {self.kind} model needs {expected}"
+                    f"{path}: tensor '{k}' has shape {tuple(v.shape)}, the {self.kind} model needs {layout[k]}"
                 )
             self.state[k] = v.detach().float()
 
@@ -165,15 +167,6 @@ class Checkpoint:
                 f"{path} is a LoRA of a model with {max(layers) + 1} transformer layers, the "
                 f"{self.kind} model in {self.path} has {n_layers}; check which file goes with {flag}")
 
-    def _lora_shape(self, key: str, r: int = 8) -> tuple[int, int] | None:
-        """Shape of a LoRA factor the base file may lack (released base files may carry none)."""
-        base, _, factor = key.rpartition(".")
-        weight = self.state.get(f"{base}.weight")
-        if factor not in ("lora_A", "lora_B") or weight is None or weight.ndim != 2:
-            return None
-        out_features, in_features = weight.shape
-        return (r, in_features) if factor == "lora_A" else (out_features, r)
-
     def take(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
         t = self.state.get(key)
         if t is None:
@@ -186,22 +179,103 @@ class Checkpoint:
     def has(self, key: str) -> bool:
         return key in self.state
 
-    def weight_norm(self, prefix: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """`v · (g / ‖v‖)` over all dims but 0, computed by PyTorch's own kernel as upstream's forward does."""
-        v = self.take(f"{prefix}.weight_v", shape)
-        g = self.take(f"{prefix}.weight_g", (shape[0],) + (1,) * (len(shape) - 1))
-        return torch._weight_norm(v, g, 0)
-
-    def lora_linear(self, prefix: str, out_features: int, in_features: int, r: int = 8) -> torch.Tensor:
-        """loralib's eval-time merge `W + 0.125 · B @ A`; without A/B in the file the delta is exactly zero."""
-        w = self.take(f"{prefix}.weight", (out_features, in_features))
-        if not self.has(f"{prefix}.lora_A") and not self.has(f"{prefix}.lora_B"):
-            return w.clone()
-        a = self.take(f"{prefix}.lora_A", (r, in_features))
-        b = self.take(f"{prefix}.lora_B", (out_features, r))
-        return w + (b @ a) * LORA_SCALE
-
     def warn_unused(self) -> None:
         unused = sorted(set(self.state) - self.taken)
         if unused:
             warnings.warn(f"{self.path}: {len(unused)} tensors were not used, e.g. {unused[:3]}", stacklevel=2)
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping a file onto a module: the module's own state_dict() says what it needs
+
+
+class Rule:
+    """Which of the file's keys (after renaming) it applies to, and how the file stores those
+    tensors; this base rule: as they are."""
+
+    last = optional = False  # see WeightNorm and LoRA
+
+    def __init__(self, pattern: str = ".*"):
+        self.pattern = re.compile(pattern)
+
+    def sources(self, key: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        return {key: shape}
+
+    def fold(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+class WeightNorm(Rule):
+    """torch's `weight_norm(dim=0)`: `weight` is stored as `weight_g`, its norm per slice of dim 0
+    (shape (n, 1, ...)), and `weight_v`, its direction; they are registered after the module's
+    other tensors, so the file lists them after `bias`."""
+
+    last = True
+
+    def sources(self, key, shape):
+        base = key.removesuffix(".weight")
+        return {f"{base}.weight_g": (shape[0],) + (1,) * (len(shape) - 1), f"{base}.weight_v": shape}
+
+    def fold(self, g, v):
+        return torch._weight_norm(v, g, 0)  # PyTorch's own kernel, as upstream's forward runs it
+
+
+class LoRA(Rule):
+    """loralib's Linear: `weight` plus the factors `lora_A` (r, in) and `lora_B` (out, r), merged in
+    eval mode as W + B @ A · alpha/r. The factors may be absent (together): the delta is then zero."""
+
+    optional = True
+
+    def sources(self, key, shape):
+        base, (out_features, in_features) = key.removesuffix(".weight"), shape
+        return {key: shape, f"{base}.lora_A": (LORA_R, in_features), f"{base}.lora_B": (out_features, LORA_R)}
+
+    def fold(self, w, a=None, b=None):
+        return w.clone() if a is None else w + (b @ a) * LORA_SCALE
+
+
+class Mapping:
+    """How a file's tensors make up a module's state_dict.
+
+    `renames` are (our key prefix, the file's) pairs, listed in the order the file lists those
+    tensors; `rules` say which of the file's keys (after renaming) are stored otherwise than as a
+    plain tensor. Keys no rule matches are copied as they are.
+    """
+
+    def __init__(self, rules=(), renames=()):
+        self.rules, self.renames = tuple(rules), tuple(renames)
+
+    def _rename(self, key: str) -> tuple[int, str]:
+        """The file's spelling of our key, and the position of its rename (the file's order)."""
+        for i, (ours, theirs) in enumerate(self.renames):
+            if key.startswith(ours):
+                return i, theirs + key[len(ours):]
+        return len(self.renames), key
+
+    def plan(self, model: torch.nn.Module) -> list[tuple[str, Rule, dict[str, tuple[int, ...]]]]:
+        """(our key, its rule, the file's tensors it is made of), in the file's order: by rename, then
+        by module, weight norm's tensors after the other tensors of their module."""
+        entries, module_position = [], {}
+        for i, (key, tensor) in enumerate(model.state_dict().items()):
+            order, file_key = self._rename(key)
+            rule = next((r for r in self.rules if r.pattern.fullmatch(file_key)), Rule())
+            module = module_position.setdefault(key.rpartition(".")[0], i)
+            entries.append(((order, module, rule.last), key, rule, rule.sources(file_key, tuple(tensor.shape))))
+        entries.sort(key=lambda entry: entry[0])
+        return [entry[1:] for entry in entries]
+
+    def layout(self, model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+        """The file's keys and shapes for `model`, in the file's order (LoRA factors included)."""
+        return {name: shape for _, _, sources in self.plan(model) for name, shape in sources.items()}
+
+    def load(self, model: torch.nn.Module, ck: Checkpoint) -> torch.nn.Module:
+        """Fill `model` from `ck`: every tensor checked, folded, then `load_state_dict(strict=True)`."""
+        state = {}
+        for key, rule, sources in self.plan(model):
+            names = list(sources)
+            if rule.optional and not any(ck.has(name) for name in names[1:]):
+                names = names[:1]
+            state[key] = rule.fold(*(ck.take(name, sources[name]) for name in names)).contiguous()
+        ck.warn_unused()
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.requires_grad_(False).eval()

@@ -1,55 +1,63 @@
 """The LAC codec (VampNet's audio tokenizer) as small, export-friendly torch modules.
 
-What upstream computes (hugofloresgarcia/lac, used by VampNet main), re-written so that
-`torch.export` + `torch.onnx.export(dynamo=True)` see only plain convolutions:
+`LAC(config)` mirrors upstream's module tree (hugofloresgarcia/lac, used by VampNet main), so its
+`state_dict()` keys are upstream's with weight norm folded: `encoder.block.1.block.0.block.1.weight`
+is the file's `…weight_g/weight_v` pair. `load_codec(path)` maps a `codec.pth` onto it
+(builder/checkpoint.py, docs/checkpoints.md). Written so that `torch.export` +
+`torch.onnx.export(dynamo=True)` see only plain convolutions:
 
-* weight norm is folded once at load time with PyTorch's own kernel (`Checkpoint.weight_norm`),
-  so the weights are ordinary parameters and no hooks run;
+* weight norm is folded once at load time, so the weights are ordinary parameters and no hooks run;
 * no Python branching on tensor sizes, no `.item()`, no data-dependent shapes: the time axis
   stays symbolic through the whole graph;
 * every expression whose rounding decides a code (RVQ distance, straight-through residual)
   is written exactly as upstream writes it, so the codes are bit-identical in eager mode.
 
-Parameter names mirror upstream's state-dict keys (`encoder.block.1.block.0.block.1.weight`
-is the folded `…weight_g/weight_v` pair), so ONNX initializers are easy to trace back.
-
-Public API: `CodecConfig`, `CodecEncoder` (audio -> codes), `CodecDecoder` (codes -> audio),
+Public API: `CodecConfig`, `LAC`, `CodecEncoder` (audio -> codes), `CodecDecoder` (codes -> audio),
 `Codec` and `load_codec(path)`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from builder.checkpoint import Checkpoint, CheckpointError
+from builder.checkpoint import Checkpoint, CheckpointError, Mapping, WeightNorm
 
 # LAC hard-codes these (they are not constructor kwargs).
 ENCODER_DILATIONS = (1, 3, 9)
 MRF_KERNELS = (3, 7, 11)
 MRF_DILATIONS = (1, 3, 5)
 
+# LAC.__init__'s defaults: what a file's missing kwargs become, and what a file records.
+LAC_DEFAULTS = {
+    "encoder_dim": 64,
+    "encoder_rates": [2, 4, 8, 8],
+    "decoder_dim": 512,
+    "decoder_rates": [4, 4, 4, 2, 2, 2],
+    "n_codebooks": 9,
+    "codebook_size": 1024,
+    "codebook_dim": 8,
+    "quantizer_dropout": False,
+    "sample_rate": 44100,
+}
 
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """LAC constructor arguments; the defaults are LAC's class defaults (reference 1.2.1)."""
+    """The LAC constructor arguments that shape the model (quantizer_dropout only acts in training)."""
 
-    encoder_dim: int = 64
-    encoder_rates: tuple[int, ...] = (2, 4, 8, 8)
-    decoder_dim: int = 512
-    decoder_rates: tuple[int, ...] = (4, 4, 4, 2, 2, 2)
-    n_codebooks: int = 9
-    codebook_size: int = 1024
-    codebook_dim: int = 8
-    sample_rate: int = 44100
+    encoder_dim: int
+    encoder_rates: tuple[int, ...]
+    decoder_dim: int
+    decoder_rates: tuple[int, ...]
+    n_codebooks: int
+    codebook_size: int
+    codebook_dim: int
+    sample_rate: int
 
     @property
     def hop_length(self) -> int:
@@ -62,30 +70,33 @@ class CodecConfig:
         return self.encoder_dim * 2 ** len(self.encoder_rates)
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict, source: str = "codec checkpoint") -> "CodecConfig":
-        """As audiotools' `BaseModel.load`: unknown kwargs dropped, missing ones take defaults."""
-        names = {f.name for f in fields(cls)}
-        given = {k: v for k, v in kwargs.items() if k in names}
+    def from_kwargs(cls, kwargs: dict, source: str = "codec checkpoint", check: bool = True) -> "CodecConfig":
+        """As audiotools' `BaseModel.load`: unknown kwargs dropped, missing ones take LAC's defaults.
+        `check=False` skips the checks of what the exported graphs need (shape tables only)."""
+        kw = {**LAC_DEFAULTS, **kwargs}
         try:
-            for k in ("encoder_rates", "decoder_rates"):
-                if k in given:
-                    given[k] = tuple(int(r) for r in given[k])
-            if isinstance(given.get("codebook_dim"), (list, tuple)):
-                dims = [int(d) for d in given["codebook_dim"]]
-                n = int(given.get("n_codebooks", cls.n_codebooks))
-                if len(dims) != n or len(set(dims)) != 1:
-                    raise CheckpointError(
-                        f"{source}: per-level codebook_dim {dims} is not supported "
-                        f"(only one codebook_dim shared by all {n} levels)"
-                    )
-                given["codebook_dim"] = dims[0]
-            for k in ("encoder_dim", "decoder_dim", "n_codebooks", "codebook_size", "codebook_dim", "sample_rate"):
-                if k in given:
-                    given[k] = int(given[k])
+            n = int(kw["n_codebooks"])
+            dims = kw["codebook_dim"]  # one for all levels, or a list of one per level
+            dims = [int(d) for d in dims] if isinstance(dims, (list, tuple)) else [int(dims)] * n
+            config = cls(
+                encoder_dim=int(kw["encoder_dim"]),
+                encoder_rates=tuple(int(r) for r in kw["encoder_rates"]),
+                decoder_dim=int(kw["decoder_dim"]),
+                decoder_rates=tuple(int(r) for r in kw["decoder_rates"]),
+                n_codebooks=n,
+                codebook_size=int(kw["codebook_size"]),
+                codebook_dim=dims[0] if dims else 0,
+                sample_rate=int(kw["sample_rate"]),
+            )
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: malformed codec kwargs ({e})") from None
-        config = cls(**given)
-        config._validate(source)
+        if len(dims) != n or len(set(dims)) != 1:
+            raise CheckpointError(
+                f"{source}: per-level codebook_dim {dims} is not supported "
+                f"(only one codebook_dim shared by all {n} levels)"
+            )
+        if check:
+            config._validate(source)
         return config
 
     def _validate(self, source: str) -> None:
@@ -115,69 +126,31 @@ class CodecConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Layers with folded weights
+# Modules
 # --------------------------------------------------------------------------------------------
 
-def _frozen(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
+class Snake1d(nn.Module):
+    """x + sin²(αx)/(α + 1e-9), in upstream's exact operation order."""
 
-
-class Snake(nn.Module):
-    """LAC Snake1d: x + sin²(αx)/(α + 1e-9), in upstream's exact operation order (ref. 3.1)."""
-
-    def __init__(self, ck: Checkpoint, prefix: str, channels: int):
+    def __init__(self, channels: int):
         super().__init__()
-        self.alpha = _frozen(ck.take(f"{prefix}.alpha", (1, channels, 1)))
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Upstream reshapes to (B, C, -1) and back, a no-op for our 3-D activations.
         return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
 
 
-class Conv(nn.Module):
-    """Weight-normed Conv1d, folded: W = v·(g/‖v‖) with the norm per output channel."""
-
-    def __init__(self, ck: Checkpoint, prefix: str, c_in: int, c_out: int, kernel: int,
-                 stride: int = 1, padding: int = 0, dilation: int = 1):
-        super().__init__()
-        self.weight = _frozen(ck.weight_norm(prefix, (c_out, c_in, kernel)))
-        self.bias = _frozen(ck.take(f"{prefix}.bias", (c_out,)))
-        self.stride, self.padding, self.dilation = stride, padding, dilation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
-
-
-class ConvTranspose(nn.Module):
-    """Weight-normed ConvTranspose1d, folded. Its weight is (in, out, k) and weight norm's dim 0
-    is the *input* channel, so g is (in, 1, 1) and the norm runs over (out, k) (ref. 2.1)."""
-
-    def __init__(self, ck: Checkpoint, prefix: str, c_in: int, c_out: int, kernel: int,
-                 stride: int, padding: int):
-        super().__init__()
-        self.weight = _frozen(ck.weight_norm(prefix, (c_in, c_out, kernel)))
-        self.bias = _frozen(ck.take(f"{prefix}.bias", (c_out,)))
-        self.stride, self.padding = stride, padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose1d(x, self.weight, self.bias, self.stride, self.padding)
-
-
-# --------------------------------------------------------------------------------------------
-# Encoder (ref. 3.3)
-# --------------------------------------------------------------------------------------------
-
-class EncoderLayer(nn.Module):
+class ResidualUnit(nn.Module):
     """x + Conv_k1(Snake(Conv_k7,dil(Snake(x)))); 'same' padding, so no cropping is needed."""
 
-    def __init__(self, ck: Checkpoint, prefix: str, dim: int, dilation: int):
+    def __init__(self, dim: int, dilation: int):
         super().__init__()
-        p = f"{prefix}.block"
         self.block = nn.Sequential(
-            Snake(ck, f"{p}.0", dim),
-            Conv(ck, f"{p}.1", dim, dim, 7, dilation=dilation, padding=3 * dilation),
-            Snake(ck, f"{p}.2", dim),
-            Conv(ck, f"{p}.3", dim, dim, 1),
+            Snake1d(dim),
+            nn.Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation),
+            Snake1d(dim),
+            nn.Conv1d(dim, dim, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,15 +158,14 @@ class EncoderLayer(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Three dilated residual layers at width dim/2, then a strided conv to width dim."""
+    """Three dilated residual units at width dim/2, then a strided conv to width dim."""
 
-    def __init__(self, ck: Checkpoint, prefix: str, dim: int, stride: int):
+    def __init__(self, dim: int, stride: int):
         super().__init__()
-        p, c = f"{prefix}.block", dim // 2
         self.block = nn.Sequential(
-            *[EncoderLayer(ck, f"{p}.{j}", c, d) for j, d in enumerate(ENCODER_DILATIONS)],
-            Snake(ck, f"{p}.3", c),
-            Conv(ck, f"{p}.4", c, dim, 2 * stride, stride=stride, padding=stride // 2),
+            *[ResidualUnit(dim // 2, d) for d in ENCODER_DILATIONS],
+            Snake1d(dim // 2),
+            nn.Conv1d(dim // 2, dim, 2 * stride, stride=stride, padding=stride // 2),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,24 +175,18 @@ class EncoderBlock(nn.Module):
 class Encoder(nn.Module):
     """(B, 1, L) -> (B, D, L/hop)."""
 
-    def __init__(self, ck: Checkpoint, config: CodecConfig):
+    def __init__(self, dim: int, rates: tuple[int, ...]):
         super().__init__()
-        p, d = "encoder.block", config.encoder_dim
-        layers: list[nn.Module] = [Conv(ck, f"{p}.0", 1, d, 7, padding=3)]
-        for i, stride in enumerate(config.encoder_rates, start=1):
-            d *= 2
-            layers.append(EncoderBlock(ck, f"{p}.{i}", d, stride))
-        n = len(config.encoder_rates)
-        layers += [Snake(ck, f"{p}.{n + 1}", d), Conv(ck, f"{p}.{n + 2}", d, d, 3, padding=1)]
+        layers: list[nn.Module] = [nn.Conv1d(1, dim, 7, padding=3)]
+        for stride in rates:
+            dim *= 2
+            layers.append(EncoderBlock(dim, stride))
+        layers += [Snake1d(dim), nn.Conv1d(dim, dim, 3, padding=1)]
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
 
-
-# --------------------------------------------------------------------------------------------
-# Residual vector quantizer (ref. 4.2, 4.3)
-# --------------------------------------------------------------------------------------------
 
 def nearest_code(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row on L2-normalised vectors: (B, d, T) -> (B, T) int64.
@@ -245,57 +211,63 @@ def lookup(indices: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return F.embedding(indices, codebook).transpose(1, 2)
 
 
-class Quantizer(nn.Module):
+class VectorQuantize(nn.Module):
     """One RVQ level: in_proj (D -> d), codebook (V, d), out_proj (d -> D)."""
 
-    def __init__(self, ck: Checkpoint, prefix: str, config: CodecConfig, with_in_proj: bool):
+    def __init__(self, dim: int, codebook_size: int, codebook_dim: int):
         super().__init__()
-        D, d, V = config.latent_dim, config.codebook_dim, config.codebook_size
-        # The decoder path never uses in_proj; leaving it out keeps its weights out of that graph.
-        self.in_proj = Conv(ck, f"{prefix}.in_proj", D, d, 1) if with_in_proj else None
-        self.out_proj = Conv(ck, f"{prefix}.out_proj", d, D, 1)
-        self.codebook = _frozen(ck.take(f"{prefix}.codebook.weight", (V, d)))
+        self.in_proj = nn.Conv1d(dim, codebook_dim, 1)
+        self.out_proj = nn.Conv1d(codebook_dim, dim, 1)
+        self.codebook = nn.Embedding(codebook_size, codebook_dim)
 
 
-class CodecEncoder(nn.Module):
-    """audio float32 (B, 1, L), L a multiple of hop_length -> codes int64 (B, K, L/hop)."""
+class ResidualVectorQuantize(nn.Module):
+    """K levels, each quantizing what the previous ones left of the latents."""
 
-    def __init__(self, ck: Checkpoint, config: CodecConfig):
+    def __init__(self, config: CodecConfig):
         super().__init__()
-        self.config = config
-        self.encoder = Encoder(ck, config)
+        self.codebook_dim = config.codebook_dim
         self.quantizers = nn.ModuleList(
-            Quantizer(ck, f"quantizer.quantizers.{q}", config, with_in_proj=True)
-            for q in range(config.n_codebooks)
+            VectorQuantize(config.latent_dim, config.codebook_size, config.codebook_dim)
+            for _ in range(config.n_codebooks)
         )
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        residual = self.encoder(audio)
+    def encode(self, residual: torch.Tensor) -> torch.Tensor:
+        """(B, D, T) -> codes (B, K, T)."""
         codes = []
         for vq in self.quantizers:
             ze = vq.in_proj(residual)
-            idx = nearest_code(ze, vq.codebook)
-            zq = lookup(idx, vq.codebook)
+            idx = nearest_code(ze, vq.codebook.weight)
+            zq = lookup(idx, vq.codebook.weight)
             # Straight-through form `ze + (zq - ze)`: it rounds differently from zq, and the next
             # level's residual sees exactly this value upstream.
             residual = residual - vq.out_proj(ze + (zq - ze))
             codes.append(idx)
         return torch.stack(codes, dim=1)
 
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, K, T) in [0, V) -> (B, D, T), as upstream main's `VampNet.decode`: each code
+        becomes its raw codebook row, the rows are re-quantised (`quantizer.from_latents`, the
+        same nearest-neighbour rule as encoding) and the levels' out_proj outputs summed in order."""
+        # CodebookEmbedding.from_codes: the latents of all levels, concatenated on channels.
+        latents = torch.cat([lookup(codes[:, q], vq.codebook.weight) for q, vq in enumerate(self.quantizers)], dim=1)
+        d = self.codebook_dim
+        z = None
+        for q, vq in enumerate(self.quantizers):
+            idx = nearest_code(latents[:, q * d:(q + 1) * d], vq.codebook.weight)
+            out = vq.out_proj(lookup(idx, vq.codebook.weight))
+            z = out if z is None else z + out  # upstream starts from 0; 0 + y == y
+        return z
 
-# --------------------------------------------------------------------------------------------
-# Decoder (ref. 3.4, 4.5)
-# --------------------------------------------------------------------------------------------
 
 class ResidualLayer(nn.Module):
-    def __init__(self, ck: Checkpoint, prefix: str, ch: int, kernel: int, dilation: int):
+    def __init__(self, ch: int, kernel: int, dilation: int):
         super().__init__()
-        p = f"{prefix}.layer"
         self.layer = nn.Sequential(
-            Snake(ck, f"{p}.0", ch),
-            Conv(ck, f"{p}.1", ch, ch, kernel, dilation=dilation, padding=(kernel - 1) * dilation // 2),
-            Snake(ck, f"{p}.2", ch),
-            Conv(ck, f"{p}.3", ch, ch, kernel, padding=(kernel - 1) // 2),
+            Snake1d(ch),
+            nn.Conv1d(ch, ch, kernel, dilation=dilation, padding=(kernel - 1) * dilation // 2),
+            Snake1d(ch),
+            nn.Conv1d(ch, ch, kernel, padding=(kernel - 1) // 2),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -303,11 +275,9 @@ class ResidualLayer(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, ck: Checkpoint, prefix: str, ch: int, kernel: int):
+    def __init__(self, ch: int, kernel: int):
         super().__init__()
-        self.block = nn.Sequential(
-            *[ResidualLayer(ck, f"{prefix}.block.{j}", ch, kernel, d) for j, d in enumerate(MRF_DILATIONS)]
-        )
+        self.block = nn.Sequential(*[ResidualLayer(ch, kernel, d) for d in MRF_DILATIONS])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -316,11 +286,9 @@ class ResidualBlock(nn.Module):
 class MRF(nn.Module):
     """Multi-receptive-field fusion: three residual stacks on the same input, summed, then /3."""
 
-    def __init__(self, ck: Checkpoint, prefix: str, ch: int):
+    def __init__(self, ch: int):
         super().__init__()
-        self.mrf_blocks = nn.ModuleList(
-            ResidualBlock(ck, f"{prefix}.mrf_blocks.{m}", ch, k) for m, k in enumerate(MRF_KERNELS)
-        )
+        self.mrf_blocks = nn.ModuleList(ResidualBlock(ch, k) for k in MRF_KERNELS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Upstream starts from the integer 0; 0 + y == y (up to the sign of a zero).
@@ -331,13 +299,12 @@ class MRF(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, ck: Checkpoint, prefix: str, c_in: int, c_out: int, stride: int):
+    def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
-        p = f"{prefix}.block"
         self.block = nn.Sequential(
-            Snake(ck, f"{p}.0", c_in),
-            ConvTranspose(ck, f"{p}.1", c_in, c_out, 2 * stride, stride=stride, padding=stride // 2),
-            MRF(ck, f"{p}.2", c_out),
+            Snake1d(c_in),
+            nn.ConvTranspose1d(c_in, c_out, 2 * stride, stride=stride, padding=stride // 2),
+            MRF(c_out),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -347,54 +314,62 @@ class DecoderBlock(nn.Module):
 class Decoder(nn.Module):
     """(B, D, T) -> (B, 1, T·hop), ending in tanh."""
 
-    def __init__(self, ck: Checkpoint, config: CodecConfig):
+    def __init__(self, latent_dim: int, dim: int, rates: tuple[int, ...]):
         super().__init__()
-        p, cd = "decoder.model", config.decoder_dim
-        layers: list[nn.Module] = [Conv(ck, f"{p}.0", config.latent_dim, cd, 7, padding=3)]
-        for i, stride in enumerate(config.decoder_rates, start=1):
-            layers.append(DecoderBlock(ck, f"{p}.{i}", cd // 2 ** (i - 1), cd // 2**i, stride))
-        n, c = len(config.decoder_rates), cd // 2 ** len(config.decoder_rates)
-        layers += [Snake(ck, f"{p}.{n + 1}", c), Conv(ck, f"{p}.{n + 2}", c, 1, 7, padding=3), nn.Tanh()]
+        layers: list[nn.Module] = [nn.Conv1d(latent_dim, dim, 7, padding=3)]
+        for stride in rates:
+            layers.append(DecoderBlock(dim, dim // 2, stride))
+            dim //= 2
+        layers += [Snake1d(dim), nn.Conv1d(dim, 1, 7, padding=3), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
 
-class CodecDecoder(nn.Module):
-    """codes int64 (B, K, T), values in [0, V] -> audio float32 (B, 1, T·hop).
+class LAC(nn.Module):
+    """The whole codec, as upstream's tree: `CodecEncoder` and `CodecDecoder` export its two halves."""
 
-    Upstream main's `VampNet.decode` literally: mask tokens (V) become 0, each code becomes its
-    raw codebook row, the rows are re-quantised (`quantizer.from_latents`, same nearest-neighbour
-    rule as encoding), the levels' out_proj outputs are summed in order, and the sum is decoded.
-    """
-
-    def __init__(self, ck: Checkpoint, config: CodecConfig):
+    def __init__(self, config: CodecConfig):
         super().__init__()
         self.config = config
-        self.mask_token = config.codebook_size
-        self.quantizers = nn.ModuleList(
-            Quantizer(ck, f"quantizer.quantizers.{q}", config, with_in_proj=False)
-            for q in range(config.n_codebooks)
-        )
-        self.decoder = Decoder(ck, config)
+        self.encoder = Encoder(config.encoder_dim, config.encoder_rates)
+        self.quantizer = ResidualVectorQuantize(config)
+        self.decoder = Decoder(config.latent_dim, config.decoder_dim, config.decoder_rates)
+
+
+class CodecEncoder(nn.Module):
+    """audio float32 (B, 1, L), L a multiple of hop_length -> codes int64 (B, K, L/hop)."""
+
+    def __init__(self, lac: LAC):
+        super().__init__()
+        self.encoder, self.quantizer = lac.encoder, lac.quantizer
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.encode(self.encoder(audio))
+
+
+class CodecDecoder(nn.Module):
+    """codes int64 (B, K, T), values in [0, V] -> audio float32 (B, 1, T·hop); the mask token V
+    decodes as code 0, as upstream main's `VampNet.decode` does."""
+
+    def __init__(self, lac: LAC):
+        super().__init__()
+        self.mask_token = lac.config.codebook_size
+        self.quantizer, self.decoder = lac.quantizer, lac.decoder
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         codes = torch.where(codes == self.mask_token, torch.zeros_like(codes), codes)
-        # CodebookEmbedding.from_codes: the latents of all levels, concatenated on channels.
-        latents = torch.cat([lookup(codes[:, q], vq.codebook) for q, vq in enumerate(self.quantizers)], dim=1)
-        d = self.config.codebook_dim
-        z = None
-        for q, vq in enumerate(self.quantizers):
-            idx = nearest_code(latents[:, q * d:(q + 1) * d], vq.codebook)
-            out = vq.out_proj(lookup(idx, vq.codebook))
-            z = out if z is None else z + out  # upstream starts from 0; 0 + y == y
-        return self.decoder(z)
+        return self.decoder(self.quantizer.decode(codes))
 
 
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+
+# Every conv of LAC is weight-normed; the file's keys are otherwise our own.
+CHECKPOINT_MAPPING = Mapping(rules=[WeightNorm(r".*(?<!codebook)\.weight")])
+
 
 @dataclass
 class Codec:
@@ -409,15 +384,11 @@ def load_codec(path) -> Codec:
     """Build the codec from a LAC checkpoint (`codec.pth`); every tensor is shape-checked."""
     ck = Checkpoint(path, "codec")
     config = CodecConfig.from_kwargs(ck.kwargs, source=str(Path(path)))
-    with torch.no_grad():
-        encoder = CodecEncoder(ck, config).eval()
-        decoder = CodecDecoder(ck, config).eval()
-    codebooks = torch.stack([vq.codebook.detach().clone() for vq in decoder.quantizers])
-    ck.warn_unused()
+    lac = CHECKPOINT_MAPPING.load(LAC(config), ck)
     return Codec(
         config=config,
-        encoder=encoder,
-        decoder=decoder,
-        codebooks=codebooks,
+        encoder=CodecEncoder(lac).eval(),
+        decoder=CodecDecoder(lac).eval(),
+        codebooks=torch.stack([vq.codebook.weight.detach().clone() for vq in lac.quantizer.quantizers]),
         checkpoint_parameters=sum(t.numel() for t in ck.state.values()),
     )

@@ -3,12 +3,13 @@
 `write_random_checkpoints(folder, codec_kwargs, coarse_kwargs, c2f_kwargs)` writes `codec.pth`,
 `coarse.pth` and `c2f.pth` exactly as audiotools' `BaseModel.save(package=False)` does for upstream's
 LAC and VampNet: `torch.save({"state_dict": OrderedDict, "metadata": {"kwargs": full_kwargs}})` with
-upstream's key names, order and shapes (reference tables 1.2.2 and 1.3.2, LoRA A/B and weight_g/v
-included), so that they exercise the same loading code as the released files. Values are random but
-sensible (unit-ish activations, positive gains and Snake alphas), so generated audio stays finite.
+upstream's key names, order and shapes (LoRA A/B and weight_g/v included), so that they exercise the
+same loading code as the released files. The keys and shapes are our modules' own, mapped back to the
+file's spelling by the same rules that load them (`Mapping.layout`). Values are random but sensible
+(unit-ish activations, positive gains and Snake alphas), so generated audio stays finite.
 
-`state_dict_shapes(kind, kwargs)` is the single key/shape table: generation uses it, and tests use it to
-count parameters of the released shapes without allocating them.
+`state_dict_shapes(kind, kwargs)` is that key/shape table: generation uses it, and tests use it to count
+parameters of the released shapes without allocating them.
 """
 from __future__ import annotations
 
@@ -18,22 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .transformer import VAMPNET_DEFAULTS, TransformerConfig, checkpoint_shapes
+from . import codec, transformer
 
-# LAC.__init__ defaults (reference §1.2.1): what a codec file records for kwargs not given.
-LAC_DEFAULTS = {
-    "encoder_dim": 64,
-    "encoder_rates": [2, 4, 8, 8],
-    "decoder_dim": 512,
-    "decoder_rates": [4, 4, 4, 2, 2, 2],
-    "n_codebooks": 9,
-    "codebook_size": 1024,
-    "codebook_dim": 8,
-    "quantizer_dropout": False,
-    "sample_rate": 44100,
-}
-
-# The released models' kwargs as their files record them (conf/vampnet.yml, conf/c2f.yml; reference §1.3.1).
+# The released models' kwargs as their files record them (upstream's conf/vampnet.yml, conf/c2f.yml).
 RELEASED_COARSE = {
     "n_heads": 20,
     "n_layers": 20,
@@ -51,7 +39,7 @@ RELEASED_COARSE = {
     "cond_dim": 0,
 }
 RELEASED_C2F = {**RELEASED_COARSE, "n_layers": 16, "n_codebooks": 14, "n_conditioning_codebooks": 4}
-# The released codec's decoder config is unknown (reference §1.2.3): this stand-in has the known interface
+# The released codec's decoder config is not published: this stand-in has the known interface
 # (44.1 kHz, hop 768, 14 × 1024 × 8, D = 1024) and plausible sizes.
 RELEASED_CODEC_STANDIN = {
     "encoder_dim": 64,
@@ -70,88 +58,28 @@ TINY_CODEC = {**RELEASED_CODEC_STANDIN, "encoder_dim": 8, "decoder_dim": 32}
 TINY_COARSE = {**RELEASED_COARSE, "n_heads": 4, "n_layers": 2, "embedding_dim": 64}
 TINY_C2F = {**RELEASED_C2F, "n_heads": 4, "n_layers": 2, "embedding_dim": 64}
 
-_ENC_DILATIONS = (1, 3, 9)
-_MRF_KERNELS = (3, 7, 11)
-_MRF_DILATIONS = (1, 3, 5)
-
-
 def full_kwargs(kind: str, kwargs: dict) -> dict:
     """The kwargs a file records: every constructor kwarg with a default, overridden by `kwargs`."""
-    defaults = LAC_DEFAULTS if kind == "codec" else VAMPNET_DEFAULTS
+    defaults = codec.LAC_DEFAULTS if kind == "codec" else transformer.VAMPNET_DEFAULTS
     unknown = set(kwargs) - set(defaults)
     if unknown:
         raise ValueError(f"unknown {kind} kwargs: {sorted(unknown)}")
     return {**defaults, **kwargs}
 
 
-def codec_shapes(kwargs: dict) -> "OrderedDict[str, tuple[int, ...]]":
-    """LAC state_dict keys and shapes in upstream's order (reference table 1.2.2)."""
-    kw = full_kwargs("codec", kwargs)
-    d0, enc_rates = kw["encoder_dim"], list(kw["encoder_rates"])
-    cd, dec_rates = kw["decoder_dim"], list(kw["decoder_rates"])
-    K, V = kw["n_codebooks"], kw["codebook_size"]
-    dqs = kw["codebook_dim"] if isinstance(kw["codebook_dim"], (list, tuple)) else [kw["codebook_dim"]] * K
-    D = d0 * 2 ** len(enc_rates)
-    s: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-
-    def conv(prefix, out_c, in_c, k):  # weight-normed Conv1d: bias, g, v
-        s[f"{prefix}.bias"] = (out_c,)
-        s[f"{prefix}.weight_g"] = (out_c, 1, 1)
-        s[f"{prefix}.weight_v"] = (out_c, in_c, k)
-
-    def snake(prefix, ch):
-        s[f"{prefix}.alpha"] = (1, ch, 1)
-
-    conv("encoder.block.0", d0, 1, 7)
-    for i, stride in enumerate(enc_rates, start=1):
-        c, p = d0 * 2 ** (i - 1), f"encoder.block.{i}.block"
-        for j in range(len(_ENC_DILATIONS)):
-            snake(f"{p}.{j}.block.0", c)
-            conv(f"{p}.{j}.block.1", c, c, 7)
-            snake(f"{p}.{j}.block.2", c)
-            conv(f"{p}.{j}.block.3", c, c, 1)
-        snake(f"{p}.3", c)
-        conv(f"{p}.4", 2 * c, c, 2 * stride)
-    snake(f"encoder.block.{len(enc_rates) + 1}", D)
-    conv(f"encoder.block.{len(enc_rates) + 2}", D, D, 3)
-
-    for q in range(K):
-        p = f"quantizer.quantizers.{q}"
-        conv(f"{p}.in_proj", dqs[q], D, 1)
-        conv(f"{p}.out_proj", D, dqs[q], 1)
-        s[f"{p}.codebook.weight"] = (V, dqs[q])
-
-    conv("decoder.model.0", cd, D, 7)
-    for i, stride in enumerate(dec_rates, start=1):
-        c_in, c_out, p = cd // 2 ** (i - 1), cd // 2**i, f"decoder.model.{i}.block"
-        snake(f"{p}.0", c_in)
-        # weight-normed ConvTranspose1d: weight (in, out, k), norm per input channel
-        s[f"{p}.1.bias"] = (c_out,)
-        s[f"{p}.1.weight_g"] = (c_in, 1, 1)
-        s[f"{p}.1.weight_v"] = (c_in, c_out, 2 * stride)
-        for m, kernel in enumerate(_MRF_KERNELS):
-            for j in range(len(_MRF_DILATIONS)):
-                lp = f"{p}.2.mrf_blocks.{m}.block.{j}.layer"
-                snake(f"{lp}.0", c_out)
-                conv(f"{lp}.1", c_out, c_out, kernel)
-                snake(f"{lp}.2", c_out)
-                conv(f"{lp}.3", c_out, c_out, kernel)
-    c_last = cd // 2 ** len(dec_rates)
-    snake(f"decoder.model.{len(dec_rates) + 1}", c_last)
-    conv(f"decoder.model.{len(dec_rates) + 2}", 1, c_last, 7)
-    return s
-
-
 def state_dict_shapes(kind: str, kwargs: dict) -> "OrderedDict[str, tuple[int, ...]]":
     """Upstream's state_dict keys → shapes for `kind` "codec", "coarse" or "c2f" with these kwargs."""
+    if kind not in ("codec", "coarse", "c2f"):
+        raise ValueError(f"kind must be 'codec', 'coarse' or 'c2f', not {kind!r}")
+    kw = full_kwargs(kind, kwargs)
     if kind == "codec":
-        return codec_shapes(kwargs)
-    if kind in ("coarse", "c2f"):
-        cfg = TransformerConfig.from_kwargs(full_kwargs(kind, kwargs))
-        if (cfg.n_conditioning_codebooks > 0) != (kind == "c2f"):
-            raise ValueError(f"{kind} kwargs with n_conditioning_codebooks={cfg.n_conditioning_codebooks}")
-        return checkpoint_shapes(cfg)
-    raise ValueError(f"kind must be 'codec', 'coarse' or 'c2f', not {kind!r}")
+        return OrderedDict(codec.CHECKPOINT_MAPPING.layout(codec.LAC(codec.CodecConfig.from_kwargs(kw, check=False))))
+    cfg = transformer.TransformerConfig.from_kwargs(kw)
+    if (cfg.n_conditioning_codebooks > 0) != (kind == "c2f"):
+        raise ValueError(f"{kind} kwargs with n_conditioning_codebooks={cfg.n_conditioning_codebooks}")
+    with torch.device("meta"):  # shapes only: a released transformer would take 1.3 GB
+        model = transformer.VampNetTransformer(cfg)
+    return OrderedDict(transformer.checkpoint_mapping().layout(model))
 
 
 def parameter_count(kind: str, kwargs: dict) -> int:

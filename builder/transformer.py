@@ -1,14 +1,14 @@
 """VampNet's bidirectional transformer as a small, export-friendly torch module.
 
-`load_transformer(path, codec, kind)` reads a VampNet `coarse.pth` / `c2f.pth`, folds weight norm and
-LoRA into plain weights (reference §2) and returns a `VampNetTransformer` whose forward maps token codes
-straight to logits:
+`VampNetTransformer(config)` maps token codes straight to logits:
 
     codes (B, C, T) int64, values in [0, V] (V = the MASK token)  ->  logits (B, T·C_p, V) float32
 
-with sequence index `n = t·C_p + c` (reference §0, §3.6 step 5): `logits[b, n, :]` is upstream's
-`logits[b, :, n]`. The input embedding (reference §3.5) is part of the module: a per-codebook table
-(C, V+1, d_q) made of the codec's raw codebook rows plus the model's learned MASK row at index V.
+with sequence index `n = t·C_p + c`: `logits[b, n, :]` is upstream's `logits[b, :, n]` (upstream
+flattens its (B, C_p, T) predictions time-major). The input embedding is part of the module: a
+per-codebook table (C, V+1, d_q) made of the codec's raw codebook rows plus the model's learned MASK
+row at index V. `load_transformer(path, codec, kind)` maps a VampNet `coarse.pth` / `c2f.pth` onto it
+(builder/checkpoint.py, docs/checkpoints.md).
 
 The math follows upstream op for op (same einsums, same scalar forms), so that torch CPU results match
 upstream's to the last bit where the kernels are the same. Everything that depends on the sequence length
@@ -17,7 +17,6 @@ is computed from `codes.shape[2]` inside `forward`, so `torch.export` keeps T dy
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpoint, CheckpointError
+from .checkpoint import Checkpoint, CheckpointError, LoRA, Mapping, Rule, WeightNorm
 
-LORA_R = 8  # vampnet.modules.transformer.LORA_R (not a kwarg)
 NUM_BUCKETS = 32  # T5 relative attention buckets (bidirectional: 16 per side)
 MAX_DISTANCE = 128
 RMS_EPS = 1e-6
 
-# VampNet.__init__ defaults on upstream main (reference §1.3.1): what a file's missing kwargs become.
+# VampNet.__init__'s defaults on upstream main: what a file's missing kwargs become, and what a file records.
 VAMPNET_DEFAULTS = {
     "n_heads": 20,
     "n_layers": 16,
@@ -53,13 +51,15 @@ VAMPNET_DEFAULTS = {
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    n_heads: int = 20
-    n_layers: int = 16
-    n_codebooks: int = 9
-    n_conditioning_codebooks: int = 0
-    latent_dim: int = 8
-    embedding_dim: int = 1280
-    vocab_size: int = 1024
+    """The VampNet constructor arguments that shape the model."""
+
+    n_heads: int
+    n_layers: int
+    n_codebooks: int
+    n_conditioning_codebooks: int
+    latent_dim: int
+    embedding_dim: int
+    vocab_size: int
 
     @property
     def n_predict_codebooks(self) -> int:
@@ -105,38 +105,6 @@ class TransformerConfig:
         return cfg
 
 
-def checkpoint_shapes(cfg: TransformerConfig) -> "OrderedDict[str, tuple[int, ...]]":
-    """Upstream's state_dict keys and shapes, in upstream's order (reference table 1.3.2, flash_attn False)."""
-    E, C, dq, V, r = cfg.embedding_dim, cfg.n_codebooks, cfg.latent_dim, cfg.vocab_size, LORA_R
-    s: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-    s["embedding.special.MASK"] = (C, dq)
-    s["embedding.out_proj.weight"] = (E, C * dq, 1)
-    s["embedding.out_proj.bias"] = (E,)
-
-    def lora(prefix, out_f, in_f):
-        s[f"{prefix}.weight"] = (out_f, in_f)
-        s[f"{prefix}.lora_A"] = (r, in_f)
-        s[f"{prefix}.lora_B"] = (out_f, r)
-
-    for i in range(cfg.n_layers):
-        p = f"transformer.layers.{i}"
-        s[f"{p}.norm_1.weight"] = (E,)
-        lora(f"{p}.self_attn.w_qs", E, E)
-        s[f"{p}.self_attn.w_ks.weight"] = (E, E)
-        lora(f"{p}.self_attn.w_vs", E, E)
-        lora(f"{p}.self_attn.fc", E, E)
-        if i == 0:
-            s[f"{p}.self_attn.relative_attention_bias.weight"] = (NUM_BUCKETS, cfg.n_heads)
-        s[f"{p}.norm_3.weight"] = (E,)
-        lora(f"{p}.feed_forward.w_1", 4 * E, E)
-        lora(f"{p}.feed_forward.w_2", E, 2 * E)
-    s["transformer.norm.weight"] = (E,)
-    s["classifier.layers.0.bias"] = (V * cfg.n_predict_codebooks,)
-    s["classifier.layers.0.weight_g"] = (V * cfg.n_predict_codebooks, 1, 1)
-    s["classifier.layers.0.weight_v"] = (V * cfg.n_predict_codebooks, E, 1)
-    return s
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Modules. Parameters are allocated empty (no random init: the real model has 336 M of them) and filled by
 # `load_state_dict`; they never require grad.
@@ -171,7 +139,7 @@ class RMSNorm(nn.Module):
 
 class CodebookEmbedding(nn.Module):
     """codes (B, C, T) -> (B, E, T): look up each codebook's latent table, concatenate the C latents along
-    channels (channel c·d_q + j), then `out_proj`, a k=1 Conv1d with bias (reference §3.5)."""
+    channels (channel c·d_q + j), then `out_proj`, a k=1 Conv1d with bias."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -191,7 +159,7 @@ class CodebookEmbedding(nn.Module):
 
 
 class RelativePositionBias(nn.Module):
-    """T5 bidirectional bucketed relative position bias, (H, 1, T, T) (reference §3.6)."""
+    """T5 bidirectional bucketed relative position bias, (H, 1, T, T)."""
 
     def __init__(self, n_heads: int):
         super().__init__()
@@ -220,11 +188,13 @@ class RelativePositionBias(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, has_relative_attention_bias: bool = False):
         super().__init__()
         E = cfg.embedding_dim
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.w_qs, self.w_ks, self.w_vs, self.fc = Linear(E, E), Linear(E, E), Linear(E, E), Linear(E, E)
+        if has_relative_attention_bias:  # the first layer's; its bias is used by every layer
+            self.relative_attention_bias = RelativePositionBias(cfg.n_heads)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H·d_h) -> (H, B, T, d_h), feature h·d_h + j
         return x.unflatten(-1, (self.n_heads, self.head_dim)).permute(2, 0, 1, 3)
@@ -259,10 +229,10 @@ class FeedForward(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, first: bool = False):
         super().__init__()
         self.norm_1 = RMSNorm(cfg.embedding_dim)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, has_relative_attention_bias=first)
         self.norm_3 = RMSNorm(cfg.embedding_dim)
         self.feed_forward = FeedForward(cfg)
 
@@ -279,8 +249,7 @@ class VampNetTransformer(nn.Module):
         self.config = cfg
         E, V, Cp = cfg.embedding_dim, cfg.vocab_size, cfg.n_predict_codebooks
         self.embedding = CodebookEmbedding(cfg)
-        self.position_bias = RelativePositionBias(cfg.n_heads)  # layer 0's table, used by every layer
-        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(TransformerLayer(cfg, first=i == 0) for i in range(cfg.n_layers))
         self.norm = RMSNorm(E)
         self.classifier_weight = _param(V * Cp, E, 1)  # weight norm folded
         self.classifier_bias = _param(V * Cp)
@@ -290,7 +259,7 @@ class VampNetTransformer(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         x = self.embedding(codes).transpose(1, 2)  # (B, T, E)
-        bias = self.position_bias(codes.shape[2])
+        bias = self.layers[0].self_attn.relative_attention_bias(codes.shape[2])
         for layer in self.layers:
             x = layer(x, bias)
         x = self.norm(x).transpose(1, 2)  # (B, E, T)
@@ -303,9 +272,62 @@ class VampNetTransformer(nn.Module):
 # Loading
 
 
-def _codebook_dims(codec) -> list[int]:
-    d = codec.config.codebook_dim
-    return [int(x) for x in d] if isinstance(d, (list, tuple)) else [int(d)]
+class MaskRow(Rule):
+    """The embedding table (C, V+1, d_q) is the codec's codebook rows (0..V-1, from the codec's file) and
+    the model's learned MASK row (V); the model's file holds only the MASK rows, (C, d_q)."""
+
+    def __init__(self, codebooks: torch.Tensor | None = None):
+        super().__init__(r"embedding\.special\.MASK")
+        self.codebooks = codebooks
+
+    def sources(self, key, shape):
+        return {key: (shape[0], shape[2])}
+
+    def fold(self, mask):
+        return torch.cat([self.codebooks[: mask.shape[0]].float(), mask[:, None, :]], dim=1)
+
+
+def checkpoint_mapping(codebooks: torch.Tensor | None = None) -> Mapping:
+    """How a VampNet file maps onto `VampNetTransformer`; `codebooks` are the codec's (K, V, d_q) rows."""
+    return Mapping(
+        renames=[  # in the file's order
+            ("embedding.table", "embedding.special.MASK"),
+            ("embedding.out_proj_", "embedding.out_proj."),
+            ("layers.", "transformer.layers."),
+            ("norm.", "transformer.norm."),
+            ("classifier_", "classifier.layers.0."),
+        ],
+        rules=[
+            MaskRow(codebooks),
+            LoRA(r"transformer\.layers\.\d+\.(self_attn\.(w_qs|w_vs|fc)|feed_forward\.w_[12])\.weight"),
+            WeightNorm(r"classifier\.layers\.0\.weight"),
+        ],
+    )
+
+
+def _check_codec(codec, cfg: TransformerConfig, kind: str, path: Path) -> None:
+    """The transformer embeds the codec's codebook rows: their number, size and width must fit."""
+    codec_name = getattr(codec, "path", None) or "the codec"
+    if codec.config.codebook_dim != cfg.latent_dim:
+        raise CheckpointError(
+            f"{codec_name} has codebook_dim {codec.config.codebook_dim} but the {kind} model "
+            f"{path} has latent_dim {cfg.latent_dim}: the transformer embeds the codec's codebook rows, so "
+            f"they must be equal (is this the codec the model was trained with?)"
+        )
+    books = codec.codebooks
+    if books.ndim != 3:
+        raise CheckpointError(f"{codec_name}: codebooks must be (K, V, d_q), got shape {tuple(books.shape)}")
+    K, Vc, dq = books.shape
+    if cfg.n_codebooks > K:
+        raise CheckpointError(f"the {kind} model {path} uses {cfg.n_codebooks} codebooks but {codec_name} has only {K}")
+    if Vc != cfg.vocab_size:
+        raise CheckpointError(
+            f"{codec_name} has codebook_size {Vc} but the {kind} model {path} has vocab_size {cfg.vocab_size}"
+        )
+    if dq != cfg.latent_dim:
+        raise CheckpointError(
+            f"{codec_name} codebook rows have {dq} dims but the {kind} model {path} has latent_dim {cfg.latent_dim}"
+        )
 
 
 def load_transformer(path, codec, kind: str, lora=None) -> VampNetTransformer:
@@ -318,74 +340,19 @@ def load_transformer(path, codec, kind: str, lora=None) -> VampNetTransformer:
     """
     if kind not in ("coarse", "c2f"):
         raise ValueError(f"kind must be 'coarse' or 'c2f', not {kind!r}")
-    ckpt = Checkpoint(path, kind)
-    n_params = sum(t.numel() for t in ckpt.state.values())
-    if lora is not None:
-        ckpt.add_lora(lora)
+    ck = Checkpoint(path, kind)
+    n_params = sum(t.numel() for t in ck.state.values())
     try:
-        cfg = TransformerConfig.from_kwargs(ckpt.kwargs)
+        cfg = TransformerConfig.from_kwargs(ck.kwargs)
     except CheckpointError as e:
-        raise CheckpointError(f"{ckpt.path}: {e}") from None
-
-    codec_name = getattr(codec, "path", None) or "the codec"
-    dims = _codebook_dims(codec)
-    if any(d != cfg.latent_dim for d in dims):
-        raise CheckpointError(
-            f"{codec_name} has codebook_dim {dims[0] if len(set(dims)) == 1 else dims} but the {kind} model "
-            f"{ckpt.path} has latent_dim {cfg.latent_dim}: the transformer embeds the codec's codebook rows, so "
-            f"they must be equal (is this the codec the model was trained with?)"
-        )
-    books = codec.codebooks
-    if books.ndim != 3:
-        raise CheckpointError(f"{codec_name}: codebooks must be (K, V, d_q), got shape {tuple(books.shape)}")
-    K, Vc, dq = books.shape
-    if cfg.n_codebooks > K:
-        raise CheckpointError(
-            f"the {kind} model {ckpt.path} uses {cfg.n_codebooks} codebooks but {codec_name} has only {K}"
-        )
-    if Vc != cfg.vocab_size:
-        raise CheckpointError(
-            f"{codec_name} has codebook_size {Vc} but the {kind} model {ckpt.path} has vocab_size {cfg.vocab_size}"
-        )
-    if dq != cfg.latent_dim:
-        raise CheckpointError(
-            f"{codec_name} codebook rows have {dq} dims but the {kind} model {ckpt.path} has latent_dim {cfg.latent_dim}"
-        )
-
-    shapes = checkpoint_shapes(cfg)
-    E, C, V, Cp = cfg.embedding_dim, cfg.n_codebooks, cfg.vocab_size, cfg.n_predict_codebooks
-
-    def lora_linear(prefix):
-        out_f, in_f = shapes[f"{prefix}.weight"]
-        return ckpt.lora_linear(prefix, out_f, in_f, r=LORA_R)
-
-    mask_rows = ckpt.take("embedding.special.MASK", shapes["embedding.special.MASK"])
-    w: dict[str, torch.Tensor] = {
-        "embedding.table": torch.cat([books[:C].float(), mask_rows[:, None, :]], dim=1),
-        "embedding.out_proj_weight": ckpt.take("embedding.out_proj.weight", shapes["embedding.out_proj.weight"]),
-        "embedding.out_proj_bias": ckpt.take("embedding.out_proj.bias", shapes["embedding.out_proj.bias"]),
-        "position_bias.weight": ckpt.take(
-            "transformer.layers.0.self_attn.relative_attention_bias.weight",
-            shapes["transformer.layers.0.self_attn.relative_attention_bias.weight"],
-        ),
-    }
-    for i in range(cfg.n_layers):
-        p, q = f"transformer.layers.{i}", f"layers.{i}"
-        w[f"{q}.norm_1.weight"] = ckpt.take(f"{p}.norm_1.weight", shapes[f"{p}.norm_1.weight"])
-        w[f"{q}.self_attn.w_qs.weight"] = lora_linear(f"{p}.self_attn.w_qs")
-        w[f"{q}.self_attn.w_ks.weight"] = ckpt.take(f"{p}.self_attn.w_ks.weight", (E, E))
-        w[f"{q}.self_attn.w_vs.weight"] = lora_linear(f"{p}.self_attn.w_vs")
-        w[f"{q}.self_attn.fc.weight"] = lora_linear(f"{p}.self_attn.fc")
-        w[f"{q}.norm_3.weight"] = ckpt.take(f"{p}.norm_3.weight", shapes[f"{p}.norm_3.weight"])
-        w[f"{q}.feed_forward.w_1.weight"] = lora_linear(f"{p}.feed_forward.w_1")
-        w[f"{q}.feed_forward.w_2.weight"] = lora_linear(f"{p}.feed_forward.w_2")
-    w["norm.weight"] = ckpt.take("transformer.norm.weight", (E,))
-    w["classifier_weight"] = ckpt.weight_norm("classifier.layers.0", shapes["classifier.layers.0.weight_v"])
-    w["classifier_bias"] = ckpt.take("classifier.layers.0.bias", (V * Cp,))
-    ckpt.warn_unused()
+        raise CheckpointError(f"{ck.path}: {e}") from None
+    _check_codec(codec, cfg, kind, ck.path)
 
     model = VampNetTransformer(cfg)
-    model.load_state_dict({k: v.contiguous() for k, v in w.items()}, strict=True, assign=True)
+    mapping = checkpoint_mapping(codec.codebooks)
+    if lora is not None:
+        ck.add_lora(lora, mapping.layout(model))
+    mapping.load(model, ck)
     model.checkpoint_parameters = n_params
     model.checkpoint_path = Path(path)
-    return model.eval()
+    return model
