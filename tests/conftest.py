@@ -6,6 +6,7 @@ built once per test session and shared.
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,15 @@ def build_variant(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(build_variant) -> Built:
     return build_variant("tiny")
+
+
+@pytest.fixture(scope="session")
+def model_path(request) -> Path:
+    """The model the host-side tests run: the real tiny model, or VAMPNET_ONNX_TEST_MODEL if set."""
+    override = os.environ.get("VAMPNET_ONNX_TEST_MODEL")
+    if override:
+        return Path(override)
+    return Path(request.getfixturevalue("tiny").path)
 
 
 @pytest.fixture(scope="session")

@@ -60,15 +60,6 @@ def stub_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_path(request) -> Path:
-    """The model the CLI is tested with: the real tiny model, or VAMPNET_ONNX_TEST_MODEL if set."""
-    override = os.environ.get("VAMPNET_ONNX_TEST_MODEL")
-    if override:
-        return Path(override)
-    return Path(request.getfixturevalue("tiny").path)
-
-
-@pytest.fixture(scope="session")
 def stub_no_defaults(tmp_path_factory) -> Path:
     """The stub without "defaults" metadata: the builder always writes it, so only a hand-made
     model can check the fallback to the interface table."""

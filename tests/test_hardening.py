@@ -37,15 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 # helpers
 
 
-@pytest.fixture(scope="session")
-def model_path(request) -> Path:
-    """The real tiny model (conftest), or VAMPNET_ONNX_TEST_MODEL if set (as in test_cli)."""
-    override = os.environ.get("VAMPNET_ONNX_TEST_MODEL")
-    if override:
-        return Path(override)
-    return Path(request.getfixturevalue("tiny").path)
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under ``folder`` (links: where they point)."""
     out = {}
