@@ -54,6 +54,7 @@ from onnx import numpy_helper
 from onnxscript import BOOL, FLOAT, INT64
 
 from graphs.opsets import op, vampnet
+from vampnet_onnx.interface import MAX_ONSET_WIDTH
 
 SAMPLE_RATE, HOP = 44100, 768  # VampNet's codec (the model builds its own detector from its config)
 N_FFT = 2048
@@ -65,7 +66,7 @@ DELTA = 0.07  # peak_pick threshold above the local mean (librosa onset_detect d
 TINY32 = float(np.finfo(np.float32).tiny)  # librosa util.tiny of a float32 envelope
 DB_PER_LN = 10.0 / math.log(10.0)  # 10·log10(x) = DB_PER_LN · ln(x)
 DB_FLOOR = float(np.float32(10.0) * np.log10(np.float32(AMIN)))  # librosa's float32 10·log10(amin)
-WIDTH_MAX = 1 << 24  # onset mask width clamp (any larger width keeps the whole signal anyway)
+WIDTH_MAX = MAX_ONSET_WIDTH  # the interface table's clamp (any larger width keeps the whole signal anyway)
 # Closed-form `wait` rule: 2^REACH_DOUBLINGS must exceed the number of peaks one greedy run can
 # keep, which is below the number of frames: 2^24 frames > 2^31 samples for any hop >= 128.
 REACH_DOUBLINGS = 24
