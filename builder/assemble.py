@@ -28,12 +28,13 @@ from torch.export import Dim
 from builder.codec import Codec
 from builder.export import DOMAIN, component_function, export_component
 from graphs.model import GraphConfig, main_graph
-from graphs.portable import make_portable, ship
+from graphs.portable import make_portable, ship, subgraphs
 from graphs.sampling import MASK_TOKEN
 from graphs.stages import injected_noise, prng_noise
 from vampnet_onnx import interface
 
-STAGES = ("encode", "decode", "feedback_coarse", "coarse_stage", "c2f_stage")
+# stage functions (vampnet domain), inlined into the main graph before the components are bound
+STAGES = ("encode", "decode", "coarse_stage", "c2f_stage", "coarse_generation", "c2f_generation")
 # noise op -> the extra graph inputs of a noise_inputs=True model: q (D, B, N, V), u (D, B, N)
 NOISE_INPUTS = {
     "coarse_noise": ("coarse_noise_q", "coarse_noise_u"),
@@ -106,9 +107,8 @@ def _bind_weights(nodes, weights: dict[str, list[str]]) -> None:
     for node in nodes:
         if node.domain == DOMAIN and node.op_type in weights:
             node.input.extend(weights[node.op_type])
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                _bind_weights(g.node, weights)
+        for g in subgraphs(node):
+            _bind_weights(g.node, weights)
 
 
 def _noise_functions(implementation, present: set[str]) -> list[onnx.FunctionProto]:

@@ -17,7 +17,7 @@ from graphs.masks import resolve_mask
 from graphs.onsets import make_onset_detector
 from graphs.opsets import op, vampnet
 from graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
-from graphs.stages import c2f_stage, decode, encode, feedback_coarse, stretch_mask, stretch_time
+from graphs.stages import c2f_stage, coarse_stage, decode, encode, stretch_mask, stretch_time
 from vampnet_onnx.interface import MAX_FEEDBACK_STEPS, MAX_ONSET_WIDTH, MAX_TIME_STRETCH
 from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
 
@@ -125,7 +125,7 @@ def main_graph(config: GraphConfig):
         stretch = op.Clip(scalar(time_stretch_factor), 1, MAX_TIME_STRETCH)
         row_codes = stretch_time(input_codes, stretch)
         row_mask = stretch_mask(input_mask, stretch)
-        row_coarse = feedback_coarse(
+        row_coarse = coarse_stage(
             row_codes, row_mask, derive_key(root, STREAM_COARSE), derive_key(root, STREAM_FEEDBACK),
             op.Clip(scalar(feedback_steps), 1, MAX_FEEDBACK_STEPS), op.Constant(value_int=COARSE_CHUNK), n_coarse,
             op.Clip(scalar(sampling_steps), 1, MAX_STEPS), scalar(temperature), scalar(mask_temperature),

@@ -13,7 +13,8 @@ import onnx
 from onnx import helper
 
 
-def _subgraphs(node: onnx.NodeProto):
+def subgraphs(node: onnx.NodeProto):
+    """The graphs held by a node's attributes (Loop and If bodies)."""
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g
@@ -25,7 +26,7 @@ def called_functions(nodes) -> list[tuple[str, str]]:
     found = []
     for node in nodes:
         found.append((node.domain, node.op_type))
-        for g in _subgraphs(node):
+        for g in subgraphs(node):
             found.extend(called_functions(g.node))
     return found
 
@@ -50,7 +51,7 @@ def callee_first(functions: list[onnx.FunctionProto]) -> list[onnx.FunctionProto
 def _with_loop_conditions(nodes) -> list[onnx.NodeProto]:
     out = []
     for node in nodes:
-        for g in _subgraphs(node):
+        for g in subgraphs(node):
             fixed = _with_loop_conditions(g.node)
             del g.node[:]
             g.node.extend(fixed)
@@ -173,9 +174,8 @@ def _type_graph(graph: onnx.GraphProto, outer: dict[str, onnx.TypeProto]) -> int
                     known = branch_types.get(out.name) or _types(other, types).get(other.output[k].name)
                     changed += _set_type(out, known)
                     changed += _declare(graph, types, node.output[k], known)
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                changed += _type_graph(g, types)
+        for g in subgraphs(node):
+            changed += _type_graph(g, types)
     return changed
 
 
@@ -196,20 +196,18 @@ def type_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _subgraph_values(graph: onnx.GraphProto):
     for node in graph.node:
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                yield from g.input
-                yield from g.output
-                yield from _subgraph_values(g)
+        for g in subgraphs(node):
+            yield from g.input
+            yield from g.output
+            yield from _subgraph_values(g)
 
 
 def _call_output_types(graph: onnx.GraphProto, signatures: dict, found: dict) -> dict:
     for node in graph.node:
         for name, value_type in zip(node.output, signatures.get((node.domain, node.op_type), [])):
             found[name] = value_type
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                _call_output_types(g, signatures, found)
+        for g in subgraphs(node):
+            _call_output_types(g, signatures, found)
     return found
 
 
@@ -219,9 +217,8 @@ def _declare_outputs(graph: onnx.GraphProto, known: dict) -> None:
         for name in node.output:
             if name in known and name not in declared:
                 graph.value_info.append(helper.make_value_info(name, _rank_only(known[name])))
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                _declare_outputs(g, known)
+        for g in subgraphs(node):
+            _declare_outputs(g, known)
 
 
 def _constant_value(node: onnx.NodeProto):
@@ -254,9 +251,8 @@ def _fold_cast_like(graph: onnx.GraphProto, outer_types: dict, outer_constants: 
             graph.node[i].CopyFrom(folded_node)
             constants[node.output[0]] = graph.node[i]
             folded += 1
-        for attr in graph.node[i].attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                folded += _fold_cast_like(g, types, constants)
+        for g in subgraphs(graph.node[i]):
+            folded += _fold_cast_like(g, types, constants)
     return folded
 
 
@@ -264,9 +260,8 @@ def _used_names(graph: onnx.GraphProto, used: set) -> set:
     used.update(o.name for o in graph.output)
     for node in graph.node:
         used.update(node.input)
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                _used_names(g, used)
+        for g in subgraphs(node):
+            _used_names(g, used)
     return used
 
 
@@ -275,9 +270,8 @@ def _drop_unused_constants(graph: onnx.GraphProto, used: set) -> None:
     del graph.node[:]
     graph.node.extend(keep)
     for node in graph.node:
-        for attr in node.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                _drop_unused_constants(g, used)
+        for g in subgraphs(node):
+            _drop_unused_constants(g, used)
 
 
 def ship(model: onnx.ModelProto, signatures: dict | None = None) -> onnx.ModelProto:

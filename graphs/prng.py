@@ -67,6 +67,8 @@ MASK_DROPOUT = 2
 MULTIPLIERS = (0x6A5B, 0x4C93, 0x7D2F, 0x5E8B, 0x63A9, 0x45D5)
 ROUND_CONSTANTS = (0x9E37, 0x79B9, 0x7F4A, 0x7C15, 0xF39C, 0xC6EF)
 SEED_KEY = (0x2545, 0xF491)  # the fixed key under which the seed itself is hashed
+M0, M1, M2, M3, M4, M5 = MULTIPLIERS  # the graph code reads the constants by name
+C0, C1, C2, C3, C4, C5 = ROUND_CONSTANTS
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -85,36 +87,29 @@ def mix(x: INT32[...], multiplier: INT64) -> INT32[...]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
+def feistel_round(left: INT32[...], right: INT32[...], key_word: INT32[1], constant: INT64, multiplier: INT64):
+    """(L, R) -> (R, L ^ F(R ^ k, M)) with k = the key word ^ the round constant."""
+    k = op.BitwiseXor(key_word, op.CastLike(constant, key_word))
+    return right, op.BitwiseXor(left, mix(op.BitwiseXor(right, k), multiplier))
+
+
+@onnxscript.script(vampnet, default_opset=op)
 def block(key: INT32[2], high: INT32[...], low: INT32[...]):
     """The keyed 32-bit permutation on (high, low) 16-bit words; returns the two output words.
 
-    Six rounds (L, R) -> (R, L ^ F(R ^ k_r, M_r)), written out with the constants of
-    MULTIPLIERS and ROUND_CONSTANTS (tests check the two agree).
+    Six Feistel rounds, the key's high and low words taking turns.
     """
     # The key's words as (1,) slices: OpenVINO's CPU plugin reuses a scalar Gather of a
     # loop-carried tensor from the first Loop iteration (measured with 2026.4), a Slice it does not.
     k_high = op.Slice(key, [0], [1])
     k_low = op.Slice(key, [1], [2])
-    left = op.BitwiseXor(high, k_high)
-    right = op.BitwiseXor(low, k_low)
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_high, 0x9E37)), 0x6A5B))
-    left = right
-    right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_low, 0x79B9)), 0x4C93))
-    left = right
-    right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_high, 0x7F4A)), 0x7D2F))
-    left = right
-    right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_low, 0x7C15)), 0x5E8B))
-    left = right
-    right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_high, 0xF39C)), 0x63A9))
-    left = right
-    right = mixed
-    mixed = op.BitwiseXor(left, mix(op.BitwiseXor(right, op.BitwiseXor(k_low, 0xC6EF)), 0x45D5))
-    left = right
-    right = mixed
+    left, right = op.BitwiseXor(high, k_high), op.BitwiseXor(low, k_low)
+    left, right = feistel_round(left, right, k_high, C0, M0)
+    left, right = feistel_round(left, right, k_low, C1, M1)
+    left, right = feistel_round(left, right, k_high, C2, M2)
+    left, right = feistel_round(left, right, k_low, C3, M3)
+    left, right = feistel_round(left, right, k_high, C4, M4)
+    left, right = feistel_round(left, right, k_low, C5, M5)
     return left, right
 
 

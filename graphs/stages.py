@@ -13,9 +13,9 @@ each chunk as prompt where the row keeps anything at all; coarse-to-fine works o
 (3 s), the tail padded with token 0 and generated, then cropped. Every chunk and step draws its own
 noise (upstream re-seeds every coarse chunk with the same seed; we do not).
 
-Upstream Interface.vamp's options sit around the coarse stage (graphs/model.py calls them):
-`stretch_time` / `stretch_mask` repeat every frame f times and generate the added frames (the
-whole output is then f times as long), and `feedback_coarse` runs the coarse stage N times, each
+Upstream Interface.vamp's options sit around the coarse stage: `stretch_time` / `stretch_mask`
+(graphs/model.py calls them) repeat every frame f times and generate the added frames (the
+whole output is then f times as long), and feedback (`coarse_stage`'s passes) runs it N times, each
 pass on the previous one's output with the same mask and its own noise. As upstream, each pass
 re-masks the same positions, so a pass's generated tokens are all replaced by the next pass: only
 the last pass's draws reach the output, and with deterministic settings N passes equal one.
@@ -33,7 +33,8 @@ The sampling noise is an opaque op too: each step calls
   upstream's PyTorch draws, in upstream's order, to reproduce a seeded upstream run token for token.
 """
 import onnxscript
-from onnxscript import FLOAT, INT32, INT64
+from onnxscript import BOOL, FLOAT, INT32, INT64
+from onnxscript.values import OnnxFunction, Op
 
 from graphs.opsets import op, vampnet
 from graphs.prng import derive_key, exponential, uniform
@@ -147,11 +148,70 @@ def stretch_mask(mask: INT64["B", "K", "T"], factor: INT64) -> INT64["B", "K", "
     return op.Max(stretched, op.Unsqueeze(added, [0, 1]))
 
 
+def chunked_generation(stage: str):
+    """Upstream's chunk-and-step loop for one stage, as the function `{stage}_generation` calling
+    the stage's ops `vampnet.{stage}_transformer` and `vampnet.{stage}_noise` (chosen here, at trace
+    time: the two stages' loops are two functions of one source).
+
+    Chunk c is frames [c·chunk, (c+1)·chunk) (the last one may be shorter); each runs `steps`
+    generation steps from its masked tokens. `anchored` pins each chunk's first and last frame
+    where the row keeps anything (the coarse stage's stitching); the first `n_conditioning`
+    codebooks are never generated.
+    """
+    transformer = Op(vampnet, f"{stage}_transformer")
+    noise = Op(vampnet, f"{stage}_noise")
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def generate(
+        codes: INT64["B", "C", "T"],
+        mask: INT64["B", "C", "T"],
+        key: INT32[2],
+        chunk: INT64,
+        n_conditioning: INT64,
+        anchored: BOOL,
+        steps: INT64,
+        temperature: FLOAT,
+        mask_temperature: FLOAT,
+        top_p: FLOAT,
+        sample_cutoff: FLOAT,
+    ) -> INT64["B", "C", "T"]:
+        n_frames = op.Shape(codes, start=2, end=3)
+        n_chunks = op.Squeeze(op.Div(n_frames + chunk - 1, chunk))
+        result = op.Slice(codes, [0], [0], [2])  # (B, C, 0), grown chunk by chunk
+        for c in range(n_chunks):
+            start = op.Unsqueeze(c * chunk, [0])
+            z_c = op.Slice(codes, start, start + chunk, [2])
+            m_c = op.Slice(mask, start, start + chunk, [2])
+            m_c = op.Where(anchored, with_anchors(m_c), m_c)
+            zm = apply_mask(z_c, m_c)
+            n0 = count_masked(zm)
+            x = z_c
+            for i in range(steps):
+                logits = transformer(zm)
+                q, u = noise(key, c, i, steps, sample_cutoff, logits)
+                zm, x = generation_step(
+                    logits, zm, z_c, n0, i, steps, temperature, mask_temperature, top_p, sample_cutoff,
+                    q, u, n_conditioning,
+                )
+            result = op.Concat(result, x, axis=2)
+        return result
+
+    # onnxscript names a function after its Python name; each stage's copy needs its own
+    generate.function_ir.name = f"{stage}_generation"
+    return OnnxFunction(generate.opset, generate.function, generate.function_ir, generate.source, generate.kwargs)
+
+
+generate_coarse = chunked_generation("coarse")
+generate_c2f = chunked_generation("c2f")
+
+
 @onnxscript.script(vampnet, default_opset=op)
 def coarse_stage(
     codes: INT64["B", "K", "T"],
     mask: INT64["B", "K", "T"],
     key: INT32[2],
+    feedback_key: INT32[2],
+    passes: INT64,
     chunk: INT64,
     n_coarse: INT64,
     steps: INT64,
@@ -160,30 +220,19 @@ def coarse_stage(
     top_p: FLOAT,
     sample_cutoff: FLOAT,
 ) -> INT64["B", "K", "T"]:
-    """Coarse vamp: regenerate the first `n_coarse` codebooks, chunk by chunk; fine codebooks pass through."""
-    n_frames = op.Shape(codes, start=2, end=3)
-    n_chunks = op.Squeeze(op.Div(n_frames + chunk - 1, chunk))
+    """Coarse vamp: regenerate the first `n_coarse` codebooks, chunk by chunk; the fine ones pass through.
+
+    Upstream's feedback runs the stage `passes` times (>= 1), each pass on the previous pass's
+    output with the same mask. Pass 0 draws from `key`, so one pass is the plain coarse stage;
+    pass p >= 1 draws from derive_key(feedback_key, p), its own noise.
+    """
     z = op.Slice(codes, [0], op.Unsqueeze(n_coarse, [0]), [1])
     m = op.Slice(mask, [0], op.Unsqueeze(n_coarse, [0]), [1])
-    result = op.Slice(z, [0], [0], [2])  # (B, n_coarse, 0), grown chunk by chunk
-    no_conditioning = op.Constant(value_int=0)
-    for c in range(n_chunks):
-        start = op.Unsqueeze(c * chunk, [0])
-        z_c = op.Slice(z, start, start + chunk, [2])
-        m_c = with_anchors(op.Slice(m, start, start + chunk, [2]))
-        zm = apply_mask(z_c, m_c)
-        n0 = count_masked(zm)
-        x = z_c
-        for i in range(steps):
-            logits = vampnet.coarse_transformer(zm)
-            q, u = vampnet.coarse_noise(key, c, i, steps, sample_cutoff, logits)
-            zm, x = generation_step(
-                logits, zm, z_c, n0, i, steps, temperature, mask_temperature, top_p, sample_cutoff,
-                q, u, no_conditioning,
-            )
-        result = op.Concat(result, x, axis=2)
+    for p in range(passes):
+        pass_key = op.Where(p == 0, key, derive_key(feedback_key, p))
+        z = generate_coarse(z, m, pass_key, chunk, 0, True, steps, temperature, mask_temperature, top_p, sample_cutoff)
     fine = op.Slice(codes, op.Unsqueeze(n_coarse, [0]), op.Shape(codes, start=1, end=2), [1])
-    return op.Concat(result, fine, axis=1)
+    return op.Concat(z, fine, axis=1)
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -201,55 +250,11 @@ def c2f_stage(
 ) -> INT64["B", "K", "T"]:
     """Coarse-to-fine: the coarse codebooks condition, the fine ones are generated where the mask says."""
     n_frames = op.Shape(codes, start=2, end=3)
-    n_chunks = op.Div(n_frames + chunk - 1, chunk)
-    tail = n_chunks * chunk - n_frames
+    tail = op.Div(n_frames + chunk - 1, chunk) * chunk - n_frames
     # upstream pads the last chunk with token 0, generated (mask 1), and crops it afterwards
     z = op.Pad(codes, op.Concat([0, 0, 0, 0, 0], tail, axis=0), op.Constant(value_int=0))
     m = op.Pad(mask, op.Concat([0, 0, 0, 0, 0], tail, axis=0), op.Constant(value_int=1))
     is_fine = op.Range(0, op.Squeeze(op.Shape(m, start=1, end=2)), 1) >= n_conditioning
     m = op.Where(op.Unsqueeze(is_fine, [0, 2]), m, op.CastLike(0, m))
-    result = op.Slice(z, [0], [0], [2])
-    for c in range(op.Squeeze(n_chunks)):
-        start = op.Unsqueeze(c * chunk, [0])
-        z_c = op.Slice(z, start, start + chunk, [2])
-        m_c = op.Slice(m, start, start + chunk, [2])
-        zm = apply_mask(z_c, m_c)
-        n0 = count_masked(zm)
-        x = z_c
-        for i in range(steps):
-            logits = vampnet.c2f_transformer(zm)
-            q, u = vampnet.c2f_noise(key, c, i, steps, sample_cutoff, logits)
-            zm, x = generation_step(
-                logits, zm, z_c, n0, i, steps, temperature, mask_temperature, top_p, sample_cutoff,
-                q, u, n_conditioning,
-            )
-        result = op.Concat(result, x, axis=2)
-    return op.Slice(result, [0], n_frames, [2])
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def feedback_coarse(
-    codes: INT64["B", "K", "T"],
-    mask: INT64["B", "K", "T"],
-    key: INT32,
-    feedback_key: INT32,
-    passes: INT64,
-    chunk: INT64,
-    n_coarse: INT64,
-    steps: INT64,
-    temperature: FLOAT,
-    mask_temperature: FLOAT,
-    top_p: FLOAT,
-    sample_cutoff: FLOAT,
-) -> INT64["B", "K", "T"]:
-    """Upstream's feedback: the coarse stage `passes` times (>= 1), each pass on the previous
-    pass's output, always with the same mask.
-
-    Pass 0 draws from `key`, so one pass is exactly the plain coarse stage; pass p >= 1 draws
-    from derive_key(feedback_key, p), its own noise.
-    """
-    z = codes
-    for p in range(passes):
-        pass_key = op.Where(p == 0, key, derive_key(feedback_key, p))
-        z = coarse_stage(z, mask, pass_key, chunk, n_coarse, steps, temperature, mask_temperature, top_p, sample_cutoff)
-    return z
+    z = generate_c2f(z, m, key, chunk, n_conditioning, False, steps, temperature, mask_temperature, top_p, sample_cutoff)
+    return op.Slice(z, [0], n_frames, [2])

@@ -229,6 +229,20 @@ def test_model_missing_or_invalid(tmp_path):
         Model(bad)
 
 
+def test_model_without_its_numbers_is_refused(tmp_path):
+    """The host takes rate, hop and codebooks from the model's metadata, never from a guess."""
+    import onnx
+
+    model = _stub_module().make_stub_model()
+    kept = [p for p in model.metadata_props if p.key != "hop_length"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    path = tmp_path / "no_hop.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="'hop_length'.*vampnet-onnx build"):
+        Model(path)
+
+
 def test_model_run_interrupt_terminates(model_path):
     """Ctrl-C while the session runs (here: raised from the tick callback) re-raises promptly and
     stops onnxruntime inside the model's loops (the worker thread ends, it does not run on)."""
@@ -665,8 +679,6 @@ def test_bad_mask_files(tmp_path, capsys, model_path, wav, case):
 
 def test_too_many_steps_for_the_model(tmp_path, capsys, model_path):
     m = Model(model_path)
-    if m.max_sampling_steps is None:
-        pytest.skip("the model does not record max_sampling_steps")
     wav = write_input(tmp_path / "short.wav", seconds=0.1)  # the maximum really runs: keep it short
     out = tmp_path / "o.wav"
     rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--c2f-sampling-steps", m.max_sampling_steps + 1)

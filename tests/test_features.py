@@ -1,7 +1,7 @@
 """Upstream Interface.vamp's options in the graph: feedback_steps, time_stretch_factor, onset_mask_width.
 
 * Graph level, cheap: the stretch (graphs/stages.py stretch_time / stretch_mask) and the feedback
-  loop (feedback_coarse, with a stub transformer in place of the coarse model) against the numpy
+  loop (coarse_stage's passes, with a stub transformer in place of the coarse model) against the numpy
   reference, batch 2, lengths across a coarse chunk; the loop's per-pass keys against running the
   coarse stage pass by pass; onnxruntime and the reference evaluator.
 * The single model (conftest `tiny`): upstream's feedback and stretch fixtures token for token and
@@ -117,14 +117,12 @@ def feedback(codes, mask, key, feedback_key, passes, chunk, settings, runtime="o
     steps, cutoff, mask_temperature = SETTINGS[settings]
     args = (codes, mask, np.asarray(key, np.int32), np.asarray(feedback_key, np.int32), i64(passes), i64(chunk), i64(4), i64(steps),
             f32(1.0), f32(mask_temperature), f32(1.0), f32(cutoff))
-    return _run(stages.feedback_coarse, *args, runtime=runtime, extra_functions=stage_functions())
+    return _run(stages.coarse_stage, *args, runtime=runtime, extra_functions=stage_functions())
 
 
 def coarse(codes, mask, key, chunk, settings):
-    steps, cutoff, mask_temperature = SETTINGS[settings]
-    args = (codes, mask, np.asarray(key, np.int32), i64(chunk), i64(4), i64(steps), f32(1.0), f32(mask_temperature),
-            f32(1.0), f32(cutoff))
-    return _run(stages.coarse_stage, *args, extra_functions=stage_functions())
+    """One pass: the plain coarse stage under `key`."""
+    return feedback(codes, mask, key, key, 1, chunk, settings)
 
 
 def codes_and_mask(frames: int, seed: int = 0):

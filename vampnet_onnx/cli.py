@@ -437,14 +437,10 @@ class _Ticker:
             self.shown = False
 
 
-def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
-    """`vamp`; ``model``: an already-loaded model to use instead of loading ``args.model``
-    (`batch` workers load theirs once)."""
-    t_start = time.monotonic()
-    inp = Path(args.input)
-    model_path = resolve_model(args.model)
-
-    # -- everything that can be checked without the model or the audio, first
+def plan_outputs(args: argparse.Namespace, inp: Path, model_path: Path) -> tuple[np.ndarray | None, list[Path], list[str]]:
+    """What can be checked before the model and the audio are loaded: the output format, the
+    plot's dependency, the mask file and the number of variations, every output against every
+    input (links followed) and each output folder. Returns (mask, audio outputs, other outputs)."""
     output_format(args.output)
     if args.plot and not _plot_available():
         raise CliError("--plot needs matplotlib, which is not installed: "
@@ -459,9 +455,7 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
                            f"(give a mask with 1 or {n} rows)")
         if n > MAX_VARIATIONS:
             raise CliError(f"--mask-from has {n} rows: at most {MAX_VARIATIONS} variations")
-    n = n or 1
-    audio_paths = variation_paths(args.output, n)
-    # every output against every input (links followed), and each output folder writable
+    audio_paths = variation_paths(args.output, n or 1)
     protected = [("the input audio", inp)]
     protected += [("the model", f) for f in model_files(model_path)]
     if args.mask_from:
@@ -474,17 +468,13 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
         for b in all_outputs[a_idx + 1:]:
             if same_file(a, b):
                 raise CliError(f"the same path is given for two outputs: {a}")
+    return mask, audio_paths, extra
 
-    # -- the model (for its sample rate), the audio at that rate, the output format at the input's
-    #    rate and channels, memory: all before the model runs
-    if model is None:
-        model = Model(model_path, threads=args.threads or None)
-    prepared = load_audio(inp, model.sample_rate)
-    fmt = output_format(args.output)
-    subtype = choose_subtype(fmt, prepared.subtype, rate=prepared.sample_rate,
-                             channels=prepared.channels, path=args.output)
-    S = prepared.samples.shape[0]
-    check_memory(n, S, model_path)
+
+def model_feeds(args: argparse.Namespace, model: Model, mask: np.ndarray | None, n: int, S: int) -> dict[str, Any]:
+    """The flags as the model's inputs (the mask and step counts checked against this model),
+    with the seed chosen and printed."""
+    feeds: dict[str, Any] = {}
     if mask is not None:
         T = model.frames_for(S)
         if mask.shape[2] != T:
@@ -493,28 +483,73 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
                            f"with --time-stretch the mask is given before stretching)")
         if mask.shape[1] != model.n_codebooks:
             raise CliError(f"--mask-from has {mask.shape[1]} codebooks, the model {model.n_codebooks}")
-        mask = np.ascontiguousarray(np.broadcast_to(mask, (n, mask.shape[1], T)))
-
-    max_steps = model.max_sampling_steps
+        feeds["mask"] = np.ascontiguousarray(np.broadcast_to(mask, (n, mask.shape[1], T)))
     for name in ("sampling_steps", "c2f_sampling_steps"):
         value = getattr(args, name)
-        if max_steps is not None and value is not None and value > max_steps:
-            raise CliError(f"{_flag(name)} {value}: this model runs at most {max_steps} steps")
-
-    if args.seed is None:
-        seed = random.SystemRandom().randrange(1, 2**31)
-        print(f"seed: {seed} (random; pass --seed {seed} to reproduce)")
-    else:
-        seed = args.seed
-        print(f"seed: {seed}")
-
-    feeds: dict[str, Any] = {"seed": seed}
+        if value is not None and value > model.max_sampling_steps:
+            raise CliError(f"{_flag(name)} {value}: this model runs at most {model.max_sampling_steps} steps")
     for name, _, _ in PARAM_FLAGS:
         value = getattr(args, name)
         if value is not None:
             feeds[name] = value
-    if mask is not None:
-        feeds["mask"] = mask
+    if args.seed is None:
+        feeds["seed"] = random.SystemRandom().randrange(1, 2**31)
+        print(f"seed: {feeds['seed']} (random; pass --seed {feeds['seed']} to reproduce)")
+    else:
+        feeds["seed"] = args.seed
+        print(f"seed: {feeds['seed']}")
+    return feeds
+
+
+def write_outputs(args: argparse.Namespace, out: dict[str, np.ndarray], feeds: dict[str, Any],
+                  prepared, audio_paths: list[Path], stretch: int, fmt: str, subtype: str) -> None:
+    """Every output at once, atomically: the audio files, and --save-codes / --plot."""
+    params = {k: (v if not isinstance(v, np.ndarray) else "explicit") for k, v in feeds.items()}
+    with AtomicOutputs() as w:
+        for row, path in enumerate(audio_paths):
+            y = restore(out["audio_out"][row], prepared, stretch)
+            w.add(path, lambda tmp, y=y, path=path: write_audio_file(
+                tmp, y, prepared.sample_rate, fmt, subtype, path))
+        if args.save_codes:
+            def save_npz(tmp: Path) -> None:
+                arrays = {k: out[k] for k in ("codes", "mask_out", "coarse_codes", "codes_out") if k in out}
+                if "mask_out" in out:
+                    arrays["mask"] = out["mask_out"]
+                with open(tmp, "wb") as f:
+                    np.savez(f, seed=np.int64(feeds["seed"]), params=np.array(json.dumps(params)), **arrays)
+            w.add(args.save_codes, save_npz)
+        if args.plot:
+            missing = [k for k in ("codes", "mask_out", "codes_out") if k not in out]
+            if missing:
+                raise CliError(f"--plot: the model has no output {', '.join(missing)}")
+
+            def save_png(tmp: Path) -> None:
+                with open(tmp, "wb") as f:
+                    write_plot(f, out["codes"], out["mask_out"], out["codes_out"],
+                               title=f"{Path(args.input).name}  seed {feeds['seed']}")
+            w.add(args.plot, save_png)
+
+
+def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
+    """`vamp`; ``model``: an already-loaded model to use instead of loading ``args.model``
+    (`batch` workers load theirs once)."""
+    t_start = time.monotonic()
+    inp = Path(args.input)
+    model_path = resolve_model(args.model)
+    mask, audio_paths, extra = plan_outputs(args, inp, model_path)
+    n = len(audio_paths)
+
+    # the model (for its sample rate), the audio at that rate, the output format at the input's
+    # rate and channels, memory: all before the model runs
+    if model is None:
+        model = Model(model_path, threads=args.threads or None)
+    prepared = load_audio(inp, model.sample_rate)
+    fmt = output_format(args.output)
+    subtype = choose_subtype(fmt, prepared.subtype, rate=prepared.sample_rate,
+                             channels=prepared.channels, path=args.output)
+    S = prepared.samples.shape[0]
+    check_memory(n, S, model_path)
+    feeds = model_feeds(args, model, mask, n, S)
     batch = np.ascontiguousarray(np.broadcast_to(prepared.samples[None, :], (n, S)))
 
     ticker = _Ticker()
@@ -532,32 +567,7 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
     stretch = audio_out.shape[1] // S
     if stretch < 1 or audio_out.shape[1] != stretch * S:
         raise CliError(f"the model returned {audio_out.shape[1]} samples for {S}: not a whole multiple")
-
-    params = {k: (v if not isinstance(v, np.ndarray) else "explicit") for k, v in feeds.items()}
-
-    with AtomicOutputs() as w:
-        for row, path in enumerate(audio_paths):
-            y = restore(audio_out[row], prepared, stretch)
-            w.add(path, lambda tmp, y=y, path=path: write_audio_file(
-                tmp, y, prepared.sample_rate, fmt, subtype, path))
-        if args.save_codes:
-            def save_npz(tmp: Path) -> None:
-                arrays = {k: out[k] for k in ("codes", "mask_out", "coarse_codes", "codes_out") if k in out}
-                if "mask_out" in out:
-                    arrays["mask"] = out["mask_out"]
-                with open(tmp, "wb") as f:
-                    np.savez(f, seed=np.int64(seed), params=np.array(json.dumps(params)), **arrays)
-            w.add(args.save_codes, save_npz)
-        if args.plot:
-            missing = [k for k in ("codes", "mask_out", "codes_out") if k not in out]
-            if missing:
-                raise CliError(f"--plot: the model has no output {', '.join(missing)}")
-
-            def save_png(tmp: Path) -> None:
-                with open(tmp, "wb") as f:
-                    write_plot(f, out["codes"], out["mask_out"], out["codes_out"],
-                               title=f"{inp.name}  seed {seed}")
-            w.add(args.plot, save_png)
+    write_outputs(args, out, feeds, prepared, audio_paths, stretch, fmt, subtype)
 
     for path in audio_paths:
         print(f"wrote {path} ({prepared.sample_rate} Hz, {prepared.channels} ch, "

@@ -152,6 +152,10 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+NUMBERS = ("sample_rate", "hop_length", "n_codebooks", "max_sampling_steps")
+"""Integer metadata every model carries and the host reads."""
+
+
 class Model:
     """An onnxruntime session on a vampnet-onnx model.
 
@@ -188,6 +192,16 @@ class Model:
         self.producer = meta.producer_name
         if "audio" not in self.inputs:
             raise ModelError(f"{p} is not a vampnet-onnx model (it has no 'audio' input)")
+        # the numbers the host needs come from the model (`vampnet-onnx build` writes them)
+        self.numbers: dict[str, int] = {}
+        for key in NUMBERS:
+            try:
+                self.numbers[key] = int(self.metadata[key])
+            except (KeyError, ValueError):
+                raise ModelError(
+                    f"{p} has no integer metadata {key!r}: it was not made by `vampnet-onnx build` "
+                    f"(rebuild it with this version)"
+                ) from None
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -208,33 +222,22 @@ class Model:
         merged.update(self.stored_defaults() or {})
         return {k: v for k, v in merged.items() if k in self.inputs and k not in ("audio", "mask")}
 
-    def meta_int(self, key: str, default: int) -> int:
-        """An integer metadata value (e.g. "hop"), or ``default`` if absent or not an integer."""
-        raw = self.metadata.get(key)
-        if raw is None:
-            return default
-        try:
-            return int(json.loads(raw))
-        except (ValueError, TypeError):
-            return default
-
     @property
     def sample_rate(self) -> int:
-        return self.meta_int("sample_rate", 44100)
+        return self.numbers["sample_rate"]
 
     @property
     def hop(self) -> int:
-        return self.meta_int("hop_length", 768)
+        return self.numbers["hop_length"]
 
     @property
     def n_codebooks(self) -> int:
-        return self.meta_int("n_codebooks", 14)
+        return self.numbers["n_codebooks"]
 
     @property
-    def max_sampling_steps(self) -> int | None:
-        """The largest step count the model honours (metadata "max_sampling_steps"), if known."""
-        value = self.meta_int("max_sampling_steps", -1)
-        return value if value > 0 else None
+    def max_sampling_steps(self) -> int:
+        """The largest step count the model honours (more are clamped in the graph)."""
+        return self.numbers["max_sampling_steps"]
 
     def frames_for(self, n_samples: int) -> int:
         """T = ceil(S / hop)."""
