@@ -25,12 +25,12 @@ import torch
 from onnx import helper
 from torch.export import Dim
 
-from builder.codec import Codec
-from builder.export import DOMAIN, component_function, export_component
-from graphs.model import GraphConfig, main_graph
-from graphs.portable import make_portable, ship, subgraphs
-from graphs.sampling import MASK_TOKEN
-from graphs.stages import injected_noise, prng_noise
+from vampnet_onnx.builder.codec import Codec
+from vampnet_onnx.builder.export import DOMAIN, component_function, export_component
+from vampnet_onnx.graphs.model import GraphConfig, main_graph
+from vampnet_onnx.graphs.portable import make_portable, ship, subgraphs
+from vampnet_onnx.graphs.sampling import MASK_TOKEN
+from vampnet_onnx.graphs.stages import injected_noise, prng_noise
 from vampnet_onnx import interface
 
 # stage functions (vampnet domain), inlined into the main graph before the components are bound

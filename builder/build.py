@@ -9,7 +9,7 @@ place only after the checker and one short run have passed. Weights go to extern
 Memory (real size, 2.6 GB of weights): the torch modules are dropped once the components are
 exported, and big weights are written to `<output>.data` straight from the exported components,
 which keep only references; assembly and saving then never copy the weights, and the peak is set
-by the export. `python -m builder.realsize` measures it.
+by the export. `python -m benchmarks.realsize` measures it.
 """
 from __future__ import annotations
 
@@ -25,14 +25,12 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import set_external_data
 
-from builder.assemble import assemble, export_components
-from builder.checkpoint import CheckpointError
-from builder.codec import load_codec
-from builder.transformer import load_transformer
+from vampnet_onnx.builder.assemble import assemble, export_components
+from vampnet_onnx.builder.codec import load_codec
+from vampnet_onnx.builder.transformer import load_transformer
 from vampnet_onnx.model import interface_feeds
 
 PROTOBUF_LIMIT = 2_000_000_000
-CHECKPOINT_NAMES = ("codec", "coarse", "c2f")
 
 
 def sha256(path: Path) -> str:
@@ -218,48 +216,3 @@ class _ConfigOnly:
 
     def __init__(self, model):
         self.config = model.config
-
-
-def checkpoint_paths(args) -> dict[str, Path]:
-    if args.checkpoints:
-        folder = Path(args.checkpoints)
-        return {name: folder / f"{name}.pth" for name in CHECKPOINT_NAMES}
-    return {name: Path(getattr(args, name)) for name in CHECKPOINT_NAMES}
-
-
-def check_build_paths(inputs: dict[str, Path | None], output: Path) -> None:
-    """Before any work: neither the model nor its .data file may be one of the input files
-    (links followed), and the output folder (or its nearest existing parent) must be writable."""
-    from vampnet_onnx.audio import check_writable_folder, same_file
-    from vampnet_onnx.cli import CliError
-
-    if output.is_dir():
-        raise CliError(f"the output is a folder: {output} (give the .onnx file's path)")
-    for out in (output, output.with_name(output.name + ".data")):
-        for name, path in inputs.items():
-            if path is not None and same_file(out, path):
-                raise CliError(f"refusing to overwrite the {name.replace('_', ' ')} checkpoint "
-                               f"{path} with the model ({out}); choose another -o")
-    folder = output.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # build creates the missing folders (and says so)
-    if not folder.is_dir():
-        raise CliError(f"cannot create the output folder {output.parent}: {folder} is not a folder")
-    check_writable_folder(folder)
-
-
-def build_command(args) -> int:
-    from vampnet_onnx.cli import CliError
-
-    paths = checkpoint_paths(args)
-    output = Path(args.output)
-    loras = {"coarse_lora": args.coarse_lora, "c2f_lora": args.c2f_lora}
-    check_build_paths({**paths, **{k: Path(v) if v else None for k, v in loras.items()}}, output)
-    try:
-        build_model(paths["codec"], paths["coarse"], paths["c2f"], output,
-                    coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora)
-    except (CheckpointError, ValueError) as e:
-        raise CliError(str(e)) from None
-    except OSError as e:  # e.g. the disk filled up or the folder became read-only meanwhile
-        raise CliError(f"cannot write {output}: {e.strerror or e}") from None
-    return 0

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from builder.checkpoint import Checkpoint, CheckpointError, Mapping, WeightNorm
+from vampnet_onnx.builder.checkpoint import Checkpoint, CheckpointError, Mapping, WeightNorm
 
 # LAC hard-codes these (they are not constructor kwargs).
 ENCODER_DILATIONS = (1, 3, 9)

@@ -16,7 +16,7 @@ import onnx
 import torch
 from onnx import helper
 
-from graphs.opsets import OPSET_VERSION
+from vampnet_onnx.graphs.opsets import OPSET_VERSION
 
 DOMAIN = "vampnet"
 # An axis counts as dynamic only if the exported program still admits this range.

@@ -52,8 +52,8 @@ keep and fits as all ones; `resolve_mask` sends every empty mask (size 0) to bui
 import onnxscript
 from onnxscript import BOOL, FLOAT, INT32, INT64
 
-from graphs.opsets import op, vampnet
-from graphs.prng import MASK_DROPOUT, MASK_RANDOM, MASK_ROLL, derive_key, randint, uniform
+from vampnet_onnx.graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.prng import MASK_DROPOUT, MASK_RANDOM, MASK_ROLL, derive_key, randint, uniform
 from vampnet_onnx.interface import MAX_PERIOD, MAX_SECONDS
 
 SECONDS_MAX = MAX_SECONDS  # s2t(1e6) = 57_421_875 frames at 44.1 kHz / 768: keeps everything

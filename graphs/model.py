@@ -13,11 +13,11 @@ import numpy as np
 import onnxscript
 from onnxscript import FLOAT, INT64
 
-from graphs.masks import resolve_mask
-from graphs.onsets import make_onset_detector
-from graphs.opsets import op, vampnet
-from graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
-from graphs.stages import c2f_stage, coarse_stage, decode, encode, stretch_mask, stretch_time
+from vampnet_onnx.graphs.masks import resolve_mask
+from vampnet_onnx.graphs.onsets import make_onset_detector
+from vampnet_onnx.graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
+from vampnet_onnx.graphs.stages import c2f_stage, coarse_stage, decode, encode, stretch_mask, stretch_time
 from vampnet_onnx.interface import MAX_FEEDBACK_STEPS, MAX_ONSET_WIDTH, MAX_TIME_STRETCH
 from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
 

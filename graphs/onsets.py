@@ -53,7 +53,7 @@ import onnxscript
 from onnx import numpy_helper
 from onnxscript import BOOL, FLOAT, INT64
 
-from graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.interface import MAX_ONSET_WIDTH
 
 SAMPLE_RATE, HOP = 44100, 768  # VampNet's codec (the model builds its own detector from its config)

@@ -51,7 +51,7 @@ it only has to keep one derive_key level per index so streams never share a path
 import onnxscript
 from onnxscript import FLOAT, INT32, INT64
 
-from graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.opsets import op, vampnet
 
 # Stream ids (second argument of derive_key). Changing them changes every output for a given seed.
 STREAM_MASK = 0

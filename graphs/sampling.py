@@ -52,8 +52,8 @@ import onnxscript
 from onnx import numpy_helper
 from onnxscript import BOOL, FLOAT, INT64
 
-from graphs.opsets import op, vampnet
-from graphs.prng import exponential
+from vampnet_onnx.graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.prng import exponential
 from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
 from vampnet_onnx.interface import MAX_TEMPERATURE, MIN_TEMPERATURE
 

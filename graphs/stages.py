@@ -36,9 +36,9 @@ import onnxscript
 from onnxscript import BOOL, FLOAT, INT32, INT64
 from onnxscript.values import OnnxFunction, Op
 
-from graphs.opsets import op, vampnet
-from graphs.prng import derive_key, exponential, uniform
-from graphs.sampling import MASK_TOKEN, count_masked, generation_step, is_sampling_step
+from vampnet_onnx.graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.prng import derive_key, exponential, uniform
+from vampnet_onnx.graphs.sampling import MASK_TOKEN, count_masked, generation_step, is_sampling_step
 
 
 @onnxscript.script(vampnet, default_opset=op)

@@ -57,7 +57,7 @@ def runtime_only(blocked: tuple[str, ...]) -> str:
         BLOCKED = {tuple(blocked)!r}
         class _Blocker(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED:
+                if any(name == b or name.startswith(b + ".") for b in BLOCKED):
                     raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
                 return None
         sys.meta_path.insert(0, _Blocker())
@@ -69,7 +69,7 @@ def runtime_only(blocked: tuple[str, ...]) -> str:
             sys.exit(98)
         from vampnet_onnx.cli import main
         rc = main(sys.argv[1:])
-        leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        leaked = sorted(m for m in sys.modules if any(m == b or m.startswith(b + ".") for b in BLOCKED))
         if leaked:
             print("LEAKED", leaked)
             sys.exit(99)
@@ -90,10 +90,10 @@ class Built:
 
 @pytest.fixture(scope="session")
 def build_variant(tmp_path_factory):
-    from builder.assemble import assemble, export_components
-    from builder.build import save_model
-    from builder.codec import load_codec
-    from builder.transformer import load_transformer
+    from vampnet_onnx.builder.assemble import assemble, export_components
+    from vampnet_onnx.builder.build import save_model
+    from vampnet_onnx.builder.codec import load_codec
+    from vampnet_onnx.builder.transformer import load_transformer
 
     cache: dict[str, Built] = {}
 

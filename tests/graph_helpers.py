@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from graphs.opsets import OPSET_VERSION, vampnet
-from graphs.portable import make_portable
+from vampnet_onnx.graphs.opsets import OPSET_VERSION, vampnet
+from vampnet_onnx.graphs.portable import make_portable
 
 IR_VERSION = 10
 RUNTIMES = ("ort", "ref")

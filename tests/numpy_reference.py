@@ -20,7 +20,7 @@ import numpy as np
 # 1. PRNG (graphs/prng.py)
 # ============================================================================================
 
-from graphs.prng import MULTIPLIERS, ROUND_CONSTANTS, SEED_KEY
+from vampnet_onnx.graphs.prng import MULTIPLIERS, ROUND_CONSTANTS, SEED_KEY
 
 
 def block(key, high, low):

@@ -931,15 +931,16 @@ def test_info_missing_model(capsys, tmp_path):
 
 def test_build_and_demo_delegate(monkeypatch, tmp_path):
     calls = {}
-    fake_build = types.ModuleType("builder.build")
-    fake_build.build_command = lambda args: calls.setdefault("build", args) and 0
-    fake_demo = types.ModuleType("builder.demo")
+    fake_build = types.ModuleType("vampnet_onnx.builder.build")
+    fake_build.build_model = lambda *paths, **loras: calls.setdefault("build", (paths, loras)) and 0
+    fake_demo = types.ModuleType("vampnet_onnx.demo")
     fake_demo.demo_command = lambda args: calls.setdefault("demo", args) and 3
-    monkeypatch.setitem(sys.modules, "builder.build", fake_build)
-    monkeypatch.setitem(sys.modules, "builder.demo", fake_demo)
+    monkeypatch.setitem(sys.modules, "vampnet_onnx.builder.build", fake_build)
+    monkeypatch.setitem(sys.modules, "vampnet_onnx.demo", fake_demo)
     assert main(["build", "--checkpoints", str(tmp_path), "--coarse-lora", "l.pth", "-o", "x.onnx"]) == 0
-    a = calls["build"]
-    assert (a.checkpoints, a.coarse_lora, a.c2f_lora, a.output) == (str(tmp_path), "l.pth", None, "x.onnx")
+    paths, loras = calls["build"]
+    assert paths == (tmp_path / "codec.pth", tmp_path / "coarse.pth", tmp_path / "c2f.pth", Path("x.onnx"))
+    assert loras == {"coarse_lora": "l.pth", "c2f_lora": None}
     assert main(["build", "--codec", "a", "--coarse", "b", "--c2f", "c"]) == 0
     assert main(["demo", "--seed", "4"]) == 3
     assert (calls["demo"].output, calls["demo"].seed) == ("artifacts/demo", 4)
@@ -957,7 +958,8 @@ def test_build_missing_torch_inside_builder(monkeypatch, capsys, tmp_path):
 # --------------------------------------------------------------------------------------------
 # subprocesses: python -m vampnet_onnx, and the runtime path without torch
 
-BLOCKED = ("torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "builder", "graphs")
+BLOCKED = ("torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon", "vampnet_onnx.builder",
+           "vampnet_onnx.graphs", "vampnet_onnx.demo")
 
 NO_TORCH_PRELUDE = runtime_only(BLOCKED)
 

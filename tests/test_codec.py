@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from builder.checkpoint import CheckpointError
-from builder.codec import CodecConfig, load_codec
+from vampnet_onnx.builder.checkpoint import CheckpointError
+from vampnet_onnx.builder.codec import CodecConfig, load_codec
 from tolerances import AUDIO_ATOL, AUDIO_MAX, assert_audio_close
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"

@@ -1,4 +1,4 @@
-"""`vampnet-onnx demo` (builder/demo.py): the main job on the embedded default model.
+"""`vampnet-onnx demo` (vampnet_onnx/demo.py): the main job on the embedded default model.
 
 The demo keeps its model in ``<output>/vampnet-tiny.onnx``, so every test works in a tmp folder.
 Most tests put the conftest ``tiny`` model there (built once per session, same architecture and
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from builder import demo
+from vampnet_onnx.builder import demo
 from conftest import runtime_only
 from vampnet_onnx import cli
 from vampnet_onnx.cli import main

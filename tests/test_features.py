@@ -24,9 +24,9 @@ from onnxscript import FLOAT, INT64
 
 import tests.numpy_reference as ref
 from conftest import OUTPUTS, fixture_inputs
-from graphs import stages
-from graphs.opsets import op, vampnet
-from graphs.portable import make_portable
+from vampnet_onnx.graphs import stages
+from vampnet_onnx.graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.portable import make_portable
 from tests.graph_helpers import RUNTIMES, function_model, make_runner
 from tolerances import assert_audio_close
 from vampnet_onnx.model import interface_feeds

@@ -327,7 +327,7 @@ def _damage(tmp_path: Path, ck: Path, case: str) -> tuple[list, str]:
         return ["--coarse-lora", tmp_path / "c2f-lora.pth"], "is a LoRA of another model (n_codebooks=14"
     if case == "c2f_lora_fewer_layers_as_coarse":
         # as the released models: same width, the c2f model has fewer layers than the coarse one
-        from builder.synthetic import TINY_C2F, TINY_CODEC, TINY_COARSE, write_random_checkpoints
+        from vampnet_onnx.builder.synthetic import TINY_C2F, TINY_CODEC, TINY_COARSE, write_random_checkpoints
 
         write_random_checkpoints(ck, TINY_CODEC, {**TINY_COARSE, "n_layers": 3}, TINY_C2F)
         data = torch.load(ck / "c2f.pth", weights_only=True)
@@ -468,12 +468,12 @@ def test_text_npy_mask_is_not_called_pickled(capsys, tmp_path, wav, model_path):
 def test_build_says_it_creates_the_output_folder(capsys, tmp_path, monkeypatch):
     """The folder is created (and said so) just before the export; a build that fails after it
     removes the folder again. Here the export is made to fail, to keep the test short."""
-    import builder.build
+    import vampnet_onnx.builder.build as build_module
 
     def stop(*a, **k):
         raise ValueError("stopped by the test")
 
-    monkeypatch.setattr(builder.build, "export_components", stop)
+    monkeypatch.setattr(build_module, "export_components", stop)
     ck = _tiny_checkpoints(tmp_path)
     out = tmp_path / "new" / "deeper" / "m.onnx"
     before = snapshot(tmp_path)
@@ -484,7 +484,7 @@ def test_build_says_it_creates_the_output_folder(capsys, tmp_path, monkeypatch):
 
 
 def test_demo_model_is_the_fallback(capsys, tmp_path, wav, model_path, monkeypatch):
-    from builder.demo import MODEL_NAME
+    from vampnet_onnx.demo import MODEL_NAME
 
     assert cli.DEFAULT_DEMO_MODEL == f"{cli.DEFAULT_DEMO_DIR}/{MODEL_NAME}"
     monkeypatch.chdir(tmp_path)

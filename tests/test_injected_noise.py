@@ -25,8 +25,8 @@ import pytest
 import torch
 
 import tests.numpy_reference as R
-from builder.assemble import NOISE_INPUTS, assemble
-from graphs.prng import STREAM_C2F, STREAM_COARSE
+from vampnet_onnx.builder.assemble import NOISE_INPUTS, assemble
+from vampnet_onnx.graphs.prng import STREAM_C2F, STREAM_COARSE
 from conftest import OUTPUTS, golden
 from vampnet_onnx.model import interface_feeds
 

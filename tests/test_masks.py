@@ -10,7 +10,7 @@ import pytest
 
 import tests.numpy_reference as ref
 from tests.graph_helpers import run_function
-from graphs import masks
+from vampnet_onnx.graphs import masks
 
 f32, i64 = np.float32, np.int64
 INT64_MIN, INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max

@@ -18,7 +18,7 @@ import pytest
 
 librosa = pytest.importorskip("librosa")
 
-from graphs import masks, onsets  # noqa: E402
+from vampnet_onnx.graphs import masks, onsets  # noqa: E402
 from tests.graph_helpers import RUNTIMES, function_model, run_function  # noqa: E402
 
 SR, HOP = 44100, 768

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import soundfile as sf
 
-from builder.synthetic import TINY_C2F, TINY_COARSE, TINY_CODEC, write_random_checkpoints
+from vampnet_onnx.builder.synthetic import TINY_C2F, TINY_COARSE, TINY_CODEC, write_random_checkpoints
 from vampnet_onnx.cli import main
 from vampnet_onnx.model import interface_feeds
 

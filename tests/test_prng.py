@@ -4,7 +4,7 @@ import pytest
 
 import tests.numpy_reference as ref
 from tests.graph_helpers import run_function
-from graphs import prng
+from vampnet_onnx.graphs import prng
 
 INT64_MIN, INT64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 SEEDS = [0, 42, 2**40 + 7, -5, INT64_MIN, INT64_MAX]

@@ -1,7 +1,7 @@
-"""The real-size check (builder/realsize.py) and the build's external-data route (builder/build.py).
+"""The real-size check (benchmarks/realsize.py) and the build's external-data route (builder/build.py).
 
 * `test_realsize_*` (marked slow): random weights with the released shapes are written, built into
-  the single model with external data and run once, by `python -m builder.realsize` in a fresh
+  the single model with external data and run once, by `python -m benchmarks.realsize` in a fresh
   process (minutes and several GB of RAM; the numbers are in the script's report). Run them with
   `pytest -m slow tests/test_realsize.py`.
 * The rest is quick: the released parameter counts from the shape tables, the script's pieces on
@@ -31,7 +31,7 @@ RELEASED = {"coarse": 335_893_664, "c2f": 277_753_072}
 
 
 def test_released_parameter_counts_from_the_shape_tables():
-    from builder.synthetic import RELEASED_C2F, RELEASED_COARSE, RELEASED_CODEC_STANDIN, parameter_count
+    from vampnet_onnx.builder.synthetic import RELEASED_C2F, RELEASED_COARSE, RELEASED_CODEC_STANDIN, parameter_count
 
     assert parameter_count("coarse", RELEASED_COARSE) == RELEASED["coarse"]
     assert parameter_count("c2f", RELEASED_C2F) == RELEASED["c2f"]
@@ -39,8 +39,8 @@ def test_released_parameter_counts_from_the_shape_tables():
 
 
 def test_count_parameters_reads_upstream_counts(tmp_path):
-    from builder.realsize import count_parameters, shapes, write_checkpoints
-    from builder.synthetic import parameter_count
+    from benchmarks.realsize import count_parameters, shapes, write_checkpoints
+    from vampnet_onnx.builder.synthetic import parameter_count
 
     paths = write_checkpoints(tmp_path, tiny=True)
     for name, kwargs in shapes(tiny=True).items():
@@ -50,7 +50,7 @@ def test_count_parameters_reads_upstream_counts(tmp_path):
 
 
 def test_phases_record_time_and_peak():
-    from builder.realsize import Phases
+    from benchmarks.realsize import Phases
 
     phases = Phases(log=lambda *_: None)
     phases.start("allocate")
@@ -67,7 +67,7 @@ def test_phases_record_time_and_peak():
 
 
 def test_interface_and_short_run_on_the_tiny_build(tiny):
-    from builder.realsize import model_interface, short_run
+    from benchmarks.realsize import model_interface, short_run
 
     interface = model_interface(tiny.path)
     assert interface["inputs"] == INPUTS
@@ -83,8 +83,8 @@ def test_externalized_build_equals_the_in_memory_build(tiny, tmp_path):
     with references only) gives the same model as assembling in memory and saving."""
     import onnxruntime as ort
 
-    from builder.assemble import assemble
-    from builder.build import externalize_weights, save_model
+    from vampnet_onnx.builder.assemble import assemble
+    from vampnet_onnx.builder.build import externalize_weights, save_model
 
     # private copies: externalize_weights strips the weights out of the protos it is given
     components = {k: onnx.ModelProto.FromString(v.SerializeToString()) for k, v in tiny.components.items()}
@@ -123,7 +123,7 @@ def realsize(tmp_path_factory):
     out = tmp_path_factory.mktemp("realsize")
     report = out / "report.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "builder.realsize", "--out", str(out), "--json", str(report)],
+        [sys.executable, "-m", "benchmarks.realsize", "--out", str(out), "--json", str(report)],
         cwd=REPO, capture_output=True, text=True, timeout=3600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -133,7 +133,7 @@ def realsize(tmp_path_factory):
 
 @pytest.mark.slow
 def test_realsize_parameter_counts(realsize):
-    from builder.synthetic import RELEASED_CODEC_STANDIN, parameter_count
+    from vampnet_onnx.builder.synthetic import RELEASED_CODEC_STANDIN, parameter_count
 
     _, report = realsize
     assert report["parameters"] == {**RELEASED, "codec": parameter_count("codec", RELEASED_CODEC_STANDIN)}

@@ -4,7 +4,6 @@ The graph functions run in onnxruntime (and the ReferenceEvaluator where noted) 
 numpy references in tests/numpy_reference.py (section 3); those are cross-checked against a few
 lines of torch that replicate upstream's exact ops (top-p, mask_by_random_topk, γ).
 """
-import math
 
 import numpy as np
 import onnxruntime as ort
@@ -13,7 +12,7 @@ import torch
 from scipy import stats
 
 import tests.numpy_reference as R
-from graphs import sampling as S
+from vampnet_onnx.graphs import sampling as S
 from tests.graph_helpers import function_model, run_function
 
 M = S.MASK_TOKEN

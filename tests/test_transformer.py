@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from builder.checkpoint import LORA_SCALE, CheckpointError
-from builder.synthetic import (
+from vampnet_onnx.builder.checkpoint import LORA_SCALE, CheckpointError
+from vampnet_onnx.builder.synthetic import (
     RELEASED_C2F,
     RELEASED_CODEC_STANDIN,
     RELEASED_COARSE,
@@ -24,10 +24,9 @@ from builder.synthetic import (
     state_dict_shapes,
     write_random_checkpoints,
 )
-from builder.transformer import (
+from vampnet_onnx.builder.transformer import (
     RelativePositionBias,
     TransformerConfig,
-    VampNetTransformer,
     load_transformer,
 )
 

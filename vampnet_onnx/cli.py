@@ -3,13 +3,13 @@
 Subcommands:
 
 * ``vamp IN -o OUT``: run the single ONNX model on an audio file with onnxruntime only (this
-  path never imports torch, onnx, onnxscript, ``builder`` or ``graphs``).
+  path never imports torch, onnx, onnxscript, ``vampnet_onnx.builder`` or ``vampnet_onnx.graphs``).
 * ``info MODEL``: print the model's interface, defaults, metadata and size on disk.
 * ``batch IN_DIR OUT_DIR``: ``vamp`` every audio file under a folder on Ray workers
   (``vampnet_onnx.batch``; Ray is the optional ``cluster`` extra, imported only by ``batch``).
 * ``triton MODEL DIR``: write a Triton Inference Server model repository (``vampnet_onnx.triton``).
-* ``build`` / ``demo``: parse arguments, then hand over to ``builder.build.build_command(args)`` /
-  ``builder.demo.demo_command(args)`` (imported lazily: they need the ``build`` extras).
+* ``build`` / ``demo``: parse arguments, then hand over to ``vampnet_onnx.builder.build.build_model`` /
+  ``vampnet_onnx.demo.demo_command(args)`` (imported lazily: they need the ``build`` extras).
 
 Exit codes: 0 success; 1 a problem with the input, the model, an output path or the run
 (one line on stderr: ``vampnet-onnx: error: ...``); 2 a command-line usage error (same one-line
@@ -40,6 +40,7 @@ from .audio import (
     AtomicOutputs,
     AudioError,
     check_output_path,
+    check_writable_folder,
     choose_subtype,
     load_audio,
     output_format,
@@ -641,24 +642,50 @@ def missing_build_extras(command: str, error: ImportError) -> CliError | None:
     return None
 
 
-def _delegate(command: str, module: str, func: str, args: argparse.Namespace) -> int:
+def _build_side(command: str, module: str, name: str):
+    """`module.name`, imported only now: `build` and `demo` need the build extras (torch)."""
     try:
-        fn = getattr(importlib.import_module(module), func)
+        return getattr(importlib.import_module(module), name)
     except ImportError as e:
-        name = e.name or ""
         missing = missing_build_extras(command, e)
         if missing:
             raise missing from e
-        if name in (module, "builder"):
+        if (e.name or "") in (module, "vampnet_onnx.builder"):
             raise CliError(
-                f"`{command}` is not available here ({name} cannot be imported); it needs a "
+                f"`{command}` is not available here ({e.name} cannot be imported); it needs a "
                 f"source checkout with the build extras: pip install -e .[build]"
             ) from e
-        raise  # a bug inside builder: keep the traceback
+        raise  # a bug inside the builder: keep the traceback
     except AttributeError as e:
-        raise CliError(f"`{command}` is not available: {module}.{func} is missing") from e
-    rc = fn(args)
-    return int(rc) if isinstance(rc, int) else 0
+        raise CliError(f"`{command}` is not available: {module}.{name} is missing") from e
+
+
+CHECKPOINT_NAMES = ("codec", "coarse", "c2f")
+
+
+def checkpoint_paths(args: argparse.Namespace) -> dict[str, Path]:
+    if args.checkpoints:
+        folder = Path(args.checkpoints)
+        return {name: folder / f"{name}.pth" for name in CHECKPOINT_NAMES}
+    return {name: Path(getattr(args, name)) for name in CHECKPOINT_NAMES}
+
+
+def check_build_paths(inputs: dict[str, Path | None], output: Path) -> None:
+    """Before any work: neither the model nor its .data file may be one of the input files
+    (links followed), and the output folder (or its nearest existing parent) must be writable."""
+    if output.is_dir():
+        raise CliError(f"the output is a folder: {output} (give the .onnx file's path)")
+    for out in (output, output.with_name(output.name + ".data")):
+        for name, path in inputs.items():
+            if path is not None and same_file(out, path):
+                raise CliError(f"refusing to overwrite the {name.replace('_', ' ')} checkpoint "
+                               f"{path} with the model ({out}); choose another -o")
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # build creates the missing folders (and says so)
+    if not folder.is_dir():
+        raise CliError(f"cannot create the output folder {output.parent}: {folder} is not a folder")
+    check_writable_folder(folder)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -667,11 +694,24 @@ def cmd_build(args: argparse.Namespace) -> int:
         args._parser.error("give either --checkpoints DIR or --codec/--coarse/--c2f, not both")
     if not args.checkpoints and not all(separate):
         args._parser.error("give --checkpoints DIR, or all of --codec F --coarse F --c2f F")
-    return _delegate("build", "builder.build", "build_command", args)
+    paths = checkpoint_paths(args)
+    output = Path(args.output)
+    loras = {"coarse_lora": args.coarse_lora, "c2f_lora": args.c2f_lora}
+    check_build_paths({**paths, **{k: Path(v) if v else None for k, v in loras.items()}}, output)
+    build_model = _build_side("build", "vampnet_onnx.builder.build", "build_model")
+    try:
+        build_model(paths["codec"], paths["coarse"], paths["c2f"], output,
+                    coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora)
+    except ValueError as e:  # a bad checkpoint (CheckpointError) or a bad pair of models, in one line
+        raise CliError(str(e)) from None
+    except OSError as e:  # e.g. the disk filled up or the folder became read-only meanwhile
+        raise CliError(f"cannot write {output}: {e.strerror or e}") from None
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return _delegate("demo", "builder.demo", "demo_command", args)
+    rc = _build_side("demo", "vampnet_onnx.demo", "demo_command")(args)
+    return int(rc) if isinstance(rc, int) else 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ defaults follow from the entry.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FORMAT_VERSION = "2"  # 2: every input a plain graph input, parameters of shape (1,)
 PARAMETER_SHAPE = (1,)

@@ -26,7 +26,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 TRITON_TYPES = {
     "tensor(float)": "TYPE_FP32",

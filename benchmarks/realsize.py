@@ -1,6 +1,6 @@
 """Real-size check: random weights with the released shapes, built into the single model.
 
-    python -m builder.realsize [--out DIR] [--json REPORT.json] [--reuse]
+    python -m benchmarks.realsize [--out DIR] [--json REPORT.json] [--reuse]
 
 1. writes random checkpoints in VampNet's on-disk format with the released shapes
    (builder/synthetic.py: coarse d 1280, 20 layers, 20 heads, 4 codebooks; c2f 16 layers,
@@ -12,7 +12,7 @@
 
 Peak RSS per phase comes from /proc/self/status VmHWM, reset between phases through
 /proc/self/clear_refs (Linux); elsewhere the process peak (getrusage) is reported for every phase.
-The default DIR, artifacts/realsize/, is what `python -m builder.benchmark` reuses.
+The default DIR, artifacts/realsize/, is what `python -m benchmarks.benchmark` reuses.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def _build_log(phases: Phases):
 
 def shapes(tiny: bool = False) -> dict[str, dict]:
     """The kwargs per checkpoint: the released shapes, or the upstream fixtures' tiny ones."""
-    from builder import synthetic as s
+    from vampnet_onnx.builder import synthetic as s
 
     if tiny:
         return {"codec": s.TINY_CODEC, "coarse": s.TINY_COARSE, "c2f": s.TINY_C2F}
@@ -154,7 +154,7 @@ def shapes(tiny: bool = False) -> dict[str, dict]:
 
 
 def write_checkpoints(folder: Path, tiny: bool = False) -> dict[str, Path]:
-    from builder.synthetic import write_random_checkpoints
+    from vampnet_onnx.builder.synthetic import write_random_checkpoints
 
     kw = shapes(tiny)
     return write_random_checkpoints(folder, kw["codec"], kw["coarse"], kw["c2f"])
@@ -251,7 +251,7 @@ def short_run(path: Path, seconds: float = SHORT_RUN_SECONDS, threads: int = 2) 
 
 def short_run_subprocess(path: Path, seconds: float = SHORT_RUN_SECONDS) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "builder.realsize", "--short-run", str(path), "--seconds", str(seconds)],
+        [sys.executable, "-m", "benchmarks.realsize", "--short-run", str(path), "--seconds", str(seconds)],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
     )
     if proc.returncode != 0:
@@ -263,8 +263,8 @@ def short_run_subprocess(path: Path, seconds: float = SHORT_RUN_SECONDS) -> dict
 
 
 def run(out: Path, reuse: bool = False, short_seconds: float = SHORT_RUN_SECONDS, tiny: bool = False) -> dict:
-    from builder.build import build_model
-    from builder.synthetic import parameter_count
+    from vampnet_onnx.builder.build import build_model
+    from vampnet_onnx.builder.synthetic import parameter_count
 
     out = Path(out)
     folder = out / "checkpoints"
@@ -345,7 +345,7 @@ def format_report(report: dict, phases: Phases) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m builder.realsize", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.realsize", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument("--reuse", action="store_true", help="reuse checkpoints already in OUT/checkpoints")

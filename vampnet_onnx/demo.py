@@ -153,8 +153,8 @@ def build_demo_model(folder: Path, log=print) -> Path:
     from vampnet_onnx.cli import missing_build_extras
 
     try:
-        from builder.build import build_model
-        from builder.synthetic import TINY_C2F, TINY_COARSE, TINY_CODEC, write_random_checkpoints
+        from vampnet_onnx.builder.build import build_model
+        from vampnet_onnx.builder.synthetic import TINY_C2F, TINY_COARSE, TINY_CODEC, write_random_checkpoints
     except ImportError as e:
         missing = missing_build_extras("demo", e)
         if missing:

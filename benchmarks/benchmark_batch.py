@@ -1,6 +1,6 @@
 """Benchmark: `vampnet-onnx batch` throughput, in files per minute, with 1 and 2 workers.
 
-    python -m builder.benchmark_batch [--files 24] [--seconds 2] [--workers 1 2] [--model M]
+    python -m benchmarks.benchmark_batch [--files 24] [--seconds 2] [--workers 1 2] [--model M]
 
 Model: the tiny demo model (artifacts/demo/vampnet-tiny.onnx; built first, as `vampnet-onnx demo`
 does, if it is missing) unless --model is given. Clips: N synthetic clips of S seconds (44.1 kHz
@@ -28,7 +28,7 @@ DEFAULT_MODEL = REPO / "artifacts" / "demo" / "vampnet-tiny.onnx"
 def write_clips(folder: Path, n: int, seconds: float) -> None:
     import soundfile as sf
 
-    from builder.demo import synth_clip
+    from vampnet_onnx.demo import synth_clip
 
     for k in range(n):
         path = folder / f"set{k % 2}" / f"clip{k:03d}.wav"
@@ -51,7 +51,7 @@ def main() -> None:
     if model is None:
         model = DEFAULT_MODEL
         if not model.is_file():
-            from builder.demo import build_demo_model
+            from vampnet_onnx.demo import build_demo_model
 
             build_demo_model(model.parent)
     with tempfile.TemporaryDirectory(prefix="vampnet-batch-bench-") as tmp:

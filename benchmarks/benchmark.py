@@ -1,8 +1,8 @@
 """Benchmark: the single ONNX model against the same work in eager PyTorch, at real size.
 
-    python -m builder.benchmark [--dir artifacts/realsize] [--reps 3] [--seconds 10] [--threads 2]
+    python -m benchmarks.benchmark [--dir artifacts/realsize] [--reps 3] [--seconds 10] [--threads 2]
 
-Uses the real-size build of `python -m builder.realsize` in DIR (random weights, released shapes: the
+Uses the real-size build of `python -m benchmarks.realsize` in DIR (random weights, released shapes: the
 checkpoints in DIR/checkpoints/ and DIR/vampnet.onnx + .data); builds it first if it is not there.
 
 The work for one clip (10 s = 441,000 samples = 575 frames = one coarse chunk):
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from vampnet_onnx.model import interface_feeds
-from builder.realsize import DEFAULT_OUT, OUTPUTS, SAMPLE_RATE, gb, ort_session, peak_rss, reset_peak, rss, test_signal
+from benchmarks.realsize import DEFAULT_OUT, OUTPUTS, SAMPLE_RATE, gb, ort_session, peak_rss, reset_peak, rss, test_signal
 
 MASK = 1024
 COARSE_STEPS, C2F_STEPS = 12, 2
@@ -50,8 +50,8 @@ class TorchVamp:
     def __init__(self, checkpoints: Path):
         import torch
 
-        from builder.codec import load_codec
-        from builder.transformer import load_transformer
+        from vampnet_onnx.builder.codec import load_codec
+        from vampnet_onnx.builder.transformer import load_transformer
 
         self.torch = torch
         codec = load_codec(checkpoints / "codec.pth")
@@ -193,7 +193,7 @@ def measure_memory(side: str, folder: Path, seconds: float, threads: int) -> dic
 
 
 def memory_subprocess(side: str, folder: Path, seconds: float, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "builder.benchmark", "--dir", str(folder), "--seconds", str(seconds),
+    cmd = [sys.executable, "-m", "benchmarks.benchmark", "--dir", str(folder), "--seconds", str(seconds),
            "--threads", str(threads), "--memory", side]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
@@ -205,8 +205,8 @@ def ensure_build(folder: Path) -> None:
     needed = [folder / "vampnet.onnx", *(folder / "checkpoints" / f"{n}.pth" for n in ("codec", "coarse", "c2f"))]
     if all(p.exists() for p in needed):
         return
-    print(f"no real-size build in {folder}: running python -m builder.realsize --out {folder} --reuse", flush=True)
-    subprocess.run([sys.executable, "-m", "builder.realsize", "--out", str(folder), "--reuse"], cwd=REPO, check=True)
+    print(f"no real-size build in {folder}: running python -m benchmarks.realsize --out {folder} --reuse", flush=True)
+    subprocess.run([sys.executable, "-m", "benchmarks.realsize", "--out", str(folder), "--reuse"], cwd=REPO, check=True)
 
 
 def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: bool = True) -> dict:
@@ -272,7 +272,7 @@ def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: boo
         "versions": {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
         "cpu": _cpu_name(),
-        "command": "python -m builder.benchmark " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.benchmark " + " ".join(sys.argv[1:]),
     }
 
 
@@ -280,10 +280,10 @@ def build_function_form(checkpoints: Path, path: Path) -> None:
     """The same model with its local functions kept (what the shipped model inlines)."""
     import onnx
 
-    from builder.assemble import assemble, export_components
-    from builder.build import externalize_weights
-    from builder.codec import load_codec
-    from builder.transformer import load_transformer
+    from vampnet_onnx.builder.assemble import assemble, export_components
+    from vampnet_onnx.builder.build import externalize_weights
+    from vampnet_onnx.builder.codec import load_codec
+    from vampnet_onnx.builder.transformer import load_transformer
 
     codec = load_codec(checkpoints / "codec.pth")
     coarse = load_transformer(checkpoints / "coarse.pth", codec, "coarse")
@@ -318,7 +318,7 @@ def inlining(folder: Path, reps: int, seconds: float, threads: int) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"times": times, "median": med, "ratio_inlined_over_functions": med["inlined"] / med["functions"],
             "same_codes": bool(same), "seconds_of_audio": seconds, "threads": threads,
-            "command": "python -m builder.benchmark " + " ".join(sys.argv[1:])}
+            "command": "python -m benchmarks.benchmark " + " ".join(sys.argv[1:])}
 
 
 def _cpu_name() -> str:
@@ -361,9 +361,9 @@ def markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m builder.benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=DEFAULT_OUT,
-                        help=f"real-size build from builder.realsize (default {DEFAULT_OUT}; built if missing)")
+                        help=f"real-size build from benchmarks.realsize (default {DEFAULT_OUT}; built if missing)")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per side (default 3)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default 2)")

@@ -1,0 +1,1 @@
+"""Measurement tools, run from a checkout (`python -m benchmarks.NAME`); not installed."""
