@@ -273,41 +273,7 @@ def fit_mask(mask: INT64["Bm", "Km", "Tm"], codes: INT64["B", "K", "T"]) -> INT6
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def resolve_mask(
-    mask: INT64["Bm", "Km", "Tm"],
-    codes: INT64["B", "K", "T"],
-    key: INT32[2],
-    rand_mask_intensity: FLOAT,
-    prefix_s: FLOAT,
-    suffix_s: FLOAT,
-    periodic_prompt: INT64,
-    periodic_prompt_width: INT64,
-    dropout: FLOAT,
-    ncc: INT64,
-    upper_codebook_mask: INT64,
-    frame_rate: FLOAT,
-    onset: INT64["B", "K", "T"],
-) -> INT64["B", "K", "T"]:
-    """The mask used: the explicit one fitted to codes, or, if it is empty, one built from parameters."""
-    # fit_mask is cheap and valid for any mask, so it runs outside the If. This also keeps a vampnet
-    # call at the function's top level: onnxscript 0.7.2 does not add the "vampnet" opset import
-    # for calls made only inside If/Loop subgraphs, and ORT then refuses the function.
-    fitted = fit_mask(mask, codes)
-    if op.Size(mask) == 0:
-        resolved = build_mask(
-            codes,
-            key,
-            rand_mask_intensity,
-            prefix_s,
-            suffix_s,
-            periodic_prompt,
-            periodic_prompt_width,
-            dropout,
-            ncc,
-            upper_codebook_mask,
-            frame_rate,
-            onset,
-        )
-    else:
-        resolved = op.Identity(fitted)
-    return resolved
+def resolve_mask(mask: INT64["Bm", "Km", "Tm"], built: INT64["B", "K", "T"]) -> INT64["B", "K", "T"]:
+    """The mask used: the explicit one fitted to the codes' shape, or, if it is empty, the one
+    built from the parameters (both are cheap, so both are computed and one is picked)."""
+    return op.Where(op.Size(mask) == 0, built, fit_mask(mask, built))

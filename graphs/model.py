@@ -13,7 +13,7 @@ import numpy as np
 import onnxscript
 from onnxscript import FLOAT, INT64
 
-from vampnet_onnx.graphs.masks import resolve_mask
+from vampnet_onnx.graphs.masks import build_mask, resolve_mask
 from vampnet_onnx.graphs.onsets import make_onset_detector
 from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
@@ -115,12 +115,13 @@ def main_graph(config: GraphConfig):
         n_samples = op.Shape(input_codes, start=2, end=3) * hop
         hop_padded = op.Pad(rows, op.Concat([0, 0], [0], n_samples - op.Shape(rows, start=1, end=2), axis=0))
         width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
-        input_mask = resolve_mask(
-            mask, input_codes, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
+        built_mask = build_mask(
+            input_codes, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
             scalar(suffix_s), scalar(periodic_prompt), scalar(periodic_prompt_width), scalar(dropout),
             scalar(ncc), scalar(upper_codebook_mask), op.Constant(value_float=FRAME_RATE),
             onset_mask(input_codes, hop_padded, width),
         )
+        input_mask = resolve_mask(mask, built_mask)
         # time stretch (upstream Interface.vamp): f× the frames, the added ones generated
         stretch = op.Clip(scalar(time_stretch_factor), 1, MAX_TIME_STRETCH)
         row_codes = stretch_time(input_codes, stretch)

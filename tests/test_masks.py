@@ -382,23 +382,17 @@ def test_fit_mask_values_and_rows():
 @pytest.mark.parametrize("runtime", ["ort", "ref"])
 def test_resolve_mask_builds_or_fits(runtime):
     shape = (2, 14, 45)
-    key = ref.key_path(6, 0)
-    params = dict(intensity=0.9, prefix=0.1, suffix=0.0, P=5, width=1, dropout=0.1, ncc=0, upper=3)
-    args = [f32(params["intensity"]), f32(params["prefix"]), f32(params["suffix"]), i64(params["P"])]
-    args += [i64(params["width"]), f32(params["dropout"]), i64(params["ncc"]), i64(params["upper"])]
-    codes = codes_of(shape)
-    built = build_ref(shape, key, **params)
+    built = build_ref(shape, ref.key_path(6, 0), intensity=0.9, prefix=0.1, suffix=0.0, P=5, width=1, dropout=0.1,
+                      ncc=0, upper=3)
     for empty in [np.zeros((1, 14, 0), np.int64), np.zeros((0, 14, 45), np.int64), np.zeros((2, 0, 0), np.int64)]:
-        got = run_function(masks.resolve_mask, empty, codes, key, *args, FRAME_RATE, no_onsets(codes), runtime=runtime)
-        assert_mask(got, built)
+        assert_mask(run_function(masks.resolve_mask, empty, built, runtime=runtime), built)
     explicit = np.random.default_rng(2).integers(0, 2, (1, 14, 40), dtype=np.int64)
-    got = run_function(masks.resolve_mask, explicit, codes, key, *args, FRAME_RATE, no_onsets(codes), runtime=runtime)
-    assert_mask(got, ref.fit_mask(explicit, shape))
+    assert_mask(run_function(masks.resolve_mask, explicit, built, runtime=runtime), ref.fit_mask(explicit, shape))
 
 
 def test_resolve_mask_function_imports_vampnet_domain():
-    # onnxscript omits the domain import for calls made only inside If bodies; resolve_mask keeps a
-    # top-level vampnet call, so its FunctionProto is usable as is (without the test helper's patch)
+    # onnxscript omits the domain import for calls made only inside If bodies; resolve_mask's
+    # vampnet call is at its top level, so its FunctionProto is usable as is
     proto = masks.resolve_mask.to_function_proto()
     assert any(imp.domain == "vampnet" for imp in proto.opset_import)
 
@@ -412,7 +406,7 @@ def test_function_models_pass_the_onnx_checker():
     args = [np.array([1, 2], np.int32), f32(1), f32(0), f32(0), i64(7), i64(1), f32(0), i64(0), i64(3), FRAME_RATE]
     for fn, inputs in [
         (masks.build_mask, [codes_of(shape)] + args + [no_onsets(codes_of(shape))]),
-        (masks.resolve_mask, [np.zeros((1, 14, 0), np.int64), codes_of(shape)] + args + [no_onsets(codes_of(shape))]),
+        (masks.resolve_mask, [np.zeros((1, 14, 0), np.int64), codes_of(shape)]),
         (masks.fit_mask, [np.zeros((1, 14, 3), np.int64), codes_of(shape)]),
     ]:
         model = function_model(fn, *inputs)
