@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import json
 import posixpath
 import urllib.parse
 from pathlib import Path
@@ -23,11 +24,20 @@ WEB = REPO / "web"
 DEMO = REPO / "artifacts" / "demo"
 VENDOR_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
 VENDOR_COMMAND = "npm ci --prefix web"  # its postinstall (web/vendor.mjs) fills web/vendor/
-MOUNTS = {"/web/": WEB, "/artifacts/demo/": DEMO}
 
 
-def missing_runtime(web: Path = WEB) -> list[str]:
-    return [name for name in VENDOR_FILES if not (web / "vendor" / name).is_file()]
+def runtime_problem(web: Path | None = None) -> str | None:
+    """Why web/vendor/ does not hold the onnxruntime-web that web/package.json pins, or None."""
+    web = web or WEB
+    vendor = web / "vendor"
+    missing = [name for name in VENDOR_FILES if not (vendor / name).is_file()]
+    if missing:
+        return f"onnxruntime-web is not in {vendor} (missing {', '.join(missing)})"
+    pinned = json.loads((web / "package.json").read_text())["dependencies"]["onnxruntime-web"]
+    version = (vendor / "VERSION").read_text().strip() if (vendor / "VERSION").is_file() else "unknown"
+    if version != pinned:
+        return f"{vendor} holds onnxruntime-web {version}, web/package.json pins {pinned}"
+    return None
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -42,7 +52,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def __init__(self, *args, mounts: dict[str, Path], **kwargs):
         self.mounts = mounts
-        super().__init__(*args, directory=str(WEB), **kwargs)
+        super().__init__(*args, directory=str(mounts["/web/"]), **kwargs)
 
     def translate_path(self, path: str) -> str:
         """Only the mounted folders; anything else maps to a path that does not exist (404)."""
@@ -52,7 +62,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             if path.startswith(prefix) or path + "/" == prefix:
                 rest = path[len(prefix):].lstrip("/")
                 return str(folder.joinpath(*[p for p in rest.split("/") if p not in ("", ".", "..")]))
-        return str(WEB / ".not-served")
+        return str(self.mounts["/web/"] / ".not-served")
 
     def do_GET(self):
         if self.path in ("/", "/index.html"):
@@ -70,15 +80,15 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def make_server(host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
-    """The server (not yet serving); port 0 picks a free one (``server.server_address``)."""
+def make_server(host: str = "127.0.0.1", port: int = 8000, demo: Path = DEMO) -> http.server.ThreadingHTTPServer:
+    """The server (not yet serving); port 0 picks a free one (``server.server_address``); `demo`:
+    the folder served as /artifacts/demo/."""
     from .cli import CliError  # at call time: cli imports this module
 
-    missing = missing_runtime()
-    if missing:
-        raise CliError(f"onnxruntime-web is not in {WEB / 'vendor'} (missing {', '.join(missing)}); "
-                       f"run `{VENDOR_COMMAND}` in the repository (needs Node.js and npm)")
-    handler = functools.partial(Handler, mounts=MOUNTS)
+    problem = runtime_problem()
+    if problem:
+        raise CliError(f"{problem}; run `{VENDOR_COMMAND}` in the repository (needs Node.js and npm)")
+    handler = functools.partial(Handler, mounts={"/web/": WEB, "/artifacts/demo/": Path(demo)})
     try:
         return http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as e:

@@ -9,4 +9,7 @@ fs.mkdirSync(vendor);
 for (const name of ["ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm"]) {
   fs.copyFileSync(new URL(name, dist), new URL(name, vendor));
 }
+// what tests and `vampnet-onnx web` check against web/package.json
+const version = JSON.parse(fs.readFileSync(new URL("../package.json", dist))).version;
+fs.writeFileSync(new URL("VERSION", vendor), version + "\n");
 console.log(`onnxruntime-web copied to ${vendor.pathname}`);
