@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,16 @@ def too_large_model(folder: Path) -> list[Path]:
     return [model, data]
 
 
+def with_external_data(model: Path, folder: Path) -> list[Path]:
+    """The model saved again with its weights in a .data file beside it."""
+    import onnx
+
+    path = folder / "external.onnx"
+    onnx.save_model(onnx.load(str(model)), path, save_as_external_data=True, location="external.onnx.data",
+                    size_threshold=1024)
+    return [path, folder / "external.onnx.data"]
+
+
 @pytest.fixture(scope="module")
 def served(tiny, tmp_path_factory):
     """The page on 127.0.0.1 (an ephemeral port) with the tiny model as its demo model."""
@@ -109,7 +120,7 @@ def served(tiny, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(served, tmp_path_factory):
+def page(served, tiny, tmp_path_factory):
     """Every scenario's result (one browser for all)."""
     folder = tmp_path_factory.mktemp("page")
     sf.write(folder / "clip.wav", clip(), SAMPLE_RATE, subtype="PCM_16")
@@ -118,6 +129,7 @@ def page(served, tmp_path_factory):
     scenarios = [
         {"name": "vamp", "audio": str(folder / "clip.wav"), "values": SETTINGS, "run": True,
          "screenshot": str(folder / "page.png")},
+        {"name": "external data", "model": [str(p) for p in with_external_data(tiny.path, folder)]},
         {"name": "bad model", "model": [str(folder / "bad.onnx")]},
         {"name": "bad audio", "audio": str(folder / "bad.wav")},
         {"name": "too large", "model": [str(p) for p in too_large_model(folder)]},
@@ -174,6 +186,13 @@ def test_the_page_draws_codes_and_mask(page):
     assert canvas["colours"] > 50 and canvas["inked"] > 0.5, canvas  # three filled panels
     if SCREENSHOT:
         shutil.copy(page["folder"] / "page.png", SCREENSHOT)
+
+
+def test_the_page_opens_a_model_with_external_data(page):
+    result = page["external data"]
+    assert result["state"] == "ready" and result["error"] is None, result
+    assert result["notice"] is None  # a model opened from a file is not called the demo
+    assert re.match(r"external\.onnx: 0\.01 GB, \d+ inputs, 14 codebooks", result["model"]), result["model"]
 
 
 @pytest.mark.parametrize("scenario, expected", [

@@ -82,10 +82,9 @@ async function loadModel(source) {
     } else {
       message.model = source.model;
     }
-    if (source.data) {
-      message.data = { name: source.data.name, buffer: await source.data.arrayBuffer() };
-      transfer.push(message.data.buffer);
-    }
+    // The weights go by URL: onnxruntime-web streams a large file into memory, where reading it
+    // into one ArrayBuffer here would fail beyond 2 GiB (Chromium's limit for reading a file).
+    if (source.data) message.data = { name: source.data.name, url: URL.createObjectURL(source.data) };
   } catch (e) {
     $("model-status").textContent = "no model loaded";
     return showError(e instanceof RangeError || /memory/i.test(firstLine(e))
@@ -101,6 +100,8 @@ async function loadModel(source) {
     return showError(e.memory
       ? `cannot load ${source.label}: ${memoryText(size)} (${e.message})`
       : `cannot load the model ${source.label}: ${e.message}`);
+  } finally {
+    if (message.data) URL.revokeObjectURL(message.data.url);
   }
   let defaults;
   try {

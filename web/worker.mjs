@@ -57,9 +57,11 @@ export function readMetadata(bytes) {
 }
 
 // Allocation failures show up as RangeErrors (an ArrayBuffer or the wasm memory could not grow),
-// as onnxruntime's "Failed to allocate"/bad_alloc, or as an Emscripten abort saying OOM.
+// as onnxruntime's "Failed to allocate"/bad_alloc, as an Emscripten abort saying OOM, or, for
+// sizes beyond wasm32's 32-bit ones (a weight file over 2 GiB), as onnxruntime's integer overflow.
 const isMemoryError = (e) =>
-  e instanceof RangeError || /alloc|out of memory|\bOOM\b|memory access out of bounds|Aborted\(\)/i.test(String(e?.message ?? e));
+  e instanceof RangeError ||
+  /alloc|out of memory|\bOOM\b|memory access out of bounds|Aborted\(\)|Integer overflow/i.test(String(e?.message ?? e));
 
 function fail(stage, e) {
   const message = String(e?.message ?? e).split("\n").find((s) => s.trim()) ?? String(e);

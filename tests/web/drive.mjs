@@ -63,6 +63,7 @@ async function runScenario(page, scenario) {
     };
     const text = (id) => (document.getElementById(id).hidden ? null : document.getElementById(id).textContent);
     const out = { state: document.body.dataset.state, error: text("error"), notice: text("notice"),
+      model: text("model-status"),
       bodyText: document.body.innerText.length };
     const r = window.vampnet.result;
     if (r) {
