@@ -129,6 +129,7 @@ def page(served, tiny, tmp_path_factory):
     scenarios = [
         {"name": "vamp", "audio": str(folder / "clip.wav"), "values": SETTINGS, "run": True,
          "screenshot": str(folder / "page.png")},
+        {"name": "cancel", "audio": str(folder / "clip.wav"), "cancel": True},
         {"name": "external data", "model": [str(p) for p in with_external_data(tiny.path, folder)]},
         {"name": "bad model", "model": [str(folder / "bad.onnx")]},
         {"name": "bad audio", "audio": str(folder / "bad.wav")},
@@ -186,6 +187,13 @@ def test_the_page_draws_codes_and_mask(page):
     assert canvas["colours"] > 50 and canvas["inked"] > 0.5, canvas  # three filled panels
     if SCREENSHOT:
         shutil.copy(page["folder"] / "page.png", SCREENSHOT)
+
+
+def test_cancel_stops_the_run_and_reloads_the_model(page):
+    result = page["cancel"]
+    assert result["state"] == "ready" and result["error"] is None, result
+    assert result["ticks"] == ["cancelled", False]  # the run button works again
+    assert "outputs" not in result  # no result from the cancelled run
 
 
 def test_the_page_opens_a_model_with_external_data(page):

@@ -307,7 +307,7 @@ function colour(t) {
  * `vampnet-onnx vamp --plot` draws them (codebook 0 at the bottom). */
 function drawCodes(canvas, codes, mask, codesOut, note) {
   const [, K, T] = codes.dims;
-  const cell = Math.max(1, Math.min(6, Math.floor(1200 / T)));
+  const cell = Math.max(1, Math.min(12, Math.floor(800 / T))); // about 800 px wide
   const rowH = 6, labelH = 18;
   canvas.width = T * cell;
   canvas.height = 3 * (labelH + K * rowH);

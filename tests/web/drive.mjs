@@ -4,7 +4,7 @@
 //   node drive.mjs CHROMIUM URL SCENARIOS.json RESULTS.json
 //
 // A scenario: {name, model?: [files], audio?: file, values?: {input: value}, run?: bool,
-// screenshot?: file}. Its result: the page's state, error and notice lines, and after a run the
+// cancel?: bool (start a run and cancel it), screenshot?: file}. Its result: the page's state, error and notice lines, and after a run the
 // page's preprocessed audio, its outputs, the downloaded WAV and the canvas's pixels in numbers.
 import fs from "node:fs";
 import puppeteer from "puppeteer-core";
@@ -53,6 +53,14 @@ async function runScenario(page, scenario) {
       await new Promise((r) => setTimeout(r, 150));
     }
     await settled(page, ["done", "error"]);
+  }
+  if (scenario.cancel) {
+    await page.click("#run");
+    await settled(page, ["running"]);
+    await page.click("#cancel");
+    await page.waitForFunction(() => document.body.dataset.state !== "running", { timeout: 10_000 });
+    await settled(page, ["ready", "error"]); // the model is loaded again in a new worker
+    ticks = [await page.$eval("#run-status", (e) => e.textContent), await page.$eval("#run", (e) => e.disabled)];
   }
   const result = await page.evaluate(async () => {
     const b64 = (view) => {
