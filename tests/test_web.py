@@ -42,6 +42,7 @@ HERE = Path(__file__).parent / "web"
 SCREENSHOT = os.environ.get("VAMPNET_ONNX_WEB_SCREENSHOT")
 CLIP_S = 1.0
 SETTINGS = {"seed": 7, "temperature": 0.6, "sampling_steps": 4}
+LOUDNESS_DB = 0.01  # JS against Python (the issue asks for 0.1 dB; they agree to about 1e-6 dB)
 TOO_LARGE = 5 * 2**30  # bytes of weights: more than wasm32's 4 GiB of memory
 
 
@@ -151,7 +152,7 @@ def test_the_page_vamps_like_python_onnxruntime(page, tiny):
     assert vamp["state"] == "done" and vamp["error"] is None, vamp
     assert "RANDOM weights" in vamp["notice"]  # the demo model says what it is
 
-    # the page's preprocessing is the Python host's (Chromium decodes the 16-bit WAV exactly; the meters sum in different orders)
+    # the page's preprocessing is the Python host's (Chromium's 16-bit decoding differs in the last bits)
     prepared = b64(vamp["prepared"], np.float32)
     stereo, _ = sf.read(page["folder"] / "clip.wav", dtype="float64")
     np.testing.assert_allclose(prepared, preprocess(stereo.mean(axis=1), SAMPLE_RATE), rtol=1e-4, atol=1e-7)
@@ -266,9 +267,9 @@ def test_js_loudness_matches_the_python_host(tmp_path):
         j = int(np.flatnonzero(half)[0])
         restore_gain = restore(half, ref)[j, 0] / half[j]
         got = js[name]
-        assert abs(got["loudness"] - lufs) < 0.1, (name, got["loudness"], lufs)
-        assert abs(db(got["gain"]) - db(gain)) < 0.1, (name, got["gain"], gain)
-        assert abs(db(got["restore_gain"]) - db(restore_gain)) < 0.1, (name, got["restore_gain"], restore_gain)
+        assert abs(got["loudness"] - lufs) < LOUDNESS_DB, (name, got["loudness"], lufs)
+        assert abs(db(got["gain"]) - db(gain)) < LOUDNESS_DB, (name, got["gain"], gain)
+        assert abs(db(got["restore_gain"]) - db(restore_gain)) < LOUDNESS_DB, (name, got["restore_gain"], restore_gain)
 
 
 # ------------------------------------------------------------------------------ the command
