@@ -17,9 +17,7 @@ from Debian's packages when it is missing and the tests run as root).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import OUTPUTS, golden
+from node_packages import node, npm_ci, run
 from tolerances import assert_audio_close
 from vampnet_onnx.model import interface_feeds
 
@@ -66,12 +65,6 @@ def assert_same_outputs(got: dict, want: dict, label: str) -> None:
 def assert_seed_matters(outputs: dict, label: str) -> None:
     """A changed seed changes the output: the runtime really reads the `seed` input."""
     assert (outputs["other_seed"]["codes_out"] != outputs["temperature"]["codes_out"]).mean() > 0.3, label
-
-
-def run(cmd: list, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 # ------------------------------------------------------------------------ the oldest onnxruntime
@@ -119,33 +112,9 @@ def test_oldest_onnxruntime_gives_the_same_outputs(tiny, cases, expected, tmp_pa
 # ----------------------------------------------------------------- onnxruntime-node and -web
 
 
-def node() -> str:
-    found = shutil.which("node")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        run(["apt-get", "update", "-qq"], timeout=900)
-        run(["apt-get", "install", "-y", "-qq", "nodejs", "npm"], timeout=1800)
-        found = shutil.which("node")
-    assert found, "Node.js is needed for the onnxruntime-node/-web tests: install nodejs and npm"
-    return found
-
-
 def js_packages() -> Path:
     """tests/js's pinned packages, installed with `npm ci` into .cache/runtimes/js."""
-    folder = CACHE / "js"
-    lock = (JS / "package-lock.json").read_bytes()
-    if not (folder / "ready").exists() or (folder / "package-lock.json").read_bytes() != lock:
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for name in ("package.json", "package-lock.json", "run_model.mjs"):
-            shutil.copy(JS / name, folder / name)
-        npm = shutil.which("npm")
-        assert npm, "npm is needed for the onnxruntime-node/-web tests"
-        # the CUDA binaries onnxruntime-node would download are not needed (nor reachable)
-        env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip", "ONNXRUNTIME_NODE_INSTALL_CUDA": "skip"}
-        run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=folder, env=env, timeout=1800)
-        (folder / "ready").touch()
-    shutil.copy(JS / "run_model.mjs", folder / "run_model.mjs")  # always the current runner
-    return folder
+    return npm_ci(JS, CACHE / "js", scripts=("run_model.mjs",))
 
 
 def run_js(backend: str, model: Path, feeds: dict, folder: Path) -> dict[str, np.ndarray]:

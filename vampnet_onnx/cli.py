@@ -8,6 +8,7 @@ Subcommands:
 * ``batch IN_DIR OUT_DIR``: ``vamp`` every audio file under a folder on Ray workers
   (``vampnet_onnx.batch``; Ray is the optional ``cluster`` extra, imported only by ``batch``).
 * ``triton MODEL DIR``: write a Triton Inference Server model repository (``vampnet_onnx.triton``).
+* ``web``: serve the in-browser page (``web/``) on this machine (``vampnet_onnx.web``).
 * ``build`` / ``demo``: parse arguments, then hand over to ``vampnet_onnx.builder.build.build_model`` /
   ``vampnet_onnx.demo.demo_command(args)`` (imported lazily: they need the ``build`` extras).
 
@@ -269,10 +270,11 @@ def build_parser() -> ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     # ---- batch, triton (their own modules; Ray is imported only when `batch` runs)
-    from . import batch, triton
+    from . import batch, triton, web
 
     batch.add_parser(sub)
     triton.add_parser(sub)
+    web.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""Node.js and npm packages for the tests that run JavaScript (test_runtimes.py, test_web.py).
+
+Node itself comes from Debian's packages when it is missing and the tests run as root; packages
+are installed with `npm ci` from a committed package.json and package-lock.json, into a folder
+that is reinstalled whenever the lock file changes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache"
+
+
+def run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def apt_install(*packages: str) -> None:
+    """Install Debian packages (the tests do this only as root, where apt-get exists)."""
+    run(["apt-get", "update", "-qq"], timeout=900)
+    run(["apt-get", "install", "-y", "-qq", *packages], timeout=1800)
+
+
+def can_apt() -> bool:
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+def node() -> str:
+    found = shutil.which("node")
+    if found is None and can_apt():
+        apt_install("nodejs", "npm")
+        found = shutil.which("node")
+    assert found, "Node.js is needed for the JavaScript tests: install nodejs and npm"
+    return found
+
+
+def npm_ci(source: Path, folder: Path, scripts: tuple[str, ...] = ()) -> Path:
+    """`npm ci` of source's package.json and package-lock.json into `folder` (the `scripts`, files
+    of `source`, are copied beside them on every call: always the current ones)."""
+    lock = (source / "package-lock.json").read_bytes()
+    if not (folder / "ready").exists() or (folder / "package-lock.json").read_bytes() != lock:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(source / name, folder / name)
+        node()
+        npm = shutil.which("npm")
+        assert npm, "npm is needed for the JavaScript tests"
+        # the CUDA binaries onnxruntime-node would download are not needed (nor reachable)
+        env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip", "ONNXRUNTIME_NODE_INSTALL_CUDA": "skip"}
+        run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=folder, env=env, timeout=1800)
+        (folder / "ready").touch()
+    for name in scripts:
+        shutil.copy(source / name, folder / name)
+    return folder

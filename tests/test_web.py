@@ -1,0 +1,310 @@
+"""The in-browser page (web/) in headless Chromium, and its JavaScript loudness normaliser.
+
+One browser (puppeteer-core, tests/web) runs every page scenario once per module: a vamp of a
+short stereo clip with the tiny model served as the demo model, then a bad model file, a bad audio
+file and a model too large for the browser's memory. The page's output codes must equal Python
+onnxruntime's on the page's own preprocessed audio with the inputs the page fed.
+
+Installed on first use: Chromium from Debian's packages (when missing and running as root), the
+test's puppeteer-core into .cache/web-tests, and onnxruntime-web into web/vendor/ by the command
+the README documents (`npm ci --prefix web`).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+
+from conftest import OUTPUTS, runtime_only
+from node_packages import CACHE, apt_install, can_apt, node, npm_ci, run
+from tolerances import assert_audio_close
+from vampnet_onnx import web
+from vampnet_onnx.audio import SAMPLE_RATE, PreparedAudio, loudness, preprocess, restore
+from vampnet_onnx.model import interface_feeds
+
+HERE = Path(__file__).parent / "web"
+# set to a path (docs/web-page.png for the README) to keep the screenshot of the page after the run
+SCREENSHOT = os.environ.get("VAMPNET_ONNX_WEB_SCREENSHOT")
+CLIP_S = 1.0
+SETTINGS = {"seed": 7, "temperature": 0.6, "sampling_steps": 4}
+LOUDNESS_DB = 0.01  # JS against Python (the issue asks for 0.1 dB; they agree to about 1e-6 dB)
+TOO_LARGE = 5 * 2**30  # bytes of weights: more than wasm32's 4 GiB of memory
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and can_apt():
+        apt_install("chromium")
+        found = shutil.which("chromium")
+    assert found, "Chromium is needed for the page's tests: install Debian's chromium"
+    return found
+
+
+def vendored_runtime() -> None:
+    """web/vendor/ as the README's command fills it."""
+    if web.runtime_problem():
+        node()
+        run([shutil.which("npm"), "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=web.WEB, timeout=1800)
+    assert web.runtime_problem() is None
+
+
+def b64(text: str, dtype) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype)
+
+
+def clip() -> np.ndarray:
+    """A short stereo clip: a decaying two-note tone with noise, the right channel quieter."""
+    t = np.arange(int(CLIP_S * SAMPLE_RATE)) / SAMPLE_RATE
+    rng = np.random.default_rng(0)
+    x = 0.3 * np.sin(2 * np.pi * np.where(t < 0.5, 220, 330) * t) * np.exp(-2 * (t % 0.5))
+    x += 0.03 * rng.standard_normal(t.size)
+    return np.stack([x, 0.5 * x], axis=1)
+
+
+def too_large_model(folder: Path) -> list[Path]:
+    """A valid model whose one weight (external data, a sparse file: no disk space) is TOO_LARGE."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[TOO_LARGE // 4])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "big.onnx.data"), ("offset", "0"), ("length", str(TOO_LARGE))):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "big", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [TOO_LARGE // 4])],
+                              initializer=[weight])
+    model = folder / "big.onnx"
+    onnx.save_model(helper.make_model(graph), model)
+    data = folder / "big.onnx.data"
+    with open(data, "wb") as f:
+        f.truncate(TOO_LARGE)
+    return [model, data]
+
+
+def with_external_data(model: Path, folder: Path) -> list[Path]:
+    """The model saved again with its weights in a .data file beside it."""
+    import onnx
+
+    path = folder / "external.onnx"
+    onnx.save_model(onnx.load(str(model)), path, save_as_external_data=True, location="external.onnx.data",
+                    size_threshold=1024)
+    return [path, folder / "external.onnx.data"]
+
+
+@pytest.fixture(scope="module")
+def served(tiny, tmp_path_factory):
+    """The page on 127.0.0.1 (an ephemeral port) with the tiny model as its demo model."""
+    vendored_runtime()
+    demo = tmp_path_factory.mktemp("demo")
+    os.symlink(tiny.path, demo / "vampnet-tiny.onnx")
+    server = web.make_server("127.0.0.1", 0, demo=demo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def page(served, tiny, tmp_path_factory):
+    """Every scenario's result (one browser for all)."""
+    folder = tmp_path_factory.mktemp("page")
+    sf.write(folder / "clip.wav", clip(), SAMPLE_RATE, subtype="PCM_16")
+    (folder / "bad.onnx").write_bytes(b"this is not an ONNX model\n" * 20)
+    (folder / "bad.wav").write_bytes(b"RIFF....WAVE but nothing of it is audio\n" * 20)
+    scenarios = [
+        {"name": "vamp", "audio": str(folder / "clip.wav"), "values": SETTINGS, "run": True,
+         "screenshot": str(folder / "page.png")},
+        {"name": "cancel", "audio": str(folder / "clip.wav"), "cancel": True},
+        {"name": "external data", "model": [str(p) for p in with_external_data(tiny.path, folder)]},
+        {"name": "bad model", "model": [str(folder / "bad.onnx")]},
+        {"name": "bad audio", "audio": str(folder / "bad.wav")},
+        {"name": "too large", "model": [str(p) for p in too_large_model(folder)]},
+    ]
+    (folder / "scenarios.json").write_text(json.dumps(scenarios))
+    packages = npm_ci(HERE, CACHE / "web-tests", scripts=("drive.mjs",))
+    run([node(), str(packages / "drive.mjs"), chromium(), f"{served}/web/", str(folder / "scenarios.json"),
+         str(folder / "results.json")], timeout=600)
+    results = json.loads((folder / "results.json").read_text())
+    for name, result in results.items():
+        assert "failure" not in result, f"{name}: {result['failure']}"
+    results["folder"] = folder
+    return results
+
+
+def test_the_page_vamps_like_python_onnxruntime(page, tiny):
+    vamp = page["vamp"]
+    assert vamp["state"] == "done" and vamp["error"] is None, vamp
+    assert "RANDOM weights" in vamp["notice"]  # the demo model says what it is
+
+    # the page's preprocessing is the Python host's (Chromium's 16-bit decoding differs in the last bits)
+    prepared = b64(vamp["prepared"], np.float32)
+    stereo, _ = sf.read(page["folder"] / "clip.wav", dtype="float64")
+    np.testing.assert_allclose(prepared, preprocess(stereo.mean(axis=1), SAMPLE_RATE), rtol=1e-4, atol=1e-7)
+
+    # the page fed every parameter: the model's defaults and the test's settings
+    values = {k: int(v) if isinstance(v, str) else v for k, v in vamp["values"].items()}
+    for name, value in SETTINGS.items():
+        assert values[name] == value
+    session = ort.InferenceSession(str(tiny.path), providers=["CPUExecutionProvider"])
+    want = dict(zip(OUTPUTS, session.run(OUTPUTS, interface_feeds(prepared[None, :], **values))))
+    got = {name: b64(o["data"], np.float32 if o["type"] == "float32" else np.int64).reshape(o["dims"])
+           for name, o in vamp["outputs"].items()}
+    for name in OUTPUTS[1:]:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert_audio_close(got["audio_out"], want["audio_out"], "the page's audio_out")
+
+    # the page stayed responsive while the worker ran: the elapsed time kept changing
+    assert len({t for t in vamp["ticks"] if t.startswith("running")}) >= 2, vamp["ticks"]
+
+
+def test_the_page_offers_the_output_as_wav_at_the_inputs_shape_and_loudness(page):
+    vamp = page["vamp"]
+    data, rate = sf.read(io.BytesIO(base64.b64decode(vamp["wav"])), dtype="float64")
+    assert rate == SAMPLE_RATE and data.shape == clip().shape
+    assert np.all(np.isfinite(data)) and np.any(data)
+    if np.max(np.abs(data)) < 0.999:  # else the peak limit made it quieter, as in the Python host
+        assert abs(loudness(data, rate) - loudness(clip(), rate)) < 0.1
+
+
+def test_the_page_draws_codes_and_mask(page):
+    canvas = page["vamp"]["canvas"]
+    assert canvas["width"] > 0 and canvas["height"] > 0
+    assert canvas["colours"] > 50 and canvas["inked"] > 0.5, canvas  # three filled panels
+    if SCREENSHOT:
+        shutil.copy(page["folder"] / "page.png", SCREENSHOT)
+
+
+def test_cancel_stops_the_run_and_reloads_the_model(page):
+    result = page["cancel"]
+    assert result["state"] == "ready" and result["error"] is None, result
+    assert result["ticks"] == ["cancelled", False]  # the run button works again
+    assert "outputs" not in result  # no result from the cancelled run
+
+
+def test_the_page_opens_a_model_with_external_data(page):
+    result = page["external data"]
+    assert result["state"] == "ready" and result["error"] is None, result
+    assert result["notice"] is None  # a model opened from a file is not called the demo
+    assert re.match(r"external\.onnx: 0\.01 GB, \d+ inputs, 14 codebooks", result["model"]), result["model"]
+
+
+@pytest.mark.parametrize("scenario, expected", [
+    ("bad model", "cannot load the model bad.onnx: "),
+    ("bad audio", "cannot use bad.wav as audio: not an audio file this browser can decode"),
+    ("too large", "cannot load big.onnx: the model (5.37 GB) does not fit in the browser's memory"),
+])
+def test_the_page_reports_errors_on_one_line(page, scenario, expected):
+    result = page[scenario]
+    assert result["state"] == "error"
+    assert result["error"].startswith(expected), result["error"]
+    assert "\n" not in result["error"]
+    assert result["bodyText"] > 300  # the page is still there
+    assert not [line for line in result["log"] if line.startswith("pageerror")], result["log"]
+
+
+# ------------------------------------------------------------------------------ loudness
+
+
+def loudness_signals() -> dict[str, np.ndarray]:
+    """(frames, channels) at 44.1 kHz: tones, noise, music-like, quiet and short, stereo, peaky."""
+    sr = SAMPLE_RATE
+    rng = np.random.default_rng(1)
+    t = np.arange(3 * sr) / sr
+    music = sum(0.2 * np.sin(2 * np.pi * f * t) * np.exp(-3 * (t % 0.5)) for f in (220, 277, 330))
+    music += 0.05 * rng.standard_normal(t.size) * (t % 0.25 < 0.03)
+    music[int(1.2 * sr):int(2.0 * sr)] *= 0.001  # a near-silent stretch: the gates matter
+    clicks = np.zeros(2 * sr)  # 1 ms bursts: quiet overall, so the peak limit sets the gain
+    burst = 0.9 * np.sin(2 * np.pi * 3000 * np.arange(sr // 1000) / sr)
+    for start in range(0, clicks.size - burst.size, sr // 2):
+        clicks[start:start + burst.size] = burst
+    short = np.arange(int(0.3 * sr)) / sr
+    return {
+        "tone": 0.5 * np.sin(2 * np.pi * 997 * t[:sr])[:, None],
+        "low tone": 0.8 * np.sin(2 * np.pi * 60 * t[: 2 * sr])[:, None],
+        "noise": 0.1 * rng.standard_normal((2 * sr, 1)),
+        "music-like": music[:, None],
+        "quiet and short": 0.001 * np.sin(2 * np.pi * 1000 * short)[:, None],
+        "stereo": np.stack([0.4 * np.sin(2 * np.pi * 440 * t), 0.05 * rng.standard_normal(t.size)], axis=1),
+        "peaky clicks": clicks[:, None],
+    }
+
+
+def test_js_loudness_matches_the_python_host(tmp_path):
+    signals = loudness_signals()
+    manifest = []
+    for k, (name, x) in enumerate(signals.items()):
+        (tmp_path / f"{k}.bin").write_bytes(np.ascontiguousarray(x.T, "<f8").tobytes())
+        manifest.append({"name": name, "rate": SAMPLE_RATE, "channels": x.shape[1], "frames": x.shape[0],
+                         "file": f"{k}.bin"})
+    (tmp_path / "signals.json").write_text(json.dumps(manifest))
+    run([node(), str(HERE / "loudness.mjs"), str(tmp_path)], timeout=120)
+    js = json.loads((tmp_path / "loudness.json").read_text())
+    db = lambda gain: 20 * np.log10(gain)  # noqa: E731
+    for name, x in signals.items():
+        lufs = loudness(x, SAMPLE_RATE)
+        mono = x.mean(axis=1)
+        i = int(np.argmax(np.abs(mono)))
+        model_input = preprocess(mono, SAMPLE_RATE)
+        gain = model_input[i] / mono[i]
+        ref = PreparedAudio(model_input, SAMPLE_RATE, x.shape[0], x.shape[1], lufs, None, None, Path(name))
+        half = model_input / 2
+        j = int(np.flatnonzero(half)[0])
+        restore_gain = restore(half, ref)[j, 0] / half[j]
+        got = js[name]
+        assert abs(got["loudness"] - lufs) < LOUDNESS_DB, (name, got["loudness"], lufs)
+        assert abs(db(got["gain"]) - db(gain)) < LOUDNESS_DB, (name, got["gain"], gain)
+        assert abs(db(got["restore_gain"]) - db(restore_gain)) < LOUDNESS_DB, (name, got["restore_gain"], restore_gain)
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def test_web_command_serves_the_page_without_torch():
+    blocked = ("torch", "onnx", "onnxscript", "builder", "graphs", "matplotlib", "ray")
+    vendored_runtime()
+    proc = subprocess.Popen([sys.executable, "-c", runtime_only(blocked), "web", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving the page at http://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split()[4]
+        root = url.removesuffix("/web/")
+        for path, mime in (("web/", "text/html"), ("web/app.mjs", "text/javascript"),
+                           ("web/vendor/ort-wasm-simd-threaded.wasm", "application/wasm")):
+            with urllib.request.urlopen(f"{root}/{path}") as response:
+                assert response.headers["Content-Type"].startswith(mime), path
+        with urllib.request.urlopen(f"{root}/") as response:  # redirected to the page
+            assert response.url == url
+        for outside in ("pyproject.toml", "web/../pyproject.toml", "artifacts/"):
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(f"{root}/{outside}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    assert rc == 128 + signal.SIGTERM  # interrupted cleanly; 98/99: torch or a blocked module loaded
+
+
+def test_web_command_says_how_to_vendor_the_runtime(tmp_path, monkeypatch):
+    shutil.copy(web.WEB / "package.json", tmp_path / "package.json")
+    assert "missing" in web.runtime_problem(tmp_path)
+    monkeypatch.setattr(web, "WEB", tmp_path)
+    from vampnet_onnx.cli import CliError
+
+    with pytest.raises(CliError, match=r"run `npm ci --prefix web`"):
+        web.make_server("127.0.0.1", 0)

@@ -1,0 +1,114 @@
+// The model runs here, off the page's thread: the page stays responsive, and cancelling a run is
+// terminating this worker (onnxruntime-web has no way to stop a run half-way).
+//
+// Messages in:  {type: "load", model: ArrayBuffer | URL, data?: {name, buffer | url}}
+//               {type: "run", audio: Float32Array, rows, values: {input name: number}}
+// Messages out: {type: "loaded", inputs, outputs, metadata} | {type: "result", outputs, ms}
+//               {type: "error", message, memory: true when the browser ran out of memory}
+import * as ort from "./vendor/ort.wasm.bundle.min.mjs";
+
+ort.env.wasm.numThreads = 1; // the threaded build needs cross-origin isolation; one thread always works
+let session = null;
+let metadata = {};
+
+// onnxruntime-web does not expose the model's metadata_props, so they are read from the
+// protobuf: ModelProto field 14 (repeated StringStringEntryProto {key = 1, value = 2}).
+export function readMetadata(bytes) {
+  let pos = 0;
+  const varint = (end) => {
+    let value = 0, scale = 1;
+    for (;;) {
+      if (pos >= end) throw new Error("truncated protobuf");
+      const b = bytes[pos++];
+      value += (b & 0x7f) * scale;
+      if (b < 0x80) return value;
+      scale *= 128;
+    }
+  };
+  const skip = (wire, end) => {
+    if (wire === 0) varint(end);
+    else if (wire === 1) pos += 8;
+    else if (wire === 2) { const length = varint(end); pos += length; }
+    else if (wire === 5) pos += 4;
+    else throw new Error(`not an ONNX model (protobuf wire type ${wire})`);
+  };
+  const text = (start, end) => new TextDecoder().decode(bytes.subarray(start, end));
+  const props = {};
+  while (pos < bytes.length) {
+    const tag = varint(bytes.length);
+    if (tag >>> 3 === 14 && (tag & 7) === 2) {
+      const length = varint(bytes.length);
+      const end = pos + length;
+      let key = "", value = "";
+      while (pos < end) {
+        const t = varint(end);
+        if ((t & 7) !== 2) { skip(t & 7, end); continue; }
+        const len = varint(end);
+        if (t >>> 3 === 1) key = text(pos, pos + len);
+        else if (t >>> 3 === 2) value = text(pos, pos + len);
+        pos += len;
+      }
+      props[key] = value;
+    } else {
+      skip(tag & 7, bytes.length);
+    }
+  }
+  return props;
+}
+
+// Allocation failures show up as RangeErrors (an ArrayBuffer or the wasm memory could not grow),
+// as onnxruntime's "Failed to allocate"/bad_alloc, as an Emscripten abort saying OOM, or, for
+// sizes beyond wasm32's 32-bit ones (a weight file over 2 GiB), as onnxruntime's integer overflow.
+const isMemoryError = (e) =>
+  e instanceof RangeError ||
+  /alloc|out of memory|\bOOM\b|memory access out of bounds|Aborted\(\)|Integer overflow/i.test(String(e?.message ?? e));
+
+function fail(stage, e) {
+  const message = String(e?.message ?? e).split("\n").find((s) => s.trim()) ?? String(e);
+  postMessage({ type: "error", stage, message, memory: isMemoryError(e) });
+}
+
+async function bytesOf(source) {
+  if (source instanceof ArrayBuffer) return new Uint8Array(source);
+  const response = await fetch(source);
+  if (!response.ok) throw new Error(`cannot fetch ${source}: HTTP ${response.status}`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+async function load({ model, data }) {
+  const bytes = await bytesOf(model);
+  metadata = readMetadata(bytes);
+  const options = { executionProviders: ["wasm"] };
+  if (data) options.externalData = [{ path: data.name, data: data.buffer ? new Uint8Array(data.buffer) : data.url }];
+  session = await ort.InferenceSession.create(bytes, options);
+  postMessage({ type: "loaded", inputs: session.inputMetadata, outputs: session.outputNames, metadata });
+}
+
+// Every input is fed (the model stores no defaults): the values given, the mask empty.
+function feeds(audio, rows, values) {
+  const nCodebooks = Number(metadata.n_codebooks ?? 14);
+  const batch = new Float32Array(rows * audio.length);
+  for (let r = 0; r < rows; r++) batch.set(audio, r * audio.length);
+  const out = {};
+  for (const input of session.inputMetadata) {
+    if (input.name === "audio") out.audio = new ort.Tensor("float32", batch, [rows, audio.length]);
+    else if (input.name === "mask") out.mask = new ort.Tensor("int64", new BigInt64Array(0), [1, nCodebooks, 0]);
+    else if (!(input.name in values)) throw new Error(`no value for the model's input "${input.name}"`);
+    else if (input.type === "int64") out[input.name] = new ort.Tensor("int64", BigInt64Array.of(BigInt(values[input.name])), [1]);
+    else out[input.name] = new ort.Tensor("float32", Float32Array.of(values[input.name]), [1]);
+  }
+  return out;
+}
+
+async function run({ audio, rows, values }) {
+  const started = performance.now();
+  const results = await session.run(feeds(audio, rows, values));
+  const outputs = {};
+  for (const [name, tensor] of Object.entries(results)) outputs[name] = { type: tensor.type, dims: tensor.dims, data: tensor.data };
+  postMessage({ type: "result", outputs, ms: performance.now() - started });
+}
+
+onmessage = ({ data: message }) => {
+  const job = message.type === "load" ? load(message) : run(message);
+  job.catch((e) => fail(message.type, e));
+};
