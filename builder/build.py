@@ -25,9 +25,10 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import set_external_data
 
-from builder.assemble import assemble, export_components
+from builder.assemble import QUANTIZED, assemble, export_components
 from builder.checkpoint import CheckpointError
 from builder.codec import load_codec
+from builder.quantize import quantize_component
 from builder.transformer import load_transformer
 from vampnet_onnx.model import interface_feeds
 
@@ -133,7 +134,8 @@ def write_test_data(path: Path, folder: Path) -> None:
 
 
 def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora: Path | None = None,
-                c2f_lora: Path | None = None, log=print) -> Path:
+                c2f_lora: Path | None = None, log=print, weights: str = "float32") -> Path:
+    """`weights`: "float32", or "int8" for the transformers' MatMul weights (builder/quantize.py)."""
     output = Path(output)
     started = time.perf_counter()
 
@@ -161,6 +163,10 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
     try:
         step("exporting components (codec encoder, codec decoder, coarse and c2f transformers)")
         components = export_components(codec_model, coarse_model, c2f_model)
+        if weights == "int8":
+            step("quantizing the transformers' MatMul weights to int8")
+            for name in QUANTIZED:
+                quantize_component(components[name])
         # Assembly reads only the configurations: let the torch weights go before the next copies.
         codec_model, coarse_model, c2f_model = (_ConfigOnly(m) for m in (codec_model, coarse_model, c2f_model))
         gc.collect()
@@ -169,7 +175,8 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
             step(f"moving the weights to {output.name}.data")
             externalize_weights(components, data)
         step("assembling the single model")
-        model = assemble(codec_model, coarse_model, c2f_model, metadata=metadata, components=components)
+        model = assemble(codec_model, coarse_model, c2f_model, metadata=metadata, components=components,
+                         weights=weights)
         del components
 
         step("writing")
@@ -257,7 +264,7 @@ def build_command(args) -> int:
     check_build_paths({**paths, **{k: Path(v) if v else None for k, v in loras.items()}}, output)
     try:
         build_model(paths["codec"], paths["coarse"], paths["c2f"], output,
-                    coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora)
+                    coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora, weights=args.weights)
     except (CheckpointError, ValueError) as e:
         raise CliError(str(e)) from None
     except OSError as e:  # e.g. the disk filled up or the folder became read-only meanwhile
