@@ -198,7 +198,7 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         "c2f_chunk_frames": config.c2f_chunk,
         "max_sampling_steps": interface.MAX_SAMPLING_STEPS,
         "weights": weights,
-        **({"requires": "opset 21 (onnxruntime >= 1.18; it fuses the int8 MatMuls from 1.20)"} if quantized else {}),
+        **({"requires": "opset 21 (onnxruntime >= 1.18)"} if quantized else {}),
         "defaults": interface.defaults_json(),
         **(metadata or {}),
     }

@@ -40,6 +40,7 @@ from builder.realsize import DEFAULT_OUT, OUTPUTS, SAMPLE_RATE, gb, ort_session,
 
 MASK = 1024
 COARSE_STEPS, C2F_STEPS = 12, 2
+N_COARSE = 4  # the released coarse model's codebooks
 MASK_TEMPERATURE = 10.5
 WARMUP_SECONDS = 1.0
 REPO = Path(__file__).resolve().parents[1]
@@ -156,11 +157,21 @@ class OrtVamp:
     def __init__(self, model: Path, threads: int):
         self.session = ort_session(model, threads)
 
-    def __call__(self, audio, seed: int = 0) -> dict:
-        import numpy as np
-
-        out = self.session.run(list(OUTPUTS), interface_feeds(audio, seed=seed))
+    def __call__(self, audio, seed: int = 0, **inputs) -> dict:
+        out = self.session.run(list(OUTPUTS), interface_feeds(audio, seed=seed, **inputs))
         return dict(zip(OUTPUTS, out))
+
+
+# argmax at every step, re-masking by confidence alone (the fixtures' deterministic settings)
+DETERMINISTIC = dict(sample_cutoff=-1.0, mask_temperature=0.0, c2f_sample_cutoff=-1.0, c2f_mask_temperature=0.0)
+
+
+def token_agreement(reference: dict, other: dict) -> dict:
+    """The share of generated tokens (mask_out == 1) that are equal, coarse and fine codebooks apart."""
+    generated = reference["mask_out"] == 1
+    same = reference["codes_out"] == other["codes_out"]
+    c = N_COARSE
+    return {"coarse": float(same[:, :c][generated[:, :c]].mean()), "fine": float(same[:, c:][generated[:, c:]].mean())}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -248,6 +259,12 @@ def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: boo
             loads.append(os.getloadavg())
             print(f"rep {rep} {name:8s} {s:6.2f} s  (load average {loads[-1][0]:.2f})", flush=True)
     same_codes = float((outputs["ort"]["codes"] == outputs["torch"]["codes"]).mean())
+    agreement = {}
+    if int8:
+        agreement["sampled"] = token_agreement(outputs["ort"], outputs["ort_int8"])
+        deterministic = {name: runners[name](audio, **DETERMINISTIC) for name in models}
+        agreement["deterministic"] = token_agreement(deterministic["ort"], deterministic["ort_int8"])
+        print(f"int8 tokens equal to float32's: {agreement}", flush=True)
     process_peak = peak_rss()
     del runners
 
@@ -273,6 +290,7 @@ def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: boo
         "memory": mem,
         "timing_process_peak_rss": process_peak,
         "encoder_codes_agree": same_codes,
+        "int8_token_agreement": agreement,
         "model_bytes": {k: _model_bytes(p) for k, p in models.items()},
         "load_average_before": load_before,
         "load_average_during": loads,
