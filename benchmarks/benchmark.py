@@ -1,6 +1,7 @@
 """Benchmark: the single ONNX model against the same work in eager PyTorch, at real size.
 
-    python -m benchmarks.benchmark [--dir artifacts/realsize] [--reps 3] [--seconds 10] [--threads 2]
+    python -m benchmarks.benchmark [--dir artifacts/realsize] [--int8 MODEL] [--reps 3] [--seconds 10] [--threads 2]
+    python -m benchmarks.benchmark --profile [--dir artifacts/realsize] [--int8 MODEL]   # seconds per stage
 
 Uses the real-size build of `python -m benchmarks.realsize` in DIR (random weights, released shapes: the
 checkpoints in DIR/checkpoints/ and DIR/vampnet.onnx + .data); builds it first if it is not there.
@@ -13,9 +14,13 @@ ORT_ENABLE_ALL. PyTorch: the project's own modules (builder/codec.py, builder/tr
 `torch.set_num_threads(N)`, `inference_mode`, with a minimal sampler (softmax, exponential-race
 draw, cosine schedule, Gumbel re-masking) in place of the graph's; the forwards dominate either way.
 
-Timings come from one process, the two sides interleaved (ORT first in even repetitions, torch first
-in odd ones) after a short warm-up of each; medians are reported. Peak memory is measured apart, in
-one fresh process per side (load + one run), because in the timing process both sides are resident.
+Timings come from one process, the sides interleaved (the order rotates with each repetition) after a
+short warm-up of each; medians are reported. Peak memory is measured apart, in
+one fresh process per side (load + one run), because in the timing process all sides are resident.
+
+`--profile` runs the model(s) once under onnxruntime's profiler instead and prints the seconds per
+stage (encode, each stage's transformer and sampling, decode, the rest); the profiler adds a little
+time per node, so its total is somewhat above a plain run's.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from benchmarks.realsize import DEFAULT_OUT, OUTPUTS, SAMPLE_RATE, gb, ort_sessi
 
 MASK = 1024
 COARSE_STEPS, C2F_STEPS = 12, 2
+N_COARSE = 4  # the released coarse model's codebooks
 MASK_TEMPERATURE = 10.5
 WARMUP_SECONDS = 1.0
 REPO = Path(__file__).resolve().parents[1]
@@ -151,11 +157,21 @@ class OrtVamp:
     def __init__(self, model: Path, threads: int):
         self.session = ort_session(model, threads)
 
-    def __call__(self, audio, seed: int = 0) -> dict:
-        import numpy as np
-
-        out = self.session.run(list(OUTPUTS), interface_feeds(audio, seed=seed))
+    def __call__(self, audio, seed: int = 0, **inputs) -> dict:
+        out = self.session.run(list(OUTPUTS), interface_feeds(audio, seed=seed, **inputs))
         return dict(zip(OUTPUTS, out))
+
+
+# argmax at every step, re-masking by confidence alone (the fixtures' deterministic settings)
+DETERMINISTIC = dict(sample_cutoff=-1.0, mask_temperature=0.0, c2f_sample_cutoff=-1.0, c2f_mask_temperature=0.0)
+
+
+def token_agreement(reference: dict, other: dict) -> dict:
+    """The share of generated tokens (mask_out == 1) that are equal, coarse and fine codebooks apart."""
+    generated = reference["mask_out"] == 1
+    same = reference["codes_out"] == other["codes_out"]
+    c = N_COARSE
+    return {"coarse": float(same[:, :c][generated[:, :c]].mean()), "fine": float(same[:, c:][generated[:, c:]].mean())}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,7 +191,7 @@ def _check(name: str, out: dict, audio) -> None:
         raise RuntimeError(f"{name}: output {a.shape}, finite={np.isfinite(a).all()}")
 
 
-def measure_memory(side: str, folder: Path, seconds: float, threads: int) -> dict:
+def measure_memory(side: str, folder: Path, seconds: float, threads: int, model: Path | None = None) -> dict:
     """In this (fresh) process: load one side, run it once; load time, run time and peak RSS."""
     reset_peak()
     base = rss()
@@ -183,7 +199,7 @@ def measure_memory(side: str, folder: Path, seconds: float, threads: int) -> dic
         torch_setup(threads)
         load_s, runner = _timed(TorchVamp, folder / "checkpoints")
     else:
-        load_s, runner = _timed(OrtVamp, folder / "vampnet.onnx", threads)
+        load_s, runner = _timed(OrtVamp, model or folder / "vampnet.onnx", threads)
     loaded, load_peak = rss(), peak_rss()
     audio = test_signal(seconds)
     run_s, out = _timed(runner, audio)
@@ -192,9 +208,9 @@ def measure_memory(side: str, folder: Path, seconds: float, threads: int) -> dic
             "rss_after_load": loaded, "peak_rss_load": load_peak, "peak_rss": peak_rss()}
 
 
-def memory_subprocess(side: str, folder: Path, seconds: float, threads: int) -> dict:
+def memory_subprocess(side: str, folder: Path, seconds: float, threads: int, model: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.benchmark", "--dir", str(folder), "--seconds", str(seconds),
-           "--threads", str(threads), "--memory", side]
+           "--threads", str(threads), "--memory", side] + (["--int8", str(model)] if model else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement of {side} failed:\n{proc.stderr[-4000:]}")
@@ -209,48 +225,57 @@ def ensure_build(folder: Path) -> None:
     subprocess.run([sys.executable, "-m", "benchmarks.realsize", "--out", str(folder), "--reuse"], cwd=REPO, check=True)
 
 
-def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: bool = True) -> dict:
+def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: bool = True,
+              int8: Path | None = None) -> dict:
+    """`int8`: also an int8 build (`vampnet-onnx build --weights int8`) of the same checkpoints."""
     import numpy as np
 
     ensure_build(folder)
     load_before = os.getloadavg()
     torch = torch_setup(threads)
-    t_torch_load, torch_vamp = _timed(TorchVamp, folder / "checkpoints")
-    t_ort_load, ort_vamp = _timed(OrtVamp, folder / "vampnet.onnx", threads)
-    print(f"loaded: torch modules {t_torch_load:.1f} s, ORT session {t_ort_load:.1f} s; RSS {gb(rss())}", flush=True)
+    models = {"ort": folder / "vampnet.onnx", **({"ort_int8": int8} if int8 else {})}
+    runners, load_s = {}, {}
+    load_s["torch"], runners["torch"] = _timed(TorchVamp, folder / "checkpoints")
+    for name, path in models.items():
+        load_s[name], runners[name] = _timed(OrtVamp, path, threads)
+    print("loaded: " + ", ".join(f"{k} {v:.1f} s" for k, v in load_s.items()) + f"; RSS {gb(rss())}", flush=True)
 
     warm = test_signal(WARMUP_SECONDS, seed=1)
-    for name, fn in (("ort", ort_vamp), ("torch", torch_vamp)):
+    for name, fn in runners.items():
         s, out = _timed(fn, warm)
         _check(name, out, warm)
         print(f"warm-up {name} ({WARMUP_SECONDS:g} s clip): {s:.2f} s", flush=True)
 
     audio = test_signal(seconds)
-    times: dict[str, list[float]] = {"ort": [], "torch": []}
+    times: dict[str, list[float]] = {name: [] for name in runners}
     loads: list[tuple[float, float, float]] = []
     outputs = {}
     for rep in range(reps):
-        order = ("ort", "torch") if rep % 2 == 0 else ("torch", "ort")
-        for name in order:
-            s, out = _timed(ort_vamp if name == "ort" else torch_vamp, audio)
+        for name in list(runners)[rep % len(runners):] + list(runners)[:rep % len(runners)]:  # rotated
+            s, out = _timed(runners[name], audio)
             _check(name, out, audio)
             outputs[name] = out
             times[name].append(s)
             loads.append(os.getloadavg())
-            print(f"rep {rep} {name:5s} {s:6.2f} s  (load average {loads[-1][0]:.2f})", flush=True)
+            print(f"rep {rep} {name:8s} {s:6.2f} s  (load average {loads[-1][0]:.2f})", flush=True)
     same_codes = float((outputs["ort"]["codes"] == outputs["torch"]["codes"]).mean())
+    agreement = {}
+    if int8:
+        agreement["sampled"] = token_agreement(outputs["ort"], outputs["ort_int8"])
+        deterministic = {name: runners[name](audio, **DETERMINISTIC) for name in models}
+        agreement["deterministic"] = token_agreement(deterministic["ort"], deterministic["ort_int8"])
+        print(f"int8 tokens equal to float32's: {agreement}", flush=True)
     process_peak = peak_rss()
-    del torch_vamp, ort_vamp
+    del runners
 
     mem = {}
     if memory:
-        for side in ("ort", "torch"):
-            mem[side] = memory_subprocess(side, folder, seconds, threads)
+        for side in times:
+            mem[side] = memory_subprocess(side, folder, seconds, threads, models.get(side) if side == "ort_int8" else None)
             print(f"memory {side}: load {mem[side]['load_s']} s, run {mem[side]['run_s']} s, "
                   f"peak RSS {gb(mem[side]['peak_rss'])}", flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    data = folder / "vampnet.onnx.data"
     return {
         "seconds_of_audio": seconds,
         "samples": int(round(seconds * SAMPLE_RATE)),
@@ -259,13 +284,14 @@ def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: boo
         "reps": reps,
         "times": times,
         "median": med,
-        "ratio_ort_over_torch": med["ort"] / med["torch"],
+        "ratio_over_torch": {k: v / med["torch"] for k, v in med.items() if k != "torch"},
         "realtime_factor": {k: v / seconds for k, v in med.items()},
-        "load_s": {"ort": t_ort_load, "torch": t_torch_load},
+        "load_s": load_s,
         "memory": mem,
         "timing_process_peak_rss": process_peak,
         "encoder_codes_agree": same_codes,
-        "model_bytes": (folder / "vampnet.onnx").stat().st_size + (data.stat().st_size if data.exists() else 0),
+        "int8_token_agreement": agreement,
+        "model_bytes": {k: _model_bytes(p) for k, p in models.items()},
         "load_average_before": load_before,
         "load_average_during": loads,
         "load_average_after": os.getloadavg(),
@@ -274,6 +300,11 @@ def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: boo
         "cpu": _cpu_name(),
         "command": "python -m benchmarks.benchmark " + " ".join(sys.argv[1:]),
     }
+
+
+def _model_bytes(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
 def build_function_form(checkpoints: Path, path: Path) -> None:
@@ -321,6 +352,99 @@ def inlining(folder: Path, reps: int, seconds: float, threads: int) -> dict:
             "command": "python -m benchmarks.benchmark " + " ".join(sys.argv[1:])}
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Per stage, from onnxruntime's profiler
+
+COMPONENT_STAGE = {"codec_encoder": "encode", "coarse_transformer": "coarse transformer",
+                   "c2f_transformer": "c2f transformer", "codec_decoder": "decode"}
+STAGES = ["encode", "coarse transformer", "coarse sampling", "c2f transformer", "c2f sampling", "decode",
+          "masks and other nodes", "runtime (loops, copies)"]
+CONTROL_OPS = ("Loop", "If", "Scan")
+
+
+def stage_times(events: list[dict]) -> dict:
+    """Seconds per stage of one profiled run, from its node events.
+
+    A node's component is the `<component>/` prefix the assembler gives its name (builder/export.py);
+    a node onnxruntime made by fusion (named by the runtime) between two nodes of one component
+    belongs to it. The other nodes belong to the coarse or c2f stage's sampling when the innermost
+    Loop around them that runs transformer nodes runs only that stage's; the rest (the mask
+    builders, padding, ...) are "other". A Loop's own event spans its body's, so only the other
+    nodes are summed; what the run took beyond them is the runtime's own work.
+    """
+    import bisect
+
+    run = sum(e["dur"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    nodes = sorted((e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
+                   key=lambda e: e["ts"])
+    controls = [e for e in nodes if e["args"].get("op_name") in CONTROL_OPS]
+    leaves = [e for e in nodes if e["args"].get("op_name") not in CONTROL_OPS]
+    component = [COMPONENT_STAGE.get(e["name"].split("/", 1)[0]) if "/" in e["name"] else None for e in leaves]
+    for i in range(1, len(leaves) - 1):
+        if component[i] is None and component[i - 1] is not None and component[i - 1] == component[i + 1]:
+            component[i] = component[i - 1]
+    starts = {kind: [e["ts"] for e, c in zip(leaves, component) if c == f"{kind} transformer"] for kind in ("coarse", "c2f")}
+    stage_loops = []  # (start, end, the one stage whose transformer it runs, or None for both)
+    for e in controls:
+        start, end = e["ts"], e["ts"] + e["dur"]
+        kinds = [k for k, ts in starts.items() if bisect.bisect_left(ts, end) > bisect.bisect_left(ts, start)]
+        if kinds:
+            stage_loops.append((end - start, start, end, kinds[0] if len(kinds) == 1 else None))
+    stage_loops.sort()  # innermost first
+    seconds = dict.fromkeys(STAGES, 0.0)
+    calls = {stage: {} for stage in COMPONENT_STAGE.values()}
+    for e, c in zip(leaves, component):
+        if c is None:
+            inner = next((kind for _, start, end, kind in stage_loops if start <= e["ts"] < end), None)
+            c = f"{inner} sampling" if inner else "masks and other nodes"
+        else:
+            calls[c][e["name"]] = calls[c].get(e["name"], 0) + 1
+        seconds[c] += e["dur"] / 1e6
+    seconds["runtime (loops, copies)"] = max(0.0, run / 1e6 - sum(seconds.values()))
+    return {"seconds": seconds, "total": run / 1e6,
+            "calls": {stage: max(n.values(), default=0) for stage, n in calls.items()}}
+
+
+def profile(model: Path, seconds: float, threads: int) -> dict:
+    """One run of `model` on the benchmark clip under onnxruntime's profiler (after one unprofiled
+    warm-up run of a short clip, which the profile leaves out); seconds per stage."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        session.run(list(OUTPUTS), interface_feeds(test_signal(WARMUP_SECONDS, seed=1)))
+        session.run(list(OUTPUTS), interface_feeds(test_signal(seconds), seed=0))
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    last = runs[-1]["ts"]  # the profiled clip's run only
+    result = stage_times([e for e in events if e.get("ts", 0) >= last])
+    result.update(model=str(model), seconds_of_audio=seconds, threads=threads, load_average=os.getloadavg())
+    return result
+
+
+def profile_markdown(profiles: dict[str, dict]) -> str:
+    names = list(profiles)
+    lines = ["| stage | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for stage in STAGES:
+        cells = []
+        for p in profiles.values():
+            s, total = p["seconds"][stage], p["total"]
+            n = p["calls"].get(stage)
+            per = f", {n} calls, {s / n:.2f} s each" if n and stage.endswith("transformer") else ""
+            cells.append(f"{s:.1f} s ({100 * s / total:.0f} %{per})")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines.append("| total (profiled run) | " + " | ".join(f"**{p['total']:.1f} s**" for p in profiles.values()) + " |")
+    return "\n".join(lines)
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -332,28 +456,36 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+SIDE_TITLES = {"ort": "ONNX Runtime, float32", "ort_int8": "ONNX Runtime, int8 weights",
+               "torch": "PyTorch eager (same modules)"}
+
+
 def markdown(r: dict) -> str:
+    sides = [k for k in SIDE_TITLES if k in r["times"]]
     mem = r["memory"]
-    peak = {k: gb(mem[k]["peak_rss"]) if k in mem else "n/a" for k in ("ort", "torch")}
-    runs = {k: ", ".join(f"{t:.1f}" for t in v) for k, v in r["times"].items()}
+
+    def row(title, cell):
+        return f"| {title} | " + " | ".join(cell(k) for k in sides) + " |"
+
     lines = [
         f"Real-size model (random weights, released shapes), {r['seconds_of_audio']:g} s clip "
         f"({r['samples']:,} samples, {r['frames']} frames): encode, 12 coarse steps, 2 c2f steps × "
         f"{math.ceil(r['frames'] / 173)} chunks, decode; {r['threads']} threads, {r['cpu']}, "
         f"{r['reps']} interleaved repetitions in one process.",
         "",
-        "| | ONNX Runtime (single model) | PyTorch eager (same modules) |",
-        "|---|---|---|",
-        f"| median time per clip | **{r['median']['ort']:.1f} s** | **{r['median']['torch']:.1f} s** |",
-        f"| runs | {runs['ort']} s | {runs['torch']} s |",
-        f"| × real time | {r['realtime_factor']['ort']:.2f} | {r['realtime_factor']['torch']:.2f} |",
-        f"| load (session / modules from checkpoints) | {r['load_s']['ort']:.1f} s | {r['load_s']['torch']:.1f} s |",
-        f"| peak RSS (load + one run, own process) | {peak['ort']} | {peak['torch']} |",
-        f"| ratio ONNX / PyTorch (medians) | {r['ratio_ort_over_torch']:.2f} | |",
+        "| | " + " | ".join(SIDE_TITLES[k] for k in sides) + " |",
+        "|---" * (len(sides) + 1) + "|",
+        row("median time per clip", lambda k: f"**{r['median'][k]:.1f} s**"),
+        row("runs", lambda k: ", ".join(f"{t:.1f}" for t in r["times"][k]) + " s"),
+        row("× real time", lambda k: f"{r['realtime_factor'][k]:.2f}"),
+        row("ratio to PyTorch eager (medians)", lambda k: f"{r['ratio_over_torch'][k]:.2f}" if k != "torch" else "1"),
+        row("load (session / modules from checkpoints)", lambda k: f"{r['load_s'][k]:.1f} s"),
+        row("peak RSS (load + one run, own process)", lambda k: gb(mem[k]["peak_rss"]) if k in mem else "n/a"),
+        row("files", lambda k: f"{r['model_bytes'][k] / 1e9:.2f} GB" if k in r["model_bytes"] else "checkpoints"),
         "",
-        f"Model files {r['model_bytes'] / 1e9:.2f} GB; torch {r['versions']['torch']}, onnxruntime "
-        f"{r['versions']['onnxruntime']}; load average before {r['load_average_before'][0]:.2f}, "
-        f"during {min(x[0] for x in r['load_average_during']):.2f}–{max(x[0] for x in r['load_average_during']):.2f}.",
+        f"torch {r['versions']['torch']}, onnxruntime {r['versions']['onnxruntime']}; load average before "
+        f"{r['load_average_before'][0]:.2f}, during {min(x[0] for x in r['load_average_during']):.2f}–"
+        f"{max(x[0] for x in r['load_average_during']):.2f}.",
         "",
         f"Command: `{r['command'].strip()}`",
     ]
@@ -369,7 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default 2)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-side peak-memory processes")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--memory", choices=("ort", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--int8", type=Path, metavar="MODEL",
+                        help="also an int8 build of the same checkpoints (vampnet-onnx build --weights int8)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: seconds per stage of one run under onnxruntime's profiler "
+                             "(DIR/vampnet.onnx, and the --int8 model if given)")
+    parser.add_argument("--memory", choices=("ort", "ort_int8", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--inlining", action="store_true",
                         help="instead: the shipped (inlined) model against the same graph with local functions")
     args = parser.parse_args(argv)
@@ -378,16 +515,24 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     if args.memory:
-        print(json.dumps(measure_memory(args.memory, args.dir, args.seconds, args.threads)))
+        print(json.dumps(measure_memory(args.memory, args.dir, args.seconds, args.threads, args.int8)))
         return 0
-    result = benchmark(args.dir, args.reps, args.seconds, args.threads, memory=not args.no_memory)
-    print()
-    print(markdown(result))
+    if args.profile:
+        ensure_build(args.dir)
+        models = {"float32": args.dir / "vampnet.onnx", **({"int8": args.int8} if args.int8 else {})}
+        result = {name: profile(path, args.seconds, args.threads) for name, path in models.items()}
+        print(profile_markdown(result))
+        print(f"\n{args.seconds:g} s clip, {args.threads} threads, load average "
+              + ", ".join(f"{p['load_average'][0]:.2f}" for p in result.values())
+              + f"; command: `python -m benchmarks.benchmark {' '.join(sys.argv[1:])}`")
+    else:
+        result = benchmark(args.dir, args.reps, args.seconds, args.threads, memory=not args.no_memory, int8=args.int8)
+        print()
+        print(markdown(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

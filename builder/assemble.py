@@ -27,12 +27,16 @@ from torch.export import Dim
 
 from vampnet_onnx.builder.codec import Codec
 from vampnet_onnx.builder.export import DOMAIN, component_function, export_component
+from vampnet_onnx.builder.quantize import OPSET as INT8_OPSET, move_into_bodies, quantize_component
 from vampnet_onnx.graphs.model import GraphConfig, main_graph
 from vampnet_onnx.graphs.portable import make_portable, ship, subgraphs
 from vampnet_onnx.graphs.sampling import MASK_TOKEN
 from vampnet_onnx.graphs.stages import injected_noise, prng_noise
 from vampnet_onnx import interface
 
+WEIGHTS = ("float32", "int8")
+# what --weights int8 quantizes; the codec stays float32
+QUANTIZED = ("coarse_transformer", "c2f_transformer")
 # stage functions (vampnet domain), inlined into the main graph before the components are bound
 STAGES = ("encode", "decode", "coarse_stage", "c2f_stage", "coarse_generation", "c2f_generation")
 # noise op -> the extra graph inputs of a noise_inputs=True model: q (D, B, N, V), u (D, B, N)
@@ -138,12 +142,20 @@ def _noise_graph_inputs() -> list[onnx.ValueInfoProto]:
 
 def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
              components: dict[str, onnx.ModelProto] | None = None, noise_inputs: bool = False,
-             inline: bool = True) -> onnx.ModelProto:
+             inline: bool = True, weights: str = "float32") -> onnx.ModelProto:
     """The single model. `noise_inputs=True` (tests only): the sampling noise comes from the extra
     inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`).
-    `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them."""
+    `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them.
+    `weights="int8"`: the transformers' MatMul weights in int8 (builder/quantize.py), opset 21;
+    `components` given are quantized in place."""
+    if weights not in WEIGHTS or (weights != "float32" and not inline):
+        raise ValueError(f"weights={weights!r} (inline={inline}): one of {WEIGHTS}, int8 only inlined")
     config = graph_config(codec, coarse, c2f)
     components = components or export_components(codec, coarse, c2f)
+    quantized = []  # main-graph names of the int8 weights and scales
+    if weights == "int8":
+        for name in QUANTIZED:
+            quantized += [f"{name}/{q}" for q in quantize_component(components[name])]
 
     model = main_graph(config).to_model_proto()
     model = onnx.inliner.inline_selected_functions(model, [(DOMAIN, s) for s in STAGES])
@@ -152,11 +164,11 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     if noise_inputs:
         model.graph.input.extend(_noise_graph_inputs())
 
-    weights, weight_names = [], {}
+    outer_weights, weight_names = [], {}
     for name, component in components.items():
         function, outer = component_function(component, name)
         functions.append(function)
-        weights.extend(outer)
+        outer_weights.extend(outer)
         weight_names[name] = [w.name for w in outer]
     if noise_inputs:
         weight_names.update({op_name: list(names) for op_name, names in NOISE_INPUTS.items()})
@@ -166,9 +178,11 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     check_signature(model.graph, noise_inputs)
     for output in model.graph.output[1:]:  # the four code tensors: (B, n_codebooks, T)
         output.type.tensor_type.shape.dim[1].dim_value = config.n_codebooks
-    model.graph.initializer.extend(weights)
+    model.graph.initializer.extend(outer_weights)
     if inline:
-        model = ship(model, {(DOMAIN, name): [v.type for v in c.graph.output] for name, c in components.items()})
+        model = ship(model, {(DOMAIN, name): [v.type for v in c.graph.output] for name, c in components.items()},
+                     opset=INT8_OPSET if quantized else 20)
+        move_into_bodies(model, quantized)  # where onnxruntime fuses them (builder/quantize.py)
     else:
         make_portable(model)
 
@@ -183,6 +197,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         "coarse_chunk_frames": config.coarse_chunk,
         "c2f_chunk_frames": config.c2f_chunk,
         "max_sampling_steps": interface.MAX_SAMPLING_STEPS,
+        "weights": weights,
+        **({"requires": "opset 21 (onnxruntime >= 1.18)"} if quantized else {}),
         "defaults": interface.defaults_json(),
         **(metadata or {}),
     }

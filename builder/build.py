@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import set_external_data
 
-from vampnet_onnx.builder.assemble import assemble, export_components
+from vampnet_onnx.builder.assemble import QUANTIZED, assemble, export_components
 from vampnet_onnx.builder.codec import load_codec
+from vampnet_onnx.builder.quantize import quantize_component
 from vampnet_onnx.builder.transformer import load_transformer
 from vampnet_onnx.model import interface_feeds
 
@@ -75,9 +76,10 @@ def _externalize(model: onnx.ModelProto, f, location: str, threshold: int, align
         tensor.ClearField("raw_data")
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """Save, with the weights in `<name>.data` beside it when the model is too big for one file."""
-    if weights_size(model) < PROTOBUF_LIMIT - (64 << 20):
+def save_model(model: onnx.ModelProto, path: Path, external: bool = False) -> list[Path]:
+    """Save, with the weights in `<name>.data` beside it when the model is too big for one file
+    (or when `external`)."""
+    if not external and weights_size(model) < PROTOBUF_LIMIT - (64 << 20):
         onnx.save_model(model, path)
         return [path]
     data = path.with_name(path.name + ".data")
@@ -131,7 +133,8 @@ def write_test_data(path: Path, folder: Path) -> None:
 
 
 def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora: Path | None = None,
-                c2f_lora: Path | None = None, log=print) -> Path:
+                c2f_lora: Path | None = None, log=print, weights: str = "float32") -> Path:
+    """`weights`: "float32", or "int8" for the transformers' MatMul weights (builder/quantize.py)."""
     output = Path(output)
     started = time.perf_counter()
 
@@ -159,6 +162,10 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
     try:
         step("exporting components (codec encoder, codec decoder, coarse and c2f transformers)")
         components = export_components(codec_model, coarse_model, c2f_model)
+        if weights == "int8":
+            step("quantizing the transformers' MatMul weights to int8")
+            for name in QUANTIZED:
+                quantize_component(components[name])
         # Assembly reads only the configurations: let the torch weights go before the next copies.
         codec_model, coarse_model, c2f_model = (_ConfigOnly(m) for m in (codec_model, coarse_model, c2f_model))
         gc.collect()
@@ -167,11 +174,14 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
             step(f"moving the weights to {output.name}.data")
             externalize_weights(components, data)
         step("assembling the single model")
-        model = assemble(codec_model, coarse_model, c2f_model, metadata=metadata, components=components)
+        model = assemble(codec_model, coarse_model, c2f_model, metadata=metadata, components=components,
+                         weights=weights)
         del components
 
         step("writing")
-        written = save_model(model, staging / output.name)
+        # int8 fits one file, but onnxruntime maps external data instead of holding the protobuf
+        # and a copy of it: 2.0 GB peak instead of 3.8 GB at real size
+        written = save_model(model, staging / output.name, external=weights == "int8")
         del model
         if data.exists() and data not in written:
             written.append(data)

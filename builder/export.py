@@ -92,18 +92,24 @@ def component_function(model: onnx.ModelProto, name: str) -> tuple[onnx.Function
     """The exported graph as function `vampnet.<name>(inputs..., weights...)` plus its weights.
 
     The weights are renamed `<name>/<original name>` for the main graph; inside the function
-    they keep their exporter names (a function has its own scope).
+    they keep their exporter names (a function has its own scope). Node names get the prefix
+    `<name>/` too.
     """
     graph = model.graph
     if model.functions:
         raise ExportError(f"{name}: the exported graph still calls local functions; export with optimize=True")
     weights = list(graph.initializer)
+    nodes = []
+    for node in graph.node:  # `<name>/` survives inlining: how the profiler tells the components apart
+        nodes.append(onnx.NodeProto())
+        nodes[-1].CopyFrom(node)
+        nodes[-1].name = f"{name}/{node.name}"
     function = helper.make_function(
         DOMAIN,
         name,
         inputs=[v.name for v in graph.input] + [w.name for w in weights],
         outputs=[v.name for v in graph.output],
-        nodes=list(graph.node),
+        nodes=nodes,
         opset_imports=list(model.opset_import),
     )
     outer = []

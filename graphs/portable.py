@@ -94,6 +94,7 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
 # --------------------------------------------------------------------------------------------
 
 IR_VERSION = 9  # what onnxruntime 1.17 and other older runtimes read; opset 20 needs no more
+IR_VERSION_FOR_OPSET = {20: IR_VERSION, 21: 10}  # opset 21: the int8 variant's blocked DequantizeLinear
 
 
 def _rank_only(value_type: onnx.TypeProto) -> onnx.TypeProto:
@@ -274,9 +275,9 @@ def _drop_unused_constants(graph: onnx.GraphProto, used: set) -> None:
             _drop_unused_constants(g, used)
 
 
-def ship(model: onnx.ModelProto, signatures: dict | None = None) -> onnx.ModelProto:
+def ship(model: onnx.ModelProto, signatures: dict | None = None, opset: int = 20) -> onnx.ModelProto:
     """The model as shipped: local functions inlined (runtimes such as OpenVINO and tract read no
-    functions), subgraphs typed, IR version 9.
+    functions), subgraphs typed, IR version 9 (10 for `opset` 21).
 
     `signatures`: {(domain, function name): [output types]} for functions whose outputs ONNX
     shape inference cannot type once inlined (an exported component's Reshape to a computed
@@ -285,11 +286,17 @@ def ship(model: onnx.ModelProto, signatures: dict | None = None) -> onnx.ModelPr
     import onnx.inliner
 
     known = _call_output_types(model.graph, signatures or {}, {})
+    # the inliner keeps a function whose opset differs from the model's; the graph code's operators
+    # read the same at opset 21
+    for imports in [model.opset_import, *(f.opset_import for f in model.functions)]:
+        for o in imports:
+            if o.domain == "":
+                o.version = opset
     model = onnx.inliner.inline_local_functions(make_portable(model))
     _declare_outputs(model.graph, known)
-    model.ir_version = IR_VERSION
+    model.ir_version = IR_VERSION_FOR_OPSET[opset]
     del model.opset_import[:]
-    model.opset_import.extend([helper.make_opsetid("", 20)])
+    model.opset_import.extend([helper.make_opsetid("", opset)])
     model = type_subgraphs(model)
     _fold_cast_like(model.graph, {}, {})
     _drop_unused_constants(model.graph, _used_names(model.graph, set()))

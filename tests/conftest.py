@@ -98,6 +98,18 @@ def build_variant(tmp_path_factory):
     cache: dict[str, Built] = {}
 
     def build(variant: str) -> Built:
+        """`variant` names a checkpoint folder; "<folder>:int8" is its int8 build (`--weights
+        int8`), assembled from copies of the float32 build's exported components."""
+        folder_name, _, weights = variant.partition(":")
+        if weights and variant not in cache:
+            base = build(folder_name)
+            components = {}
+            for name, component in base.components.items():
+                components[name] = onnx.ModelProto()
+                components[name].CopyFrom(component)
+            path = tmp_path_factory.mktemp(variant.replace(":", "-")) / "vampnet.onnx"
+            save_model(assemble(base.codec, base.coarse, base.c2f, components=components, weights=weights), path)
+            cache[variant] = Built(base.codec, base.coarse, base.c2f, components, path)
         if variant not in cache:
             folder = CHECKPOINTS / variant
             codec = load_codec(folder / "codec.pth")

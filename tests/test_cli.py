@@ -940,7 +940,7 @@ def test_build_and_demo_delegate(monkeypatch, tmp_path):
     assert main(["build", "--checkpoints", str(tmp_path), "--coarse-lora", "l.pth", "-o", "x.onnx"]) == 0
     paths, loras = calls["build"]
     assert paths == (tmp_path / "codec.pth", tmp_path / "coarse.pth", tmp_path / "c2f.pth", Path("x.onnx"))
-    assert loras == {"coarse_lora": "l.pth", "c2f_lora": None}
+    assert loras == {"coarse_lora": "l.pth", "c2f_lora": None, "weights": "float32"}
     assert main(["build", "--codec", "a", "--coarse", "b", "--c2f", "c"]) == 0
     assert main(["demo", "--seed", "4"]) == 3
     assert (calls["demo"].output, calls["demo"].seed) == ("artifacts/demo", 4)

@@ -258,6 +258,9 @@ def build_parser() -> ArgumentParser:
     b.add_argument("--c2f-lora", metavar="F", help="LoRA checkpoint for the coarse-to-fine model")
     b.add_argument("-o", "--output", metavar="PATH", default=DEFAULT_MODEL,
                    help=f"where to write the model (default: {DEFAULT_MODEL})")
+    b.add_argument("--weights", choices=("float32", "int8"), default="float32",
+                   help="int8: the transformers' matrix weights in block-wise int8, about 0.3x the size "
+                        "(opset 21: needs onnxruntime >= 1.18); default float32 (opset 20)")
     b.set_defaults(func=cmd_build, _parser=b)
 
     # ---- demo
@@ -703,7 +706,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     build_model = _build_side("build", "vampnet_onnx.builder.build", "build_model")
     try:
         build_model(paths["codec"], paths["coarse"], paths["c2f"], output,
-                    coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora)
+                    coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora, weights=args.weights)
     except ValueError as e:  # a bad checkpoint (CheckpointError) or a bad pair of models, in one line
         raise CliError(str(e)) from None
     except OSError as e:  # e.g. the disk filled up or the folder became read-only meanwhile

@@ -1,0 +1,112 @@
+"""The int8 variant (`vampnet-onnx build --weights int8`, builder/quantize.py) from the tiny checkpoints.
+
+* It builds (opset 21, IR 10), runs, and onnxruntime fuses every int8 MatMul into MatMulNBits
+  inside the step loops (no DequantizeLinear left to run at each step).
+* Size: the int8 weights and their scales are <= 30 % of the float32 weights they replace (block
+  64 at the tiny model's width 64; 128 at real size). The tiny transformers are mostly embedding
+  and classifier tables, which stay float32, so their total shrinks much less than at real size.
+* Logits of each int8 transformer against its float32 export on the fixtures' inputs: rms error
+  <= 3 % of the logits' rms, argmax equal at >= 95 % of the positions.
+* Tokens with the fixtures' deterministic settings (argmax, no Gumbel noise) and one step per stage,
+  so that one forward decides them: >= 97 % of the generated coarse tokens and >= 93 % of the
+  fine ones equal float32's. Over 12 steps the tiny model's near-tied random logits let a few
+  flips reorder the re-masking, and agreement falls to 30-65 % (coarse) and 5-30 % (fine).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from vampnet_onnx.builder.quantize import quantize_component
+from conftest import DETERMINISTIC_CASES, OUTPUTS, fixture_inputs, golden
+from vampnet_onnx.model import interface_feeds
+
+N_COARSE, MASK = 4, 1024
+
+
+@pytest.fixture(scope="module")
+def int8(build_variant):
+    return build_variant("tiny:int8")
+
+
+def _session(model) -> ort.InferenceSession:
+    data = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def _initializers(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield from _initializers(g)
+
+
+def _nodes(graph: onnx.GraphProto, depth: int = 0):
+    for node in graph.node:
+        yield depth, node
+        for attr in node.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield from _nodes(g, depth + 1)
+
+
+def test_int8_model_builds_and_fuses(int8, tmp_path):
+    model = onnx.load(str(int8.path))
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 21)} and model.ir_version == 10
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["weights"] == "int8" and "onnxruntime >= 1.18" in meta["requires"]
+    dequantize = [(d, n) for d, n in _nodes(model.graph) if n.op_type == "DequantizeLinear"]
+    assert len(dequantize) == 24 and all(d > 0 for d, _ in dequantize)  # 12 MatMuls per transformer, in the loops
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8.path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for _, n in _nodes(onnx.load(options.optimized_model_filepath).graph)]
+    assert ops.count("MatMulNBits") == 24 and "DequantizeLinear" not in ops
+
+
+def test_int8_weights_are_at_most_30_percent(tiny, int8):
+    floats = {t.name: t for t in _initializers(onnx.load(str(tiny.path)).graph)}
+    quantized = [t for t in _initializers(onnx.load(str(int8.path)).graph) if t.name not in floats]
+    replaced = {t.name.removesuffix("_int8") for t in quantized if t.name.endswith("_int8")}
+    assert len(replaced) == 24
+    int8_bytes = sum(len(t.raw_data) for t in quantized)
+    float_bytes = sum(len(floats[name].raw_data) for name in replaced)
+    assert int8_bytes <= 0.30 * float_bytes, f"{int8_bytes} / {float_bytes}"
+
+
+@pytest.mark.parametrize("name", ["coarse_transformer", "c2f_transformer"])
+def test_int8_logits_close_to_float32(tiny, name):
+    g = golden("tiny_periodic")
+    if name == "coarse_transformer":
+        x = g["codes"][:, :N_COARSE].copy()
+        x[g["mask"][:, :N_COARSE] == 1] = MASK
+    else:
+        x = g["c2f_input"]
+    component = onnx.ModelProto()
+    component.CopyFrom(tiny.components[name])
+    want = _session(component.SerializeToString()).run(None, {"codes": x})[0]
+    assert quantize_component(component)
+    got = _session(component.SerializeToString()).run(None, {"codes": x})[0]
+    rms = np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2))
+    assert rms <= 0.03, f"{name}: rms error {rms:.4f} of the logits' rms"
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
+
+
+@pytest.mark.parametrize("case", DETERMINISTIC_CASES[:2])
+def test_int8_tokens_agree_with_float32(tiny, int8, case):
+    g = golden(case)
+    inputs = {**fixture_inputs(g), "sampling_steps": 1, "c2f_sampling_steps": 1}
+    feeds = interface_feeds(g["preprocessed_audio"][:, 0], **inputs)
+    want = dict(zip(OUTPUTS, _session(tiny.path).run(OUTPUTS, feeds)))
+    got = dict(zip(OUTPUTS, _session(int8.path).run(OUTPUTS, feeds)))
+    np.testing.assert_array_equal(got["codes"], want["codes"])  # the codec stays float32
+    generated = want["mask_out"] == 1
+    coarse, fine = np.zeros_like(generated), np.zeros_like(generated)
+    coarse[:, :N_COARSE], fine[:, N_COARSE:] = generated[:, :N_COARSE], generated[:, N_COARSE:]
+    same = got["codes_out"] == want["codes_out"]
+    assert same[coarse].mean() >= 0.97, f"{case}: coarse {same[coarse].mean():.3f}"
+    assert same[fine].mean() >= 0.93, f"{case}: fine {same[fine].mean():.3f}"
+    assert np.isfinite(got["audio_out"]).all()
