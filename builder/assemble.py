@@ -25,7 +25,7 @@ import torch
 from onnx import helper
 from torch.export import Dim
 
-from builder.codec import Codec
+from builder.codec import Codec, codec_window_frames, receptive_field_frames
 from builder.export import DOMAIN, component_function, export_component
 from graphs.model import GraphConfig, main_graph
 from graphs.portable import make_portable, ship
@@ -56,7 +56,9 @@ def check_signature(graph: onnx.GraphProto, noise_inputs: bool = False) -> None:
         raise ValueError(f"the graph's signature differs from vampnet_onnx/interface.py: {got} {got_out}")
 
 
-def graph_config(codec: Codec, coarse, c2f) -> GraphConfig:
+def graph_config(codec: Codec, coarse, c2f, codec_window: int | None = None) -> GraphConfig:
+    """The graph's numbers from the checkpoints; `codec_window` (frames, tests only) shrinks the
+    codec's windows (graphs/codec.py) so that short clips span several."""
     cc, fc = coarse.config, c2f.config
     if fc.n_conditioning_codebooks != cc.n_codebooks or cc.n_conditioning_codebooks != 0:
         raise ValueError(
@@ -76,6 +78,8 @@ def graph_config(codec: Codec, coarse, c2f) -> GraphConfig:
         n_codebooks=codec.config.n_codebooks,
         n_coarse=cc.n_codebooks,
         vocab_size=codec.config.codebook_size,
+        codec_window=codec_window or codec_window_frames(codec.config),
+        codec_overlap=receptive_field_frames(codec.config),
     )
 
 
@@ -102,13 +106,26 @@ def export_components(codec: Codec, coarse, c2f) -> dict[str, onnx.ModelProto]:
     }
 
 
-def _bind_weights(nodes, weights: dict[str, list[str]]) -> None:
+def component_functions(components: dict[str, onnx.ModelProto]):
+    """Each component as a local function, its weights as outer initializers, and the weights'
+    names per component (for `bind_weights`)."""
+    functions, weights, weight_names = [], [], {}
+    for name, component in components.items():
+        function, outer = component_function(component, name)
+        functions.append(function)
+        weights.extend(outer)
+        weight_names[name] = [w.name for w in outer]
+    return functions, weights, weight_names
+
+
+def bind_weights(nodes, weights: dict[str, list[str]]) -> None:
+    """Append its weights' names to every call of a component, in `nodes` and their subgraphs."""
     for node in nodes:
         if node.domain == DOMAIN and node.op_type in weights:
             node.input.extend(weights[node.op_type])
         for attr in node.attribute:
             for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                _bind_weights(g.node, weights)
+                bind_weights(g.node, weights)
 
 
 def _noise_functions(implementation, present: set[str]) -> list[onnx.FunctionProto]:
@@ -138,11 +155,12 @@ def _noise_graph_inputs() -> list[onnx.ValueInfoProto]:
 
 def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
              components: dict[str, onnx.ModelProto] | None = None, noise_inputs: bool = False,
-             inline: bool = True) -> onnx.ModelProto:
+             inline: bool = True, codec_window: int | None = None) -> onnx.ModelProto:
     """The single model. `noise_inputs=True` (tests only): the sampling noise comes from the extra
     inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`).
-    `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them."""
-    config = graph_config(codec, coarse, c2f)
+    `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them.
+    `codec_window` (tests only): frames per codec window instead of the codec's own choice."""
+    config = graph_config(codec, coarse, c2f, codec_window)
     components = components or export_components(codec, coarse, c2f)
 
     model = main_graph(config).to_model_proto()
@@ -152,15 +170,11 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     if noise_inputs:
         model.graph.input.extend(_noise_graph_inputs())
 
-    weights, weight_names = [], {}
-    for name, component in components.items():
-        function, outer = component_function(component, name)
-        functions.append(function)
-        weights.extend(outer)
-        weight_names[name] = [w.name for w in outer]
+    component_fns, weights, weight_names = component_functions(components)
+    functions += component_fns
     if noise_inputs:
         weight_names.update({op_name: list(names) for op_name, names in NOISE_INPUTS.items()})
-    _bind_weights(model.graph.node, weight_names)
+    bind_weights(model.graph.node, weight_names)
     del model.functions[:]
     model.functions.extend(functions)
     check_signature(model.graph, noise_inputs)
@@ -182,6 +196,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         "mask_token": config.vocab_size,
         "coarse_chunk_frames": config.coarse_chunk,
         "c2f_chunk_frames": config.c2f_chunk,
+        "codec_window_frames": config.codec_window,
+        "codec_overlap_frames": config.codec_overlap,
         "max_sampling_steps": interface.MAX_SAMPLING_STEPS,
         "defaults": interface.defaults_json(),
         **(metadata or {}),

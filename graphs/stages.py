@@ -115,22 +115,6 @@ def with_anchors(mask: INT64["B", "C", "T"]) -> INT64["B", "C", "T"]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def encode(audio: FLOAT["B", "S"], hop: INT64) -> INT64["B", "K", "T"]:
-    """Right-pad to whole hops (at least one, so an empty input still runs) and encode."""
-    s = op.Shape(audio, start=1, end=2)
-    frames = op.Max(op.Div(s + hop - 1, hop), 1)
-    padded = op.Pad(audio, op.Concat([0, 0], [0], frames * hop - s, axis=0))
-    return vampnet.codec_encoder(op.Unsqueeze(padded, [1]))
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def decode(codes: INT64["B", "K", "T"], samples: INT64[1]) -> FLOAT["B", "S"]:
-    """Decode and trim to `samples` (the input's length, times the time stretch)."""
-    decoded = op.Squeeze(vampnet.codec_decoder(codes), [1])
-    return op.Slice(decoded, [0], samples, [1])
-
-
-@onnxscript.script(vampnet, default_opset=op)
 def stretch_time(x: INT64["B", "K", "T"], factor: INT64) -> INT64["B", "K", "F"]:
     """Upstream `x.repeat_interleave(factor, dim=-1)`: frame t·f + j is frame t (f >= 1)."""
     n_frames = op.Squeeze(op.Shape(x, start=2, end=3))
