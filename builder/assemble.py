@@ -83,20 +83,34 @@ def graph_config(codec: Codec, coarse, c2f, codec_window: int | None = None) -> 
     )
 
 
-def export_components(codec: Codec, coarse, c2f) -> dict[str, onnx.ModelProto]:
-    """Each component as its own ONNX model with dynamic batch and time axes."""
+_DIM_NAMES = {"codes:0": "B", "codes:2": "T", "audio:0": "B", "audio:2": "L"}
+
+
+def _example_codes(n_codebooks: int) -> torch.Tensor:
+    return torch.zeros(_EXAMPLE_BATCH, n_codebooks, _EXAMPLE_FRAMES, dtype=torch.int64)
+
+
+def export_codec(codec: Codec) -> dict[str, onnx.ModelProto]:
+    """The codec's encoder and decoder as ONNX models with dynamic batch and time axes."""
     hop, k = codec.config.hop_length, codec.config.n_codebooks
     batch, frames = Dim("B", min=1), Dim("T", min=1)
-    codes = lambda c: torch.zeros(_EXAMPLE_BATCH, c, _EXAMPLE_FRAMES, dtype=torch.int64)  # noqa: E731
-    names = {"codes:0": "B", "codes:2": "T", "audio:0": "B", "audio:2": "L"}
     return {
         "codec_encoder": export_component(
             codec.encoder, (torch.zeros(_EXAMPLE_BATCH, 1, _EXAMPLE_FRAMES * hop),),
-            {"audio": {0: batch, 2: frames * hop}}, ["audio"], ["codes"], names,
+            {"audio": {0: batch, 2: frames * hop}}, ["audio"], ["codes"], _DIM_NAMES,
         ),
         "codec_decoder": export_component(
-            codec.decoder, (codes(k),), {"codes": {0: batch, 2: frames}}, ["codes"], ["audio"], names,
+            codec.decoder, (_example_codes(k),), {"codes": {0: batch, 2: frames}}, ["codes"], ["audio"], _DIM_NAMES,
         ),
+    }
+
+
+def export_components(codec: Codec, coarse, c2f) -> dict[str, onnx.ModelProto]:
+    """Each component as its own ONNX model with dynamic batch and time axes."""
+    batch, frames = Dim("B", min=1), Dim("T", min=1)
+    codes, names = _example_codes, _DIM_NAMES
+    return {
+        **export_codec(codec),
         "coarse_transformer": export_component(
             coarse, (codes(coarse.config.n_codebooks),), {"codes": {0: batch, 2: frames}}, ["codes"], ["logits"], names,
         ),
