@@ -7,7 +7,7 @@ The model defaults to the real-size build of `python -m builder.realsize` (artif
 Memory does not depend on the number of sampling steps (each step reuses the same buffers), so
 `--steps 1 --c2f-steps 1` measures the memory of a full run in a fraction of its time; the time
 grows about linearly with the steps. Peak RSS is the process's high-water mark (VmHWM) over
-session load and run; the test signal is made in float32 so that it adds no more than its own size.
+session load and run; the test signal is made in blocks, so that it adds no more than its own size.
 """
 from __future__ import annotations
 
@@ -24,17 +24,20 @@ DEFAULT_MODEL = DEFAULT_OUT / "vampnet.onnx"
 
 
 def signal(seconds: float):
-    """A few partials with noise at about -20 dBFS, float32 throughout (no float64 copy of a long song)."""
+    """A few partials with noise at about -20 dBFS, made in 10 s blocks of float32, so that making a
+    long song costs no more than the song itself (float32)."""
     import numpy as np
 
     n = int(round(seconds * SAMPLE_RATE))
     rng = np.random.default_rng(0)
-    x = (0.01 * rng.standard_normal(n)).astype(np.float32)
-    t = np.arange(n, dtype=np.float32)
-    for f in (110, 220, 331, 440, 660):
-        # phase in cycles, wrapped in float32: coarse late in a long clip, but any sound will do
-        x += 0.05 * np.sin((np.float32(f / SAMPLE_RATE) * t) % 1 * np.float32(2 * np.pi) + np.float32(rng.uniform(0, 6)))
-    return x[None, :]
+    phases = rng.uniform(0, 2 * np.pi, 5)
+    x = np.empty((1, n), np.float32)
+    block = 10 * SAMPLE_RATE
+    for start in range(0, n, block):
+        t = np.arange(start, min(start + block, n)) / SAMPLE_RATE
+        partials = sum(0.05 * np.sin(2 * np.pi * f * t + p) for f, p in zip((110, 220, 331, 440, 660), phases))
+        x[0, start:start + t.size] = partials + 0.01 * rng.standard_normal(t.size)
+    return x
 
 
 def one_run(model: Path, seconds: float, steps: int, c2f_steps: int, threads: int, onset_width: int) -> dict:
