@@ -25,7 +25,7 @@ import torch
 from onnx import helper
 from torch.export import Dim
 
-from vampnet_onnx.builder.codec import Codec
+from vampnet_onnx.builder.codec import Codec, codec_window_frames, receptive_field_frames
 from vampnet_onnx.builder.export import DOMAIN, component_function, export_component
 from vampnet_onnx.builder.quantize import OPSET as INT8_OPSET, move_into_bodies, quantize_component
 from vampnet_onnx.graphs.model import GraphConfig, main_graph
@@ -61,7 +61,9 @@ def check_signature(graph: onnx.GraphProto, noise_inputs: bool = False) -> None:
         raise ValueError(f"the graph's signature differs from vampnet_onnx/interface.py: {got} {got_out}")
 
 
-def graph_config(codec: Codec, coarse, c2f) -> GraphConfig:
+def graph_config(codec: Codec, coarse, c2f, codec_window: int | None = None) -> GraphConfig:
+    """The graph's numbers from the checkpoints; `codec_window` (frames, tests only) shrinks the
+    codec's windows (graphs/codec.py) so that short clips span several."""
     cc, fc = coarse.config, c2f.config
     if fc.n_conditioning_codebooks != cc.n_codebooks or cc.n_conditioning_codebooks != 0:
         raise ValueError(
@@ -81,23 +83,39 @@ def graph_config(codec: Codec, coarse, c2f) -> GraphConfig:
         n_codebooks=codec.config.n_codebooks,
         n_coarse=cc.n_codebooks,
         vocab_size=codec.config.codebook_size,
+        codec_window=codec_window or codec_window_frames(codec.config),
+        codec_overlap=receptive_field_frames(codec.config),
     )
+
+
+_DIM_NAMES = {"codes:0": "B", "codes:2": "T", "audio:0": "B", "audio:2": "L"}
+
+
+def _example_codes(n_codebooks: int) -> torch.Tensor:
+    return torch.zeros(_EXAMPLE_BATCH, n_codebooks, _EXAMPLE_FRAMES, dtype=torch.int64)
+
+
+def export_codec(codec: Codec) -> dict[str, onnx.ModelProto]:
+    """The codec's encoder and decoder as ONNX models with dynamic batch and time axes."""
+    hop, k = codec.config.hop_length, codec.config.n_codebooks
+    batch, frames = Dim("B", min=1), Dim("T", min=1)
+    return {
+        "codec_encoder": export_component(
+            codec.encoder, (torch.zeros(_EXAMPLE_BATCH, 1, _EXAMPLE_FRAMES * hop),),
+            {"audio": {0: batch, 2: frames * hop}}, ["audio"], ["codes"], _DIM_NAMES,
+        ),
+        "codec_decoder": export_component(
+            codec.decoder, (_example_codes(k),), {"codes": {0: batch, 2: frames}}, ["codes"], ["audio"], _DIM_NAMES,
+        ),
+    }
 
 
 def export_components(codec: Codec, coarse, c2f) -> dict[str, onnx.ModelProto]:
     """Each component as its own ONNX model with dynamic batch and time axes."""
-    hop, k = codec.config.hop_length, codec.config.n_codebooks
     batch, frames = Dim("B", min=1), Dim("T", min=1)
-    codes = lambda c: torch.zeros(_EXAMPLE_BATCH, c, _EXAMPLE_FRAMES, dtype=torch.int64)  # noqa: E731
-    names = {"codes:0": "B", "codes:2": "T", "audio:0": "B", "audio:2": "L"}
+    codes, names = _example_codes, _DIM_NAMES
     return {
-        "codec_encoder": export_component(
-            codec.encoder, (torch.zeros(_EXAMPLE_BATCH, 1, _EXAMPLE_FRAMES * hop),),
-            {"audio": {0: batch, 2: frames * hop}}, ["audio"], ["codes"], names,
-        ),
-        "codec_decoder": export_component(
-            codec.decoder, (codes(k),), {"codes": {0: batch, 2: frames}}, ["codes"], ["audio"], names,
-        ),
+        **export_codec(codec),
         "coarse_transformer": export_component(
             coarse, (codes(coarse.config.n_codebooks),), {"codes": {0: batch, 2: frames}}, ["codes"], ["logits"], names,
         ),
@@ -107,12 +125,25 @@ def export_components(codec: Codec, coarse, c2f) -> dict[str, onnx.ModelProto]:
     }
 
 
-def _bind_weights(nodes, weights: dict[str, list[str]]) -> None:
+def component_functions(components: dict[str, onnx.ModelProto]):
+    """Each component as a local function, its weights as outer initializers, and the weights'
+    names per component (for `bind_weights`)."""
+    functions, weights, weight_names = [], [], {}
+    for name, component in components.items():
+        function, outer = component_function(component, name)
+        functions.append(function)
+        weights.extend(outer)
+        weight_names[name] = [w.name for w in outer]
+    return functions, weights, weight_names
+
+
+def bind_weights(nodes, weights: dict[str, list[str]]) -> None:
+    """Append its weights' names to every call of a component, in `nodes` and their subgraphs."""
     for node in nodes:
         if node.domain == DOMAIN and node.op_type in weights:
             node.input.extend(weights[node.op_type])
         for g in subgraphs(node):
-            _bind_weights(g.node, weights)
+            bind_weights(g.node, weights)
 
 
 def _noise_functions(implementation, present: set[str]) -> list[onnx.FunctionProto]:
@@ -142,15 +173,16 @@ def _noise_graph_inputs() -> list[onnx.ValueInfoProto]:
 
 def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
              components: dict[str, onnx.ModelProto] | None = None, noise_inputs: bool = False,
-             inline: bool = True, weights: str = "float32") -> onnx.ModelProto:
+             inline: bool = True, weights: str = "float32", codec_window: int | None = None) -> onnx.ModelProto:
     """The single model. `noise_inputs=True` (tests only): the sampling noise comes from the extra
     inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`).
     `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them.
     `weights="int8"`: the transformers' MatMul weights in int8 (builder/quantize.py), opset 21;
-    `components` given are quantized in place."""
+    `components` given are quantized in place.
+    `codec_window` (tests only): frames per codec window instead of the codec's own choice."""
     if weights not in WEIGHTS or (weights != "float32" and not inline):
         raise ValueError(f"weights={weights!r} (inline={inline}): one of {WEIGHTS}, int8 only inlined")
-    config = graph_config(codec, coarse, c2f)
+    config = graph_config(codec, coarse, c2f, codec_window)
     components = components or export_components(codec, coarse, c2f)
     quantized = []  # main-graph names of the int8 weights and scales
     if weights == "int8":
@@ -164,15 +196,11 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     if noise_inputs:
         model.graph.input.extend(_noise_graph_inputs())
 
-    outer_weights, weight_names = [], {}
-    for name, component in components.items():
-        function, outer = component_function(component, name)
-        functions.append(function)
-        outer_weights.extend(outer)
-        weight_names[name] = [w.name for w in outer]
+    component_fns, outer_weights, weight_names = component_functions(components)
+    functions += component_fns
     if noise_inputs:
         weight_names.update({op_name: list(names) for op_name, names in NOISE_INPUTS.items()})
-    _bind_weights(model.graph.node, weight_names)
+    bind_weights(model.graph.node, weight_names)
     del model.functions[:]
     model.functions.extend(functions)
     check_signature(model.graph, noise_inputs)
@@ -196,6 +224,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         "mask_token": config.vocab_size,
         "coarse_chunk_frames": config.coarse_chunk,
         "c2f_chunk_frames": config.c2f_chunk,
+        "codec_window_frames": config.codec_window,
+        "codec_overlap_frames": config.codec_overlap,
         "max_sampling_steps": interface.MAX_SAMPLING_STEPS,
         "weights": weights,
         **({"requires": "opset 21 (onnxruntime >= 1.18)"} if quantized else {}),

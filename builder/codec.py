@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -123,6 +124,43 @@ class CodecConfig:
             raise CheckpointError(
                 f"{source}: decoder_dim {self.decoder_dim} is not divisible by 2**{len(self.decoder_rates)}"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Receptive field (the overlap of the model's codec windows, graphs/codec.py)
+# --------------------------------------------------------------------------------------------
+
+def receptive_field_frames(config: CodecConfig) -> int:
+    """Frames either side of a window that make its kept frames equal the whole-signal result.
+
+    The span of a chain of convolutions: each conv of kernel k and dilation d adds (k - 1)·d input
+    steps of its own layer, a layer step being 1/rate of a frame in the encoder (the rates so far
+    multiplied) and 1/rate in the decoder (the rates so far, upsampling). A transposed conv of
+    kernel 2s and stride s reads at most two neighbouring inputs (span 1). The MRF's three stacks run
+    side by side, so the widest one counts. We take the whole span (not half) on each side, and
+    the larger of encoder and decoder: a frame reads at most that far in either direction.
+    """
+    res_unit = sum((7 - 1) * d for d in ENCODER_DILATIONS)  # k7 dilated conv; the k1 conv adds nothing
+    step = 1  # encoder: input samples per step of the current layer
+    encoder = 7 - 1  # the first conv
+    for s in config.encoder_rates:
+        encoder += (res_unit + 2 * s - 1) * step  # three residual units, then the strided conv
+        step *= s
+    encoder += (3 - 1) * step  # the last conv, at the frame rate
+    mrf = max(sum((k - 1) * d + (k - 1) for d in MRF_DILATIONS) for k in MRF_KERNELS)
+    per_frame = 1  # decoder: steps of the current layer per frame
+    decoder = Fraction(7 - 1)  # the first conv, at the frame rate
+    for s in config.decoder_rates:
+        decoder += Fraction(1, per_frame)  # the transposed conv
+        per_frame *= s
+        decoder += Fraction(mrf, per_frame)
+    decoder += Fraction(7 - 1, per_frame)  # the last conv
+    return max(math.ceil(Fraction(encoder, config.hop_length)), math.ceil(decoder))
+
+
+def codec_window_frames(config: CodecConfig, overhead: float = 0.05) -> int:
+    """Kept frames per window: the overlap either side costs `overhead` of the windows' work."""
+    return math.ceil(2 * receptive_field_frames(config) / overhead)
 
 
 # --------------------------------------------------------------------------------------------

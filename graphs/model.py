@@ -13,11 +13,12 @@ import numpy as np
 import onnxscript
 from onnxscript import FLOAT, INT64
 
+from vampnet_onnx.graphs.codec import decode, encode
 from vampnet_onnx.graphs.masks import build_mask, resolve_mask
 from vampnet_onnx.graphs.onsets import make_onset_detector
 from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
-from vampnet_onnx.graphs.stages import c2f_stage, coarse_stage, decode, encode, stretch_mask, stretch_time
+from vampnet_onnx.graphs.stages import c2f_stage, coarse_stage, stretch_mask, stretch_time
 from vampnet_onnx.interface import MAX_FEEDBACK_STEPS, MAX_ONSET_WIDTH, MAX_TIME_STRETCH
 from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
 
@@ -38,8 +39,14 @@ class GraphConfig:
     vocab_size: int = 1024  # the mask token is vocab_size (graphs.sampling.MASK_TOKEN)
     coarse_chunk_s: float = 10.0
     c2f_chunk_s: float = 3.0
+    # the codec's windows (graphs/codec.py), from builder/codec.py: receptive_field_frames and
+    # codec_window_frames of VampNet's codec
+    codec_window: int = 760  # frames each window keeps
+    codec_overlap: int = 19  # frames read either side, >= the codec's receptive field
 
     def __post_init__(self):
+        if self.codec_window < 1 or self.codec_overlap < 0:
+            raise ValueError(f"codec windows of {self.codec_window} frames, overlap {self.codec_overlap}")
         # seconds -> frames is computed exactly in float32 from this rate (graphs/masks.py, s2t)
         if float(np.float32(self.frame_rate)) != self.sample_rate / self.hop_length:
             raise ValueError(
@@ -68,6 +75,7 @@ def main_graph(config: GraphConfig):
     (names, order, types; the assembler checks); parameters arrive as (1,) tensors."""
     HOP, N_COARSE = config.hop_length, config.n_coarse
     COARSE_CHUNK, C2F_CHUNK = config.coarse_chunk, config.c2f_chunk
+    N_CODEBOOKS, WINDOW, OVERLAP = config.n_codebooks, config.codec_window, config.codec_overlap
     FRAME_RATE = float(np.float32(config.frame_rate))
     onset_mask = make_onset_detector(config.sample_rate, config.hop_length).onset_mask
 
@@ -103,13 +111,15 @@ def main_graph(config: GraphConfig):
         hop = op.Constant(value_int=HOP)
         n_coarse = op.Constant(value_int=N_COARSE)
         root = seed_key(scalar(seed))
+        window = op.Constant(value_int=WINDOW)
+        overlap = op.Constant(value_int=OVERLAP)
 
         # An empty batch runs as one silent row and returns none: no kernel ever sees a 0-row
         # tensor (some divide by a zero dimension, which kills the host process).
         batch = op.Shape(audio, start=0, end=1)
         rows = op.Pad(audio, op.Concat([0, 0], op.Max(1 - batch, 0), [0], axis=0))
 
-        input_codes = encode(rows, hop)
+        input_codes = encode(rows, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
         # upstream detects onsets in its preprocessed signal, which is zero-padded to whole hops
         # like the encoder's input; the prompt only serves a built mask (explicit: detect on nothing)
         n_samples = op.Shape(input_codes, start=2, end=3) * hop
@@ -139,7 +149,7 @@ def main_graph(config: GraphConfig):
         )
         samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S
         # the outputs are named after these variables
-        audio_out = op.Slice(decode(row_out, samples), [0], batch, [0])
+        audio_out = op.Slice(decode(row_out, samples, hop, window, overlap), [0], batch, [0])
         codes = op.Slice(row_codes, [0], batch, [0])
         mask_out = op.Slice(row_mask, [0], batch, [0])
         coarse_codes = op.Slice(row_coarse, [0], batch, [0])

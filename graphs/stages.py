@@ -1,11 +1,11 @@
-"""The stages of the single model: encode, coarse vamp, coarse-to-fine, decode.
+"""The generating stages of the single model: coarse vamp and coarse-to-fine (the codec's
+encode and decode are in graphs/codec.py).
 
 Each stage calls an exported component as an opaque op of the "vampnet" domain
-(`vampnet.codec_encoder`, `vampnet.coarse_transformer`, `vampnet.c2f_transformer`,
-`vampnet.codec_decoder`). The assembler (builder/assemble.py) inlines these stage functions into
-the main graph and then hands each component call its weights from the main graph's
-initializers, so the transformers inside the step Loops read their weights from the outer scope
-instead of carrying copies.
+(`vampnet.coarse_transformer`, `vampnet.c2f_transformer`). The assembler (builder/assemble.py)
+inlines these stage functions into the main graph and then hands each component call its weights
+from the main graph's initializers, so the transformers inside the step Loops read their weights
+from the outer scope instead of carrying copies.
 
 Chunking follows upstream's Interface (coarse_vamp, coarse_to_fine): the coarse stage works on
 `chunk`-frame pieces (575 frames = 10 s; the last one shorter) and pins the first and last frame of
@@ -113,22 +113,6 @@ def with_anchors(mask: INT64["B", "C", "T"]) -> INT64["B", "C", "T"]:
     frame = op.Range(0, op.Squeeze(t), 1)
     edge = op.Unsqueeze(op.Or(frame == 0, frame == op.Squeeze(t) - 1), [0, 1])  # (1, 1, T)
     return op.Where(op.And(keeps_any, edge), op.CastLike(0, mask), mask)
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def encode(audio: FLOAT["B", "S"], hop: INT64) -> INT64["B", "K", "T"]:
-    """Right-pad to whole hops (at least one, so an empty input still runs) and encode."""
-    s = op.Shape(audio, start=1, end=2)
-    frames = op.Max(op.Div(s + hop - 1, hop), 1)
-    padded = op.Pad(audio, op.Concat([0, 0], [0], frames * hop - s, axis=0))
-    return vampnet.codec_encoder(op.Unsqueeze(padded, [1]))
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def decode(codes: INT64["B", "K", "T"], samples: INT64[1]) -> FLOAT["B", "S"]:
-    """Decode and trim to `samples` (the input's length, times the time stretch)."""
-    decoded = op.Squeeze(vampnet.codec_decoder(codes), [1])
-    return op.Slice(decoded, [0], samples, [1])
 
 
 @onnxscript.script(vampnet, default_opset=op)

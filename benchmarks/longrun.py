@@ -1,0 +1,113 @@
+"""Long clips through a built model: wall time and peak RSS per clip length, each in a fresh process.
+
+    python -m benchmarks.longrun --minutes 10 --steps 1            # a 10-minute song
+    python -m benchmarks.longrun --seconds 10 60 --steps 1         # memory against length
+
+The model defaults to the real-size build of `python -m benchmarks.realsize` (artifacts/realsize/).
+Memory does not depend on the number of sampling steps (each step reuses the same buffers), so
+`--steps 1 --c2f-steps 1` measures the memory of a full run in a fraction of its time; the time
+grows about linearly with the steps. Peak RSS is the process's high-water mark (VmHWM) over
+session load and run; the test signal is made in blocks, so that it adds no more than its own size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.realsize import DEFAULT_OUT, SAMPLE_RATE, gb, ort_session, peak_rss, rss
+
+DEFAULT_MODEL = DEFAULT_OUT / "vampnet.onnx"
+
+
+def signal(seconds: float):
+    """A few partials with noise at about -20 dBFS, made in 10 s blocks of float32, so that making a
+    long song costs no more than the song itself (float32)."""
+    import numpy as np
+
+    n = int(round(seconds * SAMPLE_RATE))
+    rng = np.random.default_rng(0)
+    phases = rng.uniform(0, 2 * np.pi, 5)
+    x = np.empty((1, n), np.float32)
+    block = 10 * SAMPLE_RATE
+    for start in range(0, n, block):
+        t = np.arange(start, min(start + block, n)) / SAMPLE_RATE
+        partials = sum(0.05 * np.sin(2 * np.pi * f * t + p) for f, p in zip((110, 220, 331, 440, 660), phases))
+        x[0, start:start + t.size] = partials + 0.01 * rng.standard_normal(t.size)
+    return x
+
+
+def one_run(model: Path, seconds: float, steps: int, c2f_steps: int, threads: int, onset_width: int) -> dict:
+    import numpy as np
+
+    from vampnet_onnx.model import interface_feeds
+
+    audio = signal(seconds)
+    t0 = time.perf_counter()
+    session = ort_session(model, threads)
+    load_s = time.perf_counter() - t0
+    rss_loaded = rss()
+    feeds = interface_feeds(audio, seed=0, sampling_steps=steps, c2f_sampling_steps=c2f_steps,
+                            onset_mask_width=onset_width)
+    t0 = time.perf_counter()
+    out = session.run(["audio_out"], feeds)[0]
+    return {
+        "seconds_of_audio": seconds,
+        "steps": steps,
+        "c2f_steps": c2f_steps,
+        "onset_mask_width": onset_width,
+        "load_s": round(load_s, 2),
+        "run_s": round(time.perf_counter() - t0, 1),
+        "rss_after_load": rss_loaded,
+        "peak_rss": peak_rss(),
+        "output_shape": list(out.shape),
+        "finite": bool(np.isfinite(out).all()),
+    }
+
+
+def run_in_fresh_process(model: Path, seconds: float, args) -> dict:
+    command = [sys.executable, "-m", "benchmarks.longrun", "--one", str(seconds), "--model", str(model),
+               "--steps", str(args.steps), "--c2f-steps", str(args.c2f_steps), "--threads", str(args.threads),
+               "--onset-width", str(args.onset_width)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {seconds} s run failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.longrun", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"the model (default {DEFAULT_MODEL})")
+    lengths = parser.add_mutually_exclusive_group()
+    lengths.add_argument("--minutes", type=float, nargs="+", help="clip lengths in minutes")
+    lengths.add_argument("--seconds", type=float, nargs="+", help="clip lengths in seconds")
+    parser.add_argument("--steps", type=int, default=12, help="coarse sampling steps (default 12)")
+    parser.add_argument("--c2f-steps", type=int, default=2, help="coarse-to-fine sampling steps (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    parser.add_argument("--onset-width", type=int, default=0, help="onset_mask_width (0: no onset detection)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--one", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one is not None:
+        print(json.dumps(one_run(args.model, args.one, args.steps, args.c2f_steps, args.threads, args.onset_width)))
+        return 0
+    seconds = [60 * m for m in args.minutes] if args.minutes else (args.seconds or [600.0])
+    results = []
+    print(f"{args.model}: {args.steps} coarse / {args.c2f_steps} c2f steps, {args.threads} threads", flush=True)
+    print("| audio | load | run | RSS after load | peak RSS |\n|---|---|---|---|---|", flush=True)
+    for s in seconds:
+        r = run_in_fresh_process(args.model, s, args)
+        results.append(r)
+        print(f"| {s:g} s | {r['load_s']} s | {r['run_s']} s | {gb(r['rss_after_load'])} | {gb(r['peak_rss'])} |",
+              flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0 if all(r["finite"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The codec stages of the single model: encode audio to codes, decode codes to audio, in windows.
+
+The codec's activations are long: its outer layers run at the sample rate with tens of channels, so
+coding a whole song at once costs memory in proportion to its length. Both stages therefore run
+a Loop over windows of `window` frames: each iteration codes its window plus `overlap` frames either
+side, keeps the window's own frames and appends them (a loop-carried Concat, grown from an empty
+tensor). With `overlap` at least the codec's receptive field (builder/codec.py,
+`receptive_field_frames`), every kept frame reads exactly what it reads in a whole-signal run, so
+the result equals the whole-signal one to float32 noise, and a short input is one window.
+
+Windows start on whole frames, so every strided layer of the encoder sees the same grid as in a
+whole-signal run (a frame is the product of its strides). At the ends of the signal a window is
+clipped to the signal, so its zero padding there is the whole signal's.
+
+The components are opaque ops of the "vampnet" domain (`vampnet.codec_encoder`,
+`vampnet.codec_decoder`), bound by builder/assemble.py to weights in the outer scope.
+"""
+import onnxscript
+from onnxscript import FLOAT, INT64
+
+from vampnet_onnx.graphs.opsets import op, vampnet
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def window_span(
+    start: INT64[1], window: INT64, overlap: INT64, frames: INT64[1]
+) -> tuple[INT64[1], INT64[1], INT64[1]]:
+    """The frames [lo, hi) a window reads to keep frames [start, end): `overlap` either side of its
+    own, clipped to the signal's [0, frames)."""
+    lo = op.Max(start - overlap, 0)
+    hi = op.Min(start + window + overlap, frames)
+    end = op.Min(start + window, frames)
+    return lo, hi, end
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def encode(
+    audio: FLOAT["B", "S"], hop: INT64, n_codebooks: INT64, window: INT64, overlap: INT64
+) -> INT64["B", "K", "T"]:
+    """Right-pad to whole hops (at least one, so an empty input still runs) and encode, window by window."""
+    s = op.Shape(audio, start=1, end=2)
+    frames = op.Max(op.Div(s + hop - 1, hop), 1)
+    padded = op.Pad(audio, op.Concat([0, 0], [0], frames * hop - s, axis=0))
+    batch = op.Shape(audio, start=0, end=1)
+    codes = op.Expand(op.Constant(value_int=0), op.Concat(batch, op.Reshape(n_codebooks, [1]), [0], axis=0))
+    for i in range(op.Squeeze(op.Div(frames + window - 1, window))):
+        start = op.Unsqueeze(i * window, [0])
+        lo, hi, end = window_span(start, window, overlap, frames)
+        piece = vampnet.codec_encoder(op.Unsqueeze(op.Slice(padded, lo * hop, hi * hop, [1]), [1]))
+        codes = op.Concat(codes, op.Slice(piece, start - lo, end - lo, [2]), axis=2)
+    return codes
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def decode(
+    codes: INT64["B", "K", "T"], samples: INT64[1], hop: INT64, window: INT64, overlap: INT64
+) -> FLOAT["B", "S"]:
+    """Decode window by window and trim to `samples` (the input's length, times the time stretch)."""
+    frames = op.Shape(codes, start=2, end=3)
+    audio = op.Expand(op.Constant(value_float=0.0), op.Concat(op.Shape(codes, start=0, end=1), [0], axis=0))
+    for i in range(op.Squeeze(op.Div(frames + window - 1, window))):
+        start = op.Unsqueeze(i * window, [0])
+        lo, hi, end = window_span(start, window, overlap, frames)
+        piece = op.Squeeze(vampnet.codec_decoder(op.Slice(codes, lo, hi, [2])), [1])
+        audio = op.Concat(audio, op.Slice(piece, (start - lo) * hop, (end - lo) * hop, [1]), axis=1)
+    return op.Slice(audio, [0], samples, [1])
