@@ -141,7 +141,7 @@ def test_variations_bounded_by_memory(capsys, tmp_path, model_path, monkeypatch,
     inp = write_music(tmp_path / "in.wav", seconds=2.0, subtype="PCM_16")
     local = tmp_path / "m.onnx"
     shutil.copy(model_path, local)
-    per_row = 2 * 44100 * cli.ROW_BYTES_PER_SAMPLE
+    per_row = int(cli.ROW_WEIGHTS_SHARE * local.stat().st_size) + 2 * 44100 * cli.ROW_BYTES_PER_SAMPLE
     monkeypatch.setattr(cli, "available_memory", lambda: local.stat().st_size + int(3.5 * per_row))
     before = snapshot(tmp_path)
     rc, _, err = run_main(capsys, "vamp", inp, "-o", tmp_path / "o.wav", "-m", local,

@@ -67,10 +67,13 @@ DEFAULT_DEMO_MODEL = f"{DEFAULT_DEMO_DIR}/vampnet-tiny.onnx"  # what `vampnet-on
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_VARIATIONS = 256
 """Hard cap on --variations (one batch); memory usually allows fewer (``check_memory``)."""
-ROW_BYTES_PER_SAMPLE = 2048
-"""Estimated peak memory of one batch row per input sample (44.1 kHz) beyond the weights. The
-real-size model peaks about 0.6 GB above its 2.6 GB of weights on a 10 s clip (README's
-benchmark), 1.4 KB per sample; rounded up for a margin."""
+ROW_WEIGHTS_SHARE = 0.25
+ROW_BYTES_PER_SAMPLE = 256
+"""Estimated peak memory of one batch row beyond the weights: ROW_WEIGHTS_SHARE of the weights'
+size (the activations inside one transformer chunk and one codec window, which grow with the
+model, not with the input) plus ROW_BYTES_PER_SAMPLE per input sample (44.1 kHz; the signal and
+its codes). Measured at real size: 0.65 GB above the 2.6 GB of weights for 10 s, 1.05 GB for
+60 s; the estimate gives 0.77 and 1.33 GB."""
 
 
 class CliError(Exception):
@@ -367,12 +370,12 @@ def available_memory() -> int | None:
 
 def check_memory(n: int, samples: int, model: Path) -> None:
     """Refuse more variations than the available memory can hold (an estimate; see
-    ROW_BYTES_PER_SAMPLE): the batch would otherwise be killed for memory mid-run."""
+    ROW_WEIGHTS_SHARE): the batch would otherwise be killed for memory mid-run."""
     available = available_memory()
     if n <= 1 or available is None:
         return
     weights = sum(f.stat().st_size for f in model_files(model) if f.is_file())
-    per_row = samples * ROW_BYTES_PER_SAMPLE
+    per_row = int(ROW_WEIGHTS_SHARE * weights) + samples * ROW_BYTES_PER_SAMPLE
     fit = max(1, (available - weights) // per_row)
     if n > fit:
         raise CliError(
