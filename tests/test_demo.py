@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vampnet_onnx.builder import demo
+from vampnet_onnx import demo
 from conftest import runtime_only
 from vampnet_onnx import cli
 from vampnet_onnx.cli import main
