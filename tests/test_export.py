@@ -1,4 +1,4 @@
-"""Each component exported to its own ONNX graph (builder/export.py via builder.assemble.export_components).
+"""Each component exported to its own ONNX graph (builder/export.py via assemble.export_components).
 
 For the tiny and tiny-lora variants, every exported component (`Built.components[name]`) runs in
 onnxruntime and is compared
