@@ -29,6 +29,7 @@ from vampnet_onnx.builder.codec import Codec, codec_window_frames, receptive_fie
 from vampnet_onnx.builder.export import DOMAIN, component_function, export_component
 from vampnet_onnx.builder.quantize import OPSET as INT8_OPSET, move_into_bodies, quantize_component
 from vampnet_onnx.graphs.model import GraphConfig, main_graph
+from vampnet_onnx.graphs.opsets import OPSET_VERSION
 from vampnet_onnx.graphs.portable import make_portable, ship, subgraphs
 from vampnet_onnx.graphs.sampling import MASK_TOKEN
 from vampnet_onnx.graphs.stages import injected_noise, prng_noise
@@ -209,7 +210,7 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     model.graph.initializer.extend(outer_weights)
     if inline:
         model = ship(model, {(DOMAIN, name): [v.type for v in c.graph.output] for name, c in components.items()},
-                     opset=INT8_OPSET if quantized else 20)
+                     opset=INT8_OPSET if quantized else OPSET_VERSION)
         move_into_bodies(model, quantized)  # where onnxruntime fuses them (builder/quantize.py)
     else:
         make_portable(model)

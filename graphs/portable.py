@@ -12,6 +12,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from vampnet_onnx.graphs.opsets import OPSET_VERSION
+
 
 def subgraphs(node: onnx.NodeProto):
     """The graphs held by a node's attributes (Loop and If bodies)."""
@@ -94,7 +96,7 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
 # --------------------------------------------------------------------------------------------
 
 IR_VERSION = 9  # what onnxruntime 1.17 and other older runtimes read; opset 20 needs no more
-IR_VERSION_FOR_OPSET = {20: IR_VERSION, 21: 10}  # opset 21: the int8 variant's blocked DequantizeLinear
+IR_VERSION_FOR_OPSET = {OPSET_VERSION: IR_VERSION, 21: 10}  # opset 21: the int8 variant's blocked DequantizeLinear
 
 
 def _rank_only(value_type: onnx.TypeProto) -> onnx.TypeProto:
@@ -275,7 +277,7 @@ def _drop_unused_constants(graph: onnx.GraphProto, used: set) -> None:
             _drop_unused_constants(g, used)
 
 
-def ship(model: onnx.ModelProto, signatures: dict | None = None, opset: int = 20) -> onnx.ModelProto:
+def ship(model: onnx.ModelProto, signatures: dict | None = None, opset: int = OPSET_VERSION) -> onnx.ModelProto:
     """The model as shipped: local functions inlined (runtimes such as OpenVINO and tract read no
     functions), subgraphs typed, IR version 9 (10 for `opset` 21).
 
