@@ -27,7 +27,7 @@ from torch.export import Dim
 
 from vampnet_onnx.builder.codec import Codec, codec_window_frames, receptive_field_frames
 from vampnet_onnx.builder.export import DOMAIN, component_function, export_component
-from vampnet_onnx.builder.quantize import OPSET as INT8_OPSET, move_into_bodies, quantize_component
+from vampnet_onnx.builder.quantize import OPSET as INT8_OPSET, move_into_bodies, quantize_components
 from vampnet_onnx.graphs.model import GraphConfig, main_graph
 from vampnet_onnx.graphs.opsets import OPSET_VERSION
 from vampnet_onnx.graphs.portable import make_portable, ship, subgraphs
@@ -36,8 +36,6 @@ from vampnet_onnx.graphs.stages import injected_noise, prng_noise
 from vampnet_onnx import interface
 
 WEIGHTS = ("float32", "int8")
-# what --weights int8 quantizes; the codec stays float32
-QUANTIZED = ("coarse_transformer", "c2f_transformer")
 # stage functions (vampnet domain), inlined into the main graph before the components are bound
 STAGES = ("encode", "decode", "coarse_stage", "c2f_stage", "coarse_generation", "c2f_generation")
 # noise op -> the extra graph inputs of a noise_inputs=True model: q (D, B, N, V), u (D, B, N)
@@ -178,17 +176,15 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     """The single model. `noise_inputs=True` (tests only): the sampling noise comes from the extra
     inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`).
     `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them.
-    `weights="int8"`: the transformers' MatMul weights in int8 (builder/quantize.py), opset 21;
+    `weights="int8"`: the transformers' and the codec decoder's weights in int8 (builder/quantize.py), opset 21;
     `components` given are quantized in place.
     `codec_window` (tests only): frames per codec window instead of the codec's own choice."""
     if weights not in WEIGHTS or (weights != "float32" and not inline):
         raise ValueError(f"weights={weights!r} (inline={inline}): one of {WEIGHTS}, int8 only inlined")
     config = graph_config(codec, coarse, c2f, codec_window)
     components = components or export_components(codec, coarse, c2f)
-    quantized = []  # main-graph names of the int8 weights and scales
-    if weights == "int8":
-        for name in QUANTIZED:
-            quantized += [f"{name}/{q}" for q in quantize_component(components[name])]
+    # main-graph names of the transformers' int8 weights and scales
+    quantized = quantize_components(components) if weights == "int8" else []
 
     model = main_graph(config).to_model_proto()
     model = onnx.inliner.inline_selected_functions(model, [(DOMAIN, s) for s in STAGES])

@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import set_external_data
 
-from vampnet_onnx.builder.assemble import QUANTIZED, assemble, export_components
+from vampnet_onnx.builder.assemble import assemble, export_components
 from vampnet_onnx.builder.codec import load_codec
-from vampnet_onnx.builder.quantize import quantize_component
+from vampnet_onnx.builder.quantize import quantize_components
 from vampnet_onnx.builder.transformer import load_transformer
 from vampnet_onnx.model import interface_feeds
 
@@ -85,6 +85,10 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool = False) -> li
     data = path.with_name(path.name + ".data")
     onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
+    # onnx creates the data file readable by its owner only; give it what any new file gets here
+    umask = os.umask(0)
+    os.umask(umask)
+    data.chmod(0o666 & ~umask)
     return [path, data]
 
 
@@ -134,7 +138,8 @@ def write_test_data(path: Path, folder: Path) -> None:
 
 def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora: Path | None = None,
                 c2f_lora: Path | None = None, log=print, weights: str = "float32") -> Path:
-    """`weights`: "float32", or "int8" for the transformers' MatMul weights (builder/quantize.py)."""
+    """`weights`: "float32", or "int8" for the transformers' and the codec decoder's weights
+    (builder/quantize.py)."""
     output = Path(output)
     started = time.perf_counter()
 
@@ -163,9 +168,8 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
         step("exporting components (codec encoder, codec decoder, coarse and c2f transformers)")
         components = export_components(codec_model, coarse_model, c2f_model)
         if weights == "int8":
-            step("quantizing the transformers' MatMul weights to int8")
-            for name in QUANTIZED:
-                quantize_component(components[name])
+            step("quantizing the transformers' and the codec decoder's weights to int8")
+            quantize_components(components)
         # Assembly reads only the configurations: let the torch weights go before the next copies.
         codec_model, coarse_model, c2f_model = (_ConfigOnly(m) for m in (codec_model, coarse_model, c2f_model))
         gc.collect()

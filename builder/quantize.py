@@ -1,18 +1,26 @@
-"""Weight-only int8 quantization of the transformers' MatMuls (`vampnet-onnx build --weights int8`).
+"""Weight-only int8 quantization (`vampnet-onnx build --weights int8`).
 
-    quantize_component(model)      # in place: MatMul(x, W) -> MatMul(x, DequantizeLinear(q, scale))
+    quantize_components(components) # in place: all of the below that --weights int8 does
+    quantize_component(model)      # in place: the transformers' MatMuls and classifier read int8 weights
+    halve_convs(model)             # in place: the codec decoder's convolutions read float16 weights
     move_into_bodies(model, names) # in place: those initializers into the one Loop body that reads them
 
-Every MatMul whose second input is a float32 weight W (K, N) reads it through opset 21's blocked
-DequantizeLinear instead: q int8 (K, N) and scale float32 (K / b, N), symmetric, one scale per
-block of b consecutive rows along K (b = 128, or the largest power of two >= 16 dividing K).
-onnxruntime (>= 1.20) fuses DequantizeLinear -> MatMul into its MatMulNBits (8 bits) at load, so
-the weights stay int8 in memory and the product runs on its low-bit kernels.
+Transformers. Every weight W is stored as q int8 with a float32 scale per block of b consecutive
+input channels (symmetric, |q| <= 127, b = 128 or the largest power of two >= 16 dividing the
+channel count) and read through opset 21's blocked DequantizeLinear. Every MatMul whose second input is a float32 weight W (K, N) reads DequantizeLinear(q,
+scale); the classifier, a kernel-1 Conv (V·C_p, E, 1), becomes such a MatMul first (the largest
+table left otherwise: a quarter of the int8 file). onnxruntime (>= 1.20) fuses DequantizeLinear ->
+MatMul into its MatMulNBits (8 bits) at load, so these weights stay int8 in memory. It fuses only
+when q and scale are initializers of the graph that holds the MatMul: onnxruntime 1.32 refuses the
+session ("Missing required weight") when they come from the outer scope, which is where the
+assembler puts weights. Each transformer is called from one Loop body, so its quantized weights
+move into that body (`move_into_bodies`), stored once as before.
 
-It fuses only when q and scale are initializers of the graph that holds the MatMul: onnxruntime
-1.32 refuses the session ("Missing required weight") when they come from the outer scope, which
-is where the assembler puts weights. Each transformer is called from one Loop body, so its
-quantized weights move into that body (`move_into_bodies`), stored once as before.
+Codec decoder. Its Conv / ConvTranspose weights are stored as float16 and cast back to float32
+(onnxruntime does so once, at load); that brings the file under 30 % of float32's. float16, not
+int8: a decoder's error lands in the audio directly, and on the tiny test decoder int8 weights
+leave 18 dB of signal to error where float16 leaves 36 dB. The encoder stays float32, so the
+input's tokens are exactly the float32 model's.
 """
 from __future__ import annotations
 
@@ -24,6 +32,17 @@ from vampnet_onnx.graphs.portable import subgraphs
 
 OPSET = 21  # blocked DequantizeLinear
 MAX_BLOCK, MIN_BLOCK = 128, 16  # MatMulNBits takes powers of two >= 16
+CLASSIFIER = "classifier_weight"  # builder/transformer.py: the kernel-1 Conv to logits
+TRANSFORMERS = ("coarse_transformer", "c2f_transformer")
+DECODER = "codec_decoder"
+
+
+def quantize_components(components: dict[str, onnx.ModelProto]) -> list[str]:
+    """In place, idempotent: the transformers and the codec decoder. Returns the main-graph names
+    (`component/initializer`) of the transformers' int8 weights and scales, which the assembler
+    moves into the Loop bodies."""
+    halve_convs(components[DECODER])
+    return [f"{name}/{q}" for name in TRANSFORMERS for q in quantize_component(components[name])]
 
 
 def block_size(k: int) -> int | None:
@@ -35,41 +54,100 @@ def block_size(k: int) -> int | None:
     return None
 
 
-def quantize_weight(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """W (K, N) -> q int8 (K, N), scale (K / block, N) with W ≈ q · scale, |q| <= 127."""
-    k, n = w.shape
-    blocks = w.reshape(k // block, block, n)
+def quantize_weight(w: np.ndarray, block: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """W -> q int8 (W's shape), scale (W's shape with `axis` divided by `block`), W ≈ q · scale
+    with the scale repeated `block` times along `axis`, |q| <= 127."""
+    moved = np.moveaxis(w, axis, 0)
+    blocks = moved.reshape(moved.shape[0] // block, block, *moved.shape[1:])
     scale = np.abs(blocks).max(axis=1) / 127.0
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero block: any scale
-    q = np.clip(np.rint(blocks / scale[:, None, :]), -127, 127).astype(np.int8)
-    return q.reshape(k, n), scale
+    q = np.clip(np.rint(blocks / scale[:, None]), -127, 127).astype(np.int8)
+    return np.moveaxis(q.reshape(moved.shape), 0, axis), np.moveaxis(scale, 0, axis)
+
+
+def _dequantize(name: str, w: np.ndarray, block: int, axis: int, node_name: str, new: list) -> onnx.NodeProto:
+    """Appends q and scale initializers to `new`; returns the node that makes `name` from them."""
+    q, scale = quantize_weight(w, block, axis)
+    new += [numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")]
+    return helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name],
+                            name=f"{node_name}_dequantize", axis=axis, block_size=block)
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def _pointwise(node: onnx.NodeProto, w: onnx.TensorProto) -> bool:
+    """A Conv that is a plain matrix product over channels: kernel 1, no groups, strides or pads."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return (len(w.dims) == 3 and w.dims[2] == 1 and attrs.get("group", 1) == 1
+            and set(attrs.get("strides", [1])) == {1} and set(attrs.get("dilations", [1])) == {1}
+            and not any(attrs.get("pads", [0])) and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+
+
+def _as_matmul(node: onnx.NodeProto, w: np.ndarray, new: list) -> list[onnx.NodeProto]:
+    """Conv(x (B, K, T), W (N, K, 1), b) as Transpose -> MatMul(W (K, N) int8) -> Add b -> Transpose."""
+    x, name, out = node.input[0], node.input[1], node.output[0]
+    matrix = np.ascontiguousarray(w[:, :, 0].T)
+    nodes = [helper.make_node("Transpose", [x], [f"{out}_btk"], name=f"{node.name}_in", perm=[0, 2, 1]),
+             _dequantize(name, matrix, block_size(matrix.shape[0]), 0, node.name, new),
+             helper.make_node("MatMul", [f"{out}_btk", name], [f"{out}_btn"], name=node.name)]
+    if len(node.input) > 2 and node.input[2]:
+        nodes.append(helper.make_node("Add", [f"{out}_btn", node.input[2]], [f"{out}_biased"], name=f"{node.name}_bias"))
+    nodes.append(helper.make_node("Transpose", [nodes[-1].output[0]], [out], name=f"{node.name}_out", perm=[0, 2, 1]))
+    return nodes
 
 
 def quantize_component(model: onnx.ModelProto) -> list[str]:
     """In place; returns the names of all its int8 and scale initializers (those of an earlier
     call included: idempotent). Float MatMul weights whose K is not a multiple of 16 stay float32."""
     inits = {t.name: t for t in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model.graph)
     nodes, new, replaced = [], [], set()
     for node in model.graph.node:
-        name = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        name = node.input[1] if node.op_type in ("MatMul", "Conv") and len(node.input) >= 2 else None
         t = inits.get(name)
-        if t is not None and name not in replaced and t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 \
-                and block_size(t.dims[0]) and all(c.op_type == "MatMul" and c.input[1] == name for c in consumers[name]):
-            b = block_size(t.dims[0])
-            q, scale = quantize_weight(numpy_helper.to_array(t), b)
-            new += [numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")]
-            nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name],
-                                          name=f"{node.name}_dequantize", axis=0, block_size=b))
+        if t is None or name in replaced or t.data_type != onnx.TensorProto.FLOAT:
+            nodes.append(node)
+        elif node.op_type == "MatMul" and len(t.dims) == 2 and block_size(t.dims[0]) \
+                and all(c.op_type == "MatMul" and c.input[1] == name for c in consumers[name]):
+            nodes += [_dequantize(name, numpy_helper.to_array(t), block_size(t.dims[0]), 0, node.name, new), node]
             replaced.add(name)
-        nodes.append(node)
+        elif node.op_type == "Conv" and name.endswith(CLASSIFIER) and consumers[name] == [node] \
+                and _pointwise(node, t) and block_size(t.dims[1]):
+            nodes += _as_matmul(node, numpy_helper.to_array(t), new)
+            replaced.add(name)
+        else:
+            nodes.append(node)
     if replaced:
         _replace(model, replaced, new, nodes)
     names = {t.name for t in model.graph.initializer}
     return [n for node in model.graph.node if node.op_type == "DequantizeLinear" for n in node.input if n in names]
+
+
+def halve_convs(model: onnx.ModelProto) -> int:
+    """In place: every float32 Conv / ConvTranspose weight stored as float16 and read through a Cast
+    back to float32; returns how many. Idempotent."""
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers = _consumers(model.graph)
+    nodes, new, replaced = [], [], set()
+    for node in model.graph.node:
+        t = inits.get(node.input[1]) if node.op_type in ("Conv", "ConvTranspose") else None
+        if t is not None and t.data_type == onnx.TensorProto.FLOAT and t.name not in replaced \
+                and all(c.op_type in ("Conv", "ConvTranspose") for c in consumers[t.name]):
+            half = numpy_helper.to_array(t).astype(np.float16)
+            new.append(numpy_helper.from_array(half, f"{t.name}_fp16"))
+            nodes.append(helper.make_node("Cast", [f"{t.name}_fp16"], [t.name], name=f"{node.name}_widen",
+                                          to=onnx.TensorProto.FLOAT))
+            replaced.add(t.name)
+        nodes.append(node)
+    if replaced:
+        _replace(model, replaced, new, nodes)
+    return len(replaced)
 
 
 def _replace(model: onnx.ModelProto, replaced: set[str], new: list, nodes: list) -> None:

@@ -1,12 +1,16 @@
 """The int8 variant (`vampnet-onnx build --weights int8`, builder/quantize.py) from the tiny checkpoints.
 
-* It builds (opset 21, IR 10), runs, and onnxruntime fuses every int8 MatMul into MatMulNBits
-  inside the step loops (no DequantizeLinear left to run at each step).
+* It builds (opset 21, IR 10), runs, and onnxruntime fuses every int8 MatMul (the transformers'
+  projections and classifiers) into MatMulNBits inside the step loops (no DequantizeLinear left to
+  run at each step); the codec decoder's convolutions read float16 weights through a Cast, the
+  encoder stays float32.
 * Size: the int8 weights and their scales are <= 30 % of the float32 weights they replace (block
   64 at the tiny model's width 64; 128 at real size). The tiny transformers are mostly embedding
-  and classifier tables, which stay float32, so their total shrinks much less than at real size.
+  tables, which stay float32, so their total shrinks much less than at real size.
 * Logits of each int8 transformer against its float32 export on the fixtures' inputs: rms error
   <= 3 % of the logits' rms, argmax equal at >= 95 % of the positions.
+* The float16 decoder against the float32 one on the fixtures' codes: >= 30 dB signal to error
+  (36 dB measured; the tiny random decoder amplifies weight error far more than a trained one would).
 * Tokens with the fixtures' deterministic settings (argmax, no Gumbel noise) and one step per stage,
   so that one forward decides them: >= 97 % of the generated coarse tokens and >= 93 % of the
   fine ones equal float32's. Over 12 steps the tiny model's near-tied random logits let a few
@@ -19,7 +23,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from vampnet_onnx.builder.quantize import quantize_component
+from vampnet_onnx.builder.quantize import halve_convs, quantize_component
 from conftest import DETERMINISTIC_CASES, OUTPUTS, fixture_inputs, golden
 from vampnet_onnx.model import interface_feeds
 
@@ -58,20 +62,22 @@ def test_int8_model_builds_and_fuses(int8, tmp_path):
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["weights"] == "int8" and "onnxruntime >= 1.18" in meta["requires"]
     dequantize = [(d, n) for d, n in _nodes(model.graph) if n.op_type == "DequantizeLinear"]
-    assert len(dequantize) == 24 and all(d > 0 for d, _ in dequantize)  # 12 MatMuls per transformer, in the loops
+    assert len(dequantize) == 26 and all(d > 0 for d, _ in dequantize)  # 12 MatMuls + classifier each, in the loops
+    widen = [n for _, n in _nodes(model.graph) if n.op_type == "Cast" and "_widen" in n.name]
+    assert len(widen) >= 10 and all(n.name.startswith("codec_decoder/") for n in widen)
 
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(int8.path), options, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for _, n in _nodes(onnx.load(options.optimized_model_filepath).graph)]
-    assert ops.count("MatMulNBits") == 24 and "DequantizeLinear" not in ops
+    nodes = [n for _, n in _nodes(onnx.load(options.optimized_model_filepath).graph)]
+    assert sum(n.op_type == "MatMulNBits" for n in nodes) == 26 and not any(n.op_type == "DequantizeLinear" for n in nodes)
 
 
 def test_int8_weights_are_at_most_30_percent(tiny, int8):
     floats = {t.name: t for t in _initializers(onnx.load(str(tiny.path)).graph)}
-    quantized = [t for t in _initializers(onnx.load(str(int8.path)).graph) if t.name not in floats]
+    quantized = [t for t in _initializers(onnx.load(str(int8.path)).graph) if t.name.endswith(("_int8", "_scale"))]
     replaced = {t.name.removesuffix("_int8") for t in quantized if t.name.endswith("_int8")}
-    assert len(replaced) == 24
+    assert len(replaced) == 26
     int8_bytes = sum(len(t.raw_data) for t in quantized)
     float_bytes = sum(len(floats[name].raw_data) for name in replaced)
     assert int8_bytes <= 0.30 * float_bytes, f"{int8_bytes} / {float_bytes}"
@@ -95,6 +101,18 @@ def test_int8_logits_close_to_float32(tiny, name):
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
 
 
+def test_float16_decoder_close_to_float32(tiny):
+    codes = golden("tiny_periodic")["codes"]
+    component = onnx.ModelProto()
+    component.CopyFrom(tiny.components["codec_decoder"])
+    name = component.graph.input[0].name
+    want = _session(component.SerializeToString()).run(None, {name: codes})[0]
+    assert halve_convs(component) >= 10
+    got = _session(component.SerializeToString()).run(None, {name: codes})[0]
+    snr = 10 * np.log10(np.sum(want ** 2) / np.sum((got - want) ** 2))
+    assert snr >= 30, f"decoder: {snr:.1f} dB"  # 36 dB
+
+
 @pytest.mark.parametrize("case", DETERMINISTIC_CASES[:2])
 def test_int8_tokens_agree_with_float32(tiny, int8, case):
     g = golden(case)
@@ -102,7 +120,7 @@ def test_int8_tokens_agree_with_float32(tiny, int8, case):
     feeds = interface_feeds(g["preprocessed_audio"][:, 0], **inputs)
     want = dict(zip(OUTPUTS, _session(tiny.path).run(OUTPUTS, feeds)))
     got = dict(zip(OUTPUTS, _session(int8.path).run(OUTPUTS, feeds)))
-    np.testing.assert_array_equal(got["codes"], want["codes"])  # the codec stays float32
+    np.testing.assert_array_equal(got["codes"], want["codes"])  # the encoder stays float32
     generated = want["mask_out"] == 1
     coarse, fine = np.zeros_like(generated), np.zeros_like(generated)
     coarse[:, :N_COARSE], fine[:, N_COARSE:] = generated[:, :N_COARSE], generated[:, N_COARSE:]
@@ -110,3 +128,13 @@ def test_int8_tokens_agree_with_float32(tiny, int8, case):
     assert same[coarse].mean() >= 0.97, f"{case}: coarse {same[coarse].mean():.3f}"
     assert same[fine].mean() >= 0.93, f"{case}: fine {same[fine].mean():.3f}"
     assert np.isfinite(got["audio_out"]).all()
+
+
+def test_int8_files_readable_like_any_new_file(int8, tmp_path):
+    from vampnet_onnx.builder.build import save_model
+
+    written = save_model(onnx.load(str(int8.path)), tmp_path / "vampnet.onnx", external=True)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert len(written) == 2
+    assert {p.stat().st_mode & 0o777 for p in written} == {plain.stat().st_mode & 0o777}
