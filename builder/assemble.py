@@ -35,7 +35,6 @@ from vampnet_onnx.graphs.sampling import MASK_TOKEN
 from vampnet_onnx.graphs.stages import injected_noise, prng_noise
 from vampnet_onnx import interface
 
-WEIGHTS = ("float32", "int8")
 # stage functions (vampnet domain), inlined into the main graph before the components are bound
 STAGES = ("encode", "decode", "coarse_stage", "c2f_stage", "coarse_generation", "c2f_generation")
 # noise op -> the extra graph inputs of a noise_inputs=True model: q (D, B, N, V), u (D, B, N)
@@ -179,8 +178,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     `weights="int8"`: the transformers' and the codec decoder's weights in int8 (builder/quantize.py), opset 21;
     `components` given are quantized in place.
     `codec_window` (tests only): frames per codec window instead of the codec's own choice."""
-    if weights not in WEIGHTS or (weights != "float32" and not inline):
-        raise ValueError(f"weights={weights!r} (inline={inline}): one of {WEIGHTS}, int8 only inlined")
+    if weights not in interface.WEIGHTS or (weights != "float32" and not inline):
+        raise ValueError(f"weights={weights!r} (inline={inline}): one of {interface.WEIGHTS}, int8 only inlined")
     config = graph_config(codec, coarse, c2f, codec_window)
     components = components or export_components(codec, coarse, c2f)
     # main-graph names of the transformers' int8 weights and scales

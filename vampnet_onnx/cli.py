@@ -49,7 +49,7 @@ from .audio import (
     same_file,
     write_audio_file,
 )
-from .interface import BY_NAME, PARAMETERS
+from .interface import BY_NAME, PARAMETERS, WEIGHTS
 from .model import (
     Model,
     ModelError,
@@ -261,7 +261,7 @@ def build_parser() -> ArgumentParser:
     b.add_argument("--c2f-lora", metavar="F", help="LoRA checkpoint for the coarse-to-fine model")
     b.add_argument("-o", "--output", metavar="PATH", default=DEFAULT_MODEL,
                    help=f"where to write the model (default: {DEFAULT_MODEL})")
-    b.add_argument("--weights", choices=("float32", "int8"), default="float32",
+    b.add_argument("--weights", choices=WEIGHTS, default=WEIGHTS[0],
                    help="int8: the transformers' matrix weights in block-wise int8 and the codec decoder's "
                         "in float16, under 0.3x the size (opset 21: needs onnxruntime >= 1.18); "
                         "default float32 (opset 20)")
