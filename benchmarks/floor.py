@@ -1,6 +1,7 @@
 """Compute floor: how close each stage of the model comes to this CPU's float32 matmul rate, at real size.
 
     python -m benchmarks.floor [--dir artifacts/realsize] [--seconds 10] [--threads 2] [--json FILE]
+    python -m benchmarks.floor --gemm-only   # just this CPU's GEMM rates, in seconds
 
 Uses the real-size build of `python -m benchmarks.realsize` in DIR, the clip and the work of
 `python -m benchmarks.benchmark` (encode, 12 coarse forwards, 2 c2f forwards per chunk, decode).
@@ -13,6 +14,8 @@ Per stage it reports:
              (575 × 1280) @ (1280 × 5120) product, a coarse feed-forward's, with the same threads
              (measured before and after the runs, the best kept: other processes may share the CPU);
   % of floor floor / ORT seconds: 100 % would be the stage's work done at GEMM speed.
+It also times the same GEMM with 8- and 4-bit weights (onnxruntime's MatMulNBits, float or int8
+multiplies): what fewer bits per weight could buy on this CPU.
 "Everything else" (sampling, masks, the runtime's loops and copies) has no matmul work, so no floor.
 The floor is a lower bound: the graph codes in windows (≤ 5 % more codec work than the eager
 whole-clip run counted here), and the elementwise work between the matmuls is left out.
@@ -38,6 +41,7 @@ OTHER, TOTAL = "everything else", "total"
 ROWS = [*STAGE_MODULES, OTHER, TOTAL]
 GEMM = (575, 1280, 5120)  # (M, K, N): a coarse forward's first feed-forward matmul, T × E @ E × 4E
 GEMM_REPS = 10
+LOWBIT_BLOCK = 128  # as `build --weights int8` quantizes
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -55,26 +59,48 @@ def best_rate(fn, flop: float, reps: int = GEMM_REPS) -> float:
     return flop / best / 1e9
 
 
-def ort_gemm_rate(threads: int) -> float:
-    """One MatMul node, the weight an initializer as in the model."""
+def ort_gemm_rate(threads: int, bits: int | None = None, accuracy_level: int = 0) -> float:
+    """One MatMul node, the weight an initializer as in the model; with `bits` (8 or 4), the weight
+    read through blocked DequantizeLinear, which onnxruntime fuses into MatMulNBits, multiplying in
+    float (`accuracy_level` 0) or in int8 (4)."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from vampnet_onnx.builder.quantize import OPSET as LOWBIT_OPSET
     from vampnet_onnx.graphs.opsets import OPSET_VERSION
 
     m, k, n = GEMM
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "gemm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET_VERSION)])
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"])]
+    if bits is None:
+        weights, opset = [numpy_helper.from_array(w, "W")], OPSET_VERSION
+    else:
+        block, top = LOWBIT_BLOCK, (1 << (bits - 1)) - 1
+        scale = np.abs(w.reshape(k // block, block, n)).max(axis=1) / top
+        q = np.clip(np.rint(w / np.repeat(scale, block, axis=0)), -top, top).astype(np.int8)
+        q_tensor = (numpy_helper.from_array(q, "q") if bits == 8 else
+                    helper.make_tensor("q", TensorProto.INT4, [k, n], q.flatten().tolist()))
+        weights, opset = [q_tensor, numpy_helper.from_array(scale.astype(np.float32), "scale")], LOWBIT_OPSET
+        nodes.insert(0, helper.make_node("DequantizeLinear", ["q", "scale"], ["W"], axis=0, block_size=block))
+    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x = rng.standard_normal((1, m, k), dtype=np.float32)
     return best_rate(lambda: session.run(["y"], {"x": x}), 2 * m * k * n)
+
+
+def lowbit_rates(threads: int) -> dict:
+    """The same product in onnxruntime with 8- and 4-bit weights: what fewer bits per weight buy here."""
+    rates = {f"int{bits}, accuracy level {level}": ort_gemm_rate(threads, bits, level)
+             for bits in (8, 4) for level in (0, 4)}
+    print("low-bit GEMM " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in rates.items()), flush=True)
+    return rates
 
 
 def torch_gemm_rate() -> float:
@@ -178,6 +204,7 @@ def floor(folder: Path, seconds: float, threads: int) -> dict:
     p = profile(folder / "vampnet.onnx", seconds, threads)  # after the eager modules are freed
     print(f"profiled ONNX run: {p['total']:.1f} s", flush=True)
     rates_after = gemm_rates(threads)
+    lowbit = lowbit_rates(threads)
     # the other processes on the machine slow down some measurements: the best one is the CPU's rate
     rates = {k: max(rates_before[k], rates_after[k]) for k in rates_before}
     rate = max(rates.values())
@@ -191,7 +218,7 @@ def floor(folder: Path, seconds: float, threads: int) -> dict:
         "frames": math.ceil(round(seconds * SAMPLE_RATE) / 768),
         "threads": threads,
         "gemm": {"shape_mkn": list(GEMM), "gflop_per_s": rates, "used": rate,
-                 "before": rates_before, "after": rates_after},
+                 "before": rates_before, "after": rates_after, "onnxruntime_low_bit": lowbit},
         "gflop": gflop,
         "forwards": e["forwards"],
         "eager_s": with_rest(e["seconds"], e["total"]),
@@ -248,11 +275,15 @@ def markdown(r: dict) -> str:
         lines += ["", f"Above 100 % ({', '.join(above)}): faster than the measured GEMM rate allows, so other "
                       "processes took more of the CPU while the rate was measured than during that stage and "
                       "the floor is too high; measure on an idle machine."]
+    lowbit = r["gemm"]["onnxruntime_low_bit"]
     lines += [
         "",
         f"Floor of the clip **{floor_total:.1f} s**, PyTorch eager {eager_total:.1f} s, 0.5 × eager "
         f"**{half:.1f} s**: the goal (ONNX ≤ 0.5 × eager) is {'above' if half >= floor_total else 'below'} "
         f"the compute floor on this machine ({half / floor_total:.2f} × the floor).",
+        "",
+        "The same GEMM with low-bit weights (onnxruntime's MatMulNBits, block 128): "
+        + ", ".join(f"{k} {v:.1f} GFLOP/s ({v / rate:.2f}×)" for k, v in lowbit.items()) + ".",
         "",
         f"torch {r['versions']['torch']}, onnxruntime {r['versions']['onnxruntime']}; load average before "
         f"{r['load_average_before'][0]:.2f}, after the eager run {r['load_average_after_eager'][0]:.2f}, "
@@ -271,7 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default 2)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--gemm-only", action="store_true",
+                        help="only this CPU's GEMM rates (float32, and 8/4-bit weights in onnxruntime), in seconds")
     args = parser.parse_args(argv)
+    if args.gemm_only:
+        torch_setup(args.threads)
+        gemm_rates(args.threads)
+        lowbit_rates(args.threads)
+        return 0
     result = floor(args.dir, args.seconds, args.threads)
     print()
     print(markdown(result))
