@@ -76,10 +76,9 @@ def _externalize(model: onnx.ModelProto, f, location: str, threshold: int, align
         tensor.ClearField("raw_data")
 
 
-def save_model(model: onnx.ModelProto, path: Path, external: bool = False) -> list[Path]:
-    """Save, with the weights in `<name>.data` beside it when the model is too big for one file
-    (or when `external`)."""
-    if not external and weights_size(model) < PROTOBUF_LIMIT - (64 << 20):
+def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Save, with the weights in `<name>.data` beside it when the model is too big for one file."""
+    if weights_size(model) < PROTOBUF_LIMIT - (64 << 20):
         onnx.save_model(model, path)
         return [path]
     data = path.with_name(path.name + ".data")
@@ -167,14 +166,17 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
     try:
         step("exporting components (codec encoder, codec decoder, coarse and c2f transformers)")
         components = export_components(codec_model, coarse_model, c2f_model)
-        if weights == "int8":
-            step("quantizing the transformers' and the codec decoder's weights to int8")
-            quantize_components(components)
         # Assembly reads only the configurations: let the torch weights go before the next copies.
         codec_model, coarse_model, c2f_model = (_ConfigOnly(m) for m in (codec_model, coarse_model, c2f_model))
         gc.collect()
+        if weights == "int8":
+            step("quantizing the transformers' and the codec decoder's weights to int8")
+            quantize_components(components)
         data = staging / (output.name + ".data")
-        if sum(weights_size(c) for c in components.values()) >= PROTOBUF_LIMIT - (64 << 20):
+        # int8 fits one file, but onnxruntime maps external data instead of holding the protobuf
+        # and a copy of it (2.0 GB peak instead of 3.8 GB at real size), and the assembly's copies
+        # of the graph stay small
+        if weights == "int8" or sum(weights_size(c) for c in components.values()) >= PROTOBUF_LIMIT - (64 << 20):
             step(f"moving the weights to {output.name}.data")
             externalize_weights(components, data)
         step("assembling the single model")
@@ -183,9 +185,7 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
         del components
 
         step("writing")
-        # int8 fits one file, but onnxruntime maps external data instead of holding the protobuf
-        # and a copy of it: 2.0 GB peak instead of 3.8 GB at real size
-        written = save_model(model, staging / output.name, external=weights == "int8")
+        written = save_model(model, staging / output.name)
         del model
         if data.exists() and data not in written:
             written.append(data)

@@ -130,11 +130,23 @@ def test_int8_tokens_agree_with_float32(tiny, int8, case):
     assert np.isfinite(got["audio_out"]).all()
 
 
-def test_int8_files_readable_like_any_new_file(int8, tmp_path):
-    from vampnet_onnx.builder.build import save_model
+def test_build_writes_the_int8_model_with_external_data(tmp_path):
+    """`build --weights int8` end to end: model + .data (what onnxruntime maps instead of holding a
+    copy), both as readable as any new file, tagged int8, with the conformance data beside them."""
+    from conftest import CHECKPOINTS
+    from vampnet_onnx.builder.build import build_model
 
-    written = save_model(onnx.load(str(int8.path)), tmp_path / "vampnet.onnx", external=True)
+    folder = CHECKPOINTS / "tiny"
+    out = tmp_path / "int8" / "vampnet.onnx"
+    build_model(folder / "codec.pth", folder / "coarse.pth", folder / "c2f.pth", out, log=lambda _: None,
+                weights="int8")
+    data = out.with_name("vampnet.onnx.data")
     plain = tmp_path / "plain"
     plain.write_bytes(b"")
-    assert len(written) == 2
-    assert {p.stat().st_mode & 0o777 for p in written} == {plain.stat().st_mode & 0o777}
+    assert {p.name for p in out.parent.iterdir()} == {"vampnet.onnx", "vampnet.onnx.data", "test_data_set_0"}
+    assert {p.stat().st_mode & 0o777 for p in (out, data)} == {plain.stat().st_mode & 0o777}
+    meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    assert meta["weights"] == "int8"
+    audio = np.random.default_rng(0).uniform(-0.1, 0.1, (1, 4410)).astype(np.float32)
+    codes = _session(out).run(["codes_out"], interface_feeds(audio, sampling_steps=1, c2f_sampling_steps=1))[0]
+    assert codes.shape[1] == 14 and codes.min() >= 0
