@@ -492,13 +492,24 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__.split("\n\n")[0])
+def write_json(path: Path | None, result: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+
+
+def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dir, --seconds, --threads: the build and the clip, as every real-size benchmark takes them."""
     parser.add_argument("--dir", type=Path, default=DEFAULT_OUT,
                         help=f"real-size build from benchmarks.realsize (default {DEFAULT_OUT}; built if missing)")
-    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per side (default 3)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default 2)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__.split("\n\n")[0])
+    add_clip_arguments(parser)
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per side (default 3)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-side peak-memory processes")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--int8", type=Path, metavar="MODEL",
@@ -529,9 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         result = benchmark(args.dir, args.reps, args.seconds, args.threads, memory=not args.no_memory, int8=args.int8)
         print()
         print(markdown(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return 0
 
 if __name__ == "__main__":

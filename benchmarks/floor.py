@@ -23,7 +23,6 @@ whole-clip run counted here), and the elementwise work between the matmuls is le
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -32,8 +31,9 @@ import time
 from functools import partial
 from pathlib import Path
 
-from benchmarks.benchmark import WARMUP_SECONDS, TorchVamp, _cpu_name, ensure_build, profile, torch_setup
-from benchmarks.realsize import DEFAULT_OUT, SAMPLE_RATE, test_signal
+from benchmarks.benchmark import (WARMUP_SECONDS, TorchVamp, _cpu_name, add_clip_arguments, ensure_build, profile,
+                                  torch_setup, write_json)
+from benchmarks.realsize import SAMPLE_RATE, test_signal
 
 # the ORT stages and the TorchVamp modules that do the same work
 STAGE_MODULES = {"encode": "encoder", "coarse transformer": "coarse", "c2f transformer": "c2f", "decode": "decoder"}
@@ -297,10 +297,7 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", type=Path, default=DEFAULT_OUT,
-                        help=f"real-size build from benchmarks.realsize (default {DEFAULT_OUT}; built if missing)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default 2)")
+    add_clip_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--gemm-only", action="store_true",
                         help="only this CPU's GEMM rates (float32, and 8/4-bit weights in onnxruntime), in seconds")
@@ -313,9 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     result = floor(args.dir, args.seconds, args.threads)
     print()
     print(markdown(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return 0
 
 
