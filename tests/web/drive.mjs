@@ -4,8 +4,11 @@
 //   node drive.mjs CHROMIUM URL SCENARIOS.json RESULTS.json
 //
 // A scenario: {name, model?: [files], audio?: file, values?: {input: value}, run?: bool,
-// cancel?: bool (start a run and cancel it), screenshot?: file}. Its result: the page's state, error and notice lines, and after a run the
-// page's preprocessed audio, its outputs, the downloaded WAV and the canvas's pixels in numbers.
+// cancel?: bool (start a run and cancel it), screenshot?: file, idle_ms?: wait before picking the
+// model, timeout_s?: for each step (300)}. Its result: the page's state, error and notice lines,
+// the times (ms since the epoch) at which each step began and ended, and after a run the page's
+// preprocessed audio, its outputs, the downloaded WAV and the canvas's pixels in numbers. A model
+// that does not open ends the scenario there (its error line is the result).
 import fs from "node:fs";
 import puppeteer from "puppeteer-core";
 
@@ -19,42 +22,52 @@ const browser = await puppeteer.launch({
   args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
 });
 
-const settled = (page, states) =>
-  page.waitForFunction((s) => s.includes(document.body.dataset.state), { timeout: TIMEOUT, polling: 100 }, states);
+const settled = (page, states, timeout = TIMEOUT) =>
+  page.waitForFunction((s) => s.includes(document.body.dataset.state), { timeout, polling: 100 }, states);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function runScenario(page, scenario) {
   const log = [];
   page.on("console", (m) => log.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
+  const timeout = (scenario.timeout_s ?? TIMEOUT / 1000) * 1000;
   await page.goto(url);
   await settled(page, ["ready", "error"]);
+  const times = { page: Date.now() };
+  let opened = true;
   if (scenario.model) {
+    await sleep(scenario.idle_ms ?? 0);
+    times.model = Date.now();
     await (await page.$("#model-file")).uploadFile(...scenario.model);
     await page.waitForFunction(() => document.body.dataset.state !== "ready", { timeout: 10_000 }).catch(() => {});
-    await settled(page, ["ready", "error"]);
+    await settled(page, ["ready", "error"], timeout);
+    times.loaded = Date.now();
+    opened = (await page.evaluate(() => document.body.dataset.state)) === "ready";
   }
-  if (scenario.audio) {
+  if (scenario.audio && opened) {
     const before = await page.$eval("#audio-status", (e) => e.textContent);
     await (await page.$("#audio-file")).uploadFile(scenario.audio);
     await page.waitForFunction((b) => {
       const text = document.getElementById("audio-status").textContent;
       return text !== b && !text.startsWith("decoding");
-    }, { timeout: TIMEOUT }, before);
+    }, { timeout }, before);
   }
-  for (const [name, value] of Object.entries(scenario.values ?? {})) {
+  for (const [name, value] of Object.entries(opened ? scenario.values ?? {} : {})) {
     await page.$eval(`#input-${name}`, (e, v) => { e.value = v; }, String(value));
   }
   let ticks = [];
-  if (scenario.run) {
+  if (scenario.run && opened) {
+    times.run = Date.now();
     await page.click("#run");
     // the page stays responsive while the worker runs: the elapsed time keeps changing
     for (let i = 0; i < 5; i++) {
       ticks.push(await page.$eval("#run-status", (e) => e.textContent));
-      await new Promise((r) => setTimeout(r, 150));
+      await sleep(150);
     }
-    await settled(page, ["done", "error"]);
+    await settled(page, ["done", "error"], timeout);
+    times.ran = Date.now();
   }
-  if (scenario.cancel) {
+  if (scenario.cancel && opened) {
     await page.click("#run");
     await settled(page, ["running"]);
     await page.click("#cancel");
@@ -93,6 +106,7 @@ async function runScenario(page, scenario) {
     }
     return out;
   });
+  result.times = times;
   result.ticks = ticks;
   result.log = log;
   if (scenario.screenshot) {
