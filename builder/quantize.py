@@ -5,11 +5,11 @@
     halve_convs(model)             # in place: the codec decoder's convolutions read float16 weights
     move_into_bodies(model, names) # in place: those initializers into the one Loop body that reads them
 
-Transformers. Every weight W is stored as q int8 with a float32 scale per block of b consecutive
-input channels (symmetric, |q| <= 127, b = 128 or the largest power of two >= 16 dividing the
-channel count) and read through opset 21's blocked DequantizeLinear. Every MatMul whose second input is a float32 weight W (K, N) reads DequantizeLinear(q,
-scale); the classifier, a kernel-1 Conv (V·C_p, E, 1), becomes such a MatMul first (the largest
-table left otherwise: a quarter of the int8 file). onnxruntime (>= 1.20) fuses DequantizeLinear ->
+Transformers. Every MatMul whose second input is a float32 weight W (K, N) reads it through opset
+21's blocked DequantizeLinear instead: q int8 (K, N) and a float32 scale per block of b
+consecutive rows of K and per column (symmetric, |q| <= 127, b = 128 or the largest power of two
+>= 16 dividing K). The classifier, a kernel-1 Conv (V·C_p, E, 1), becomes such a MatMul first
+(the largest table left otherwise: a quarter of the int8 file). onnxruntime (>= 1.20) fuses DequantizeLinear ->
 MatMul into its MatMulNBits (8 bits) at load, so these weights stay int8 in memory. It fuses only
 when q and scale are initializers of the graph that holds the MatMul: onnxruntime 1.32 refuses the
 session ("Missing required weight") when they come from the outer scope, which is where the
@@ -17,7 +17,7 @@ assembler puts weights. Each transformer is called from one Loop body, so its qu
 move into that body (`move_into_bodies`), stored once as before.
 
 Codec decoder. Its Conv / ConvTranspose weights are stored as float16 and cast back to float32
-(onnxruntime does so once, at load); that brings the file under 30 % of float32's. float16, not
+as the graph runs (milliseconds per decode window); that brings the file under 30 % of float32's. float16, not
 int8: a decoder's error lands in the audio directly, and on the tiny test decoder int8 weights
 leave 18 dB of signal to error where float16 leaves 36 dB. The encoder stays float32, so the
 input's tokens are exactly the float32 model's.
@@ -54,23 +54,23 @@ def block_size(k: int) -> int | None:
     return None
 
 
-def quantize_weight(w: np.ndarray, block: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """W -> q int8 (W's shape), scale (W's shape with `axis` divided by `block`), W ≈ q · scale
-    with the scale repeated `block` times along `axis`, |q| <= 127."""
-    moved = np.moveaxis(w, axis, 0)
-    blocks = moved.reshape(moved.shape[0] // block, block, *moved.shape[1:])
+def quantize_weight(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """W (K, N) -> q int8 (K, N), scale (K / block, N) with W ≈ q · scale, |q| <= 127."""
+    k, n = w.shape
+    blocks = w.reshape(k // block, block, n)
     scale = np.abs(blocks).max(axis=1) / 127.0
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero block: any scale
-    q = np.clip(np.rint(blocks / scale[:, None]), -127, 127).astype(np.int8)
-    return np.moveaxis(q.reshape(moved.shape), 0, axis), np.moveaxis(scale, 0, axis)
+    q = np.clip(np.rint(blocks / scale[:, None, :]), -127, 127).astype(np.int8)
+    return q.reshape(k, n), scale
 
 
-def _dequantize(name: str, w: np.ndarray, block: int, axis: int, node_name: str, new: list) -> onnx.NodeProto:
+def _dequantize(name: str, w: np.ndarray, node_name: str, new: list) -> onnx.NodeProto:
     """Appends q and scale initializers to `new`; returns the node that makes `name` from them."""
-    q, scale = quantize_weight(w, block, axis)
+    block = block_size(w.shape[0])
+    q, scale = quantize_weight(w, block)
     new += [numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")]
     return helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name],
-                            name=f"{node_name}_dequantize", axis=axis, block_size=block)
+                            name=f"{node_name}_dequantize", axis=0, block_size=block)
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -94,7 +94,7 @@ def _as_matmul(node: onnx.NodeProto, w: np.ndarray, new: list) -> list[onnx.Node
     x, name, out = node.input[0], node.input[1], node.output[0]
     matrix = np.ascontiguousarray(w[:, :, 0].T)
     nodes = [helper.make_node("Transpose", [x], [f"{out}_btk"], name=f"{node.name}_in", perm=[0, 2, 1]),
-             _dequantize(name, matrix, block_size(matrix.shape[0]), 0, node.name, new),
+             _dequantize(name, matrix, node.name, new),
              helper.make_node("MatMul", [f"{out}_btk", name], [f"{out}_btn"], name=node.name)]
     if len(node.input) > 2 and node.input[2]:
         nodes.append(helper.make_node("Add", [f"{out}_btn", node.input[2]], [f"{out}_biased"], name=f"{node.name}_bias"))
@@ -115,7 +115,7 @@ def quantize_component(model: onnx.ModelProto) -> list[str]:
             nodes.append(node)
         elif node.op_type == "MatMul" and len(t.dims) == 2 and block_size(t.dims[0]) \
                 and all(c.op_type == "MatMul" and c.input[1] == name for c in consumers[name]):
-            nodes += [_dequantize(name, numpy_helper.to_array(t), block_size(t.dims[0]), 0, node.name, new), node]
+            nodes += [_dequantize(name, numpy_helper.to_array(t), node.name, new), node]
             replaced.add(name)
         elif node.op_type == "Conv" and name.endswith(CLASSIFIER) and consumers[name] == [node] \
                 and _pointwise(node, t) and block_size(t.dims[1]):
