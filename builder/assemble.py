@@ -175,7 +175,7 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     """The single model. `noise_inputs=True` (tests only): the sampling noise comes from the extra
     inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`).
     `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them.
-    `weights="int8"`: the transformers' and the codec decoder's weights in int8 (builder/quantize.py), opset 21;
+    `weights="int8"`: the transformers' and the codec decoder's weights in int8 (builder/quantize.py), opset INT8_OPSET;
     `components` given are quantized in place.
     `codec_window` (tests only): frames per codec window instead of the codec's own choice."""
     if weights not in interface.WEIGHTS or (weights != "float32" and not inline):
@@ -224,7 +224,7 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         "codec_overlap_frames": config.codec_overlap,
         "max_sampling_steps": interface.MAX_SAMPLING_STEPS,
         "weights": weights,
-        **({"requires": "opset 21 (onnxruntime >= 1.18)"} if quantized else {}),
+        **({"requires": f"opset {INT8_OPSET} (onnxruntime >= 1.18)"} if quantized else {}),
         "defaults": interface.defaults_json(),
         **(metadata or {}),
     }

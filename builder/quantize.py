@@ -28,9 +28,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from vampnet_onnx.graphs.opsets import INT8_OPSET_VERSION
 from vampnet_onnx.graphs.portable import subgraphs
 
-OPSET = 21  # blocked DequantizeLinear
+OPSET = INT8_OPSET_VERSION  # blocked DequantizeLinear
 MAX_BLOCK, MIN_BLOCK = 128, 16  # MatMulNBits takes powers of two >= 16
 CLASSIFIER = "classifier_weight"  # builder/transformer.py: the kernel-1 Conv to logits
 TRANSFORMERS = ("coarse_transformer", "c2f_transformer")

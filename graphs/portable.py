@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from vampnet_onnx.graphs.opsets import OPSET_VERSION
+from vampnet_onnx.graphs.opsets import INT8_OPSET_VERSION, OPSET_VERSION
 
 
 def subgraphs(node: onnx.NodeProto):
@@ -96,7 +96,7 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
 # --------------------------------------------------------------------------------------------
 
 IR_VERSION = 9  # what onnxruntime 1.17 and other older runtimes read; opset 20 needs no more
-IR_VERSION_FOR_OPSET = {OPSET_VERSION: IR_VERSION, 21: 10}  # opset 21: the int8 variant's blocked DequantizeLinear
+IR_VERSION_FOR_OPSET = {OPSET_VERSION: IR_VERSION, INT8_OPSET_VERSION: 10}
 
 
 def _rank_only(value_type: onnx.TypeProto) -> onnx.TypeProto:
@@ -279,7 +279,7 @@ def _drop_unused_constants(graph: onnx.GraphProto, used: set) -> None:
 
 def ship(model: onnx.ModelProto, signatures: dict | None = None, opset: int = OPSET_VERSION) -> onnx.ModelProto:
     """The model as shipped: local functions inlined (runtimes such as OpenVINO and tract read no
-    functions), subgraphs typed, IR version 9 (10 for `opset` 21).
+    functions), subgraphs typed, IR version 9 (10 for the int8 variant's opset).
 
     `signatures`: {(domain, function name): [output types]} for functions whose outputs ONNX
     shape inference cannot type once inlined (an exported component's Reshape to a computed
@@ -289,7 +289,7 @@ def ship(model: onnx.ModelProto, signatures: dict | None = None, opset: int = OP
 
     known = _call_output_types(model.graph, signatures or {}, {})
     # the inliner keeps a function whose opset differs from the model's; the graph code's operators
-    # read the same at opset 21
+    # read the same at the int8 variant's opset
     for imports in [model.opset_import, *(f.opset_import for f in model.functions)]:
         for o in imports:
             if o.domain == "":
