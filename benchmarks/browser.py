@@ -5,8 +5,8 @@
 Serves the page with `vampnet_onnx.web.make_server` (no demo model, so the page starts with none) and
 drives it with tests/web/drive.mjs (puppeteer-core, installed into .cache/web-tests as the page's tests
 install it; Chromium from the system, onnxruntime-web from web/vendor/: `npm ci --prefix web`): opens
-MODEL and its .data with the page's file picker and, unless --no-run, vamps a synthetic stereo clip of
-SECONDS with the model's default settings.
+MODEL and its .data with the page's file picker and, unless --no-run, vamps SECONDS of the benchmarks'
+synthetic clip (benchmarks/realsize.py, `test_signal`) with the model's default settings.
 
 Prints one row in the format of the README's table ("How large a model the browser holds"):
 * weights: the .onnx and .data files together;
@@ -23,7 +23,6 @@ import argparse
 import json
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,10 +31,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
-from tests.node_packages import CACHE, node, npm_ci
+from benchmarks.benchmark import write_json
+from benchmarks.realsize import test_signal
+from tests.node_packages import CACHE, chromium, node, npm_ci
 from vampnet_onnx import web
 from vampnet_onnx.audio import SAMPLE_RATE
 
@@ -68,21 +68,6 @@ def tree_rss(root: int) -> int:
     return total
 
 
-def clip(seconds: float) -> np.ndarray:
-    """A stereo clip: a decaying two-note tone with a little noise (what tests/test_web.py vamps)."""
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    x = 0.3 * np.sin(2 * np.pi * np.where(t % 1 < 0.5, 220, 330) * t) * np.exp(-2 * (t % 0.5))
-    x += 0.03 * np.random.default_rng(0).standard_normal(t.size)
-    return np.stack([x, 0.5 * x], axis=1)
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        sys.exit("Chromium is needed: install Debian's chromium")
-    return found
-
-
 def drive(files: list[Path], seconds: float | None) -> tuple[dict, list[tuple[float, int]]]:
     """The page's result for one scenario, and (time in ms since the epoch, bytes) of Chromium's RSS."""
     packages = npm_ci(DRIVER, CACHE / "web-tests", scripts=("drive.mjs",))
@@ -93,7 +78,7 @@ def drive(files: list[Path], seconds: float | None) -> tuple[dict, list[tuple[fl
         threading.Thread(target=server.serve_forever, daemon=True).start()
         scenario = {"name": "model", "model": [str(f) for f in files], "idle_ms": IDLE_MS, "timeout_s": TIMEOUT_S}
         if seconds:
-            sf.write(tmp / "clip.wav", clip(seconds), SAMPLE_RATE, subtype="PCM_16")
+            sf.write(tmp / "clip.wav", test_signal(seconds)[0], SAMPLE_RATE, subtype="PCM_16")  # the benchmarks' clip
             scenario.update(audio=str(tmp / "clip.wav"), run=True)
         (tmp / "scenarios.json").write_text(json.dumps([scenario]))
         url = f"http://127.0.0.1:{server.server_address[1]}/web/"
@@ -185,9 +170,7 @@ def main() -> None:
     print(f"{r['chromium']} (headless), onnxruntime-web {r['onnxruntime_web']}, {r['machine']}; "
           f"idle page {r['idle_rss_bytes'] / 1e9:.2f} GB")
     print(f"command: {r['command']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(r, indent=2))
+    write_json(args.json, r)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Node.js and npm packages for the tests that run JavaScript (test_runtimes.py, test_web.py).
+"""Node.js, npm packages and Chromium for what runs JavaScript (test_runtimes.py, test_web.py,
+benchmarks/browser.py).
 
 Node itself comes from Debian's packages when it is missing and the tests run as root; packages
 are installed with `npm ci` from a committed package.json and package-lock.json, into a folder
@@ -37,6 +38,16 @@ def node() -> str:
         apt_install("nodejs", "npm")
         found = shutil.which("node")
     assert found, "Node.js is needed for the JavaScript tests: install nodejs and npm"
+    return found
+
+
+def chromium() -> str:
+    """Debian's Chromium (installed when missing and the tests run as root)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and can_apt():
+        apt_install("chromium")
+        found = shutil.which("chromium")
+    assert found, "Chromium is needed for the page: install Debian's chromium"
     return found
 
 

@@ -31,7 +31,7 @@ import pytest
 import soundfile as sf
 
 from conftest import OUTPUTS, runtime_only
-from node_packages import CACHE, apt_install, can_apt, node, npm_ci, run
+from node_packages import CACHE, chromium, node, npm_ci, run
 from tolerances import assert_audio_close
 from vampnet_onnx import web
 from vampnet_onnx.audio import SAMPLE_RATE, PreparedAudio, loudness, preprocess, restore
@@ -44,15 +44,6 @@ CLIP_S = 1.0
 SETTINGS = {"seed": 7, "temperature": 0.6, "sampling_steps": 4}
 LOUDNESS_DB = 0.01  # JS against Python (the issue asks for 0.1 dB; they agree to about 1e-6 dB)
 TOO_LARGE = 5 * 2**30  # bytes of weights: more than wasm32's 4 GiB of memory
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and can_apt():
-        apt_install("chromium")
-        found = shutil.which("chromium")
-    assert found, "Chromium is needed for the page's tests: install Debian's chromium"
-    return found
 
 
 def vendored_runtime() -> None:
