@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 from benchmarks.realsize import DEFAULT_OUT, OUTPUTS, SAMPLE_RATE, gb, ort_session, peak_rss, reset_peak, rss, test_signal
 
 MASK = 1024

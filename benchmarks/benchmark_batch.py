@@ -33,7 +33,7 @@ def write_clips(folder: Path, n: int, seconds: float) -> None:
     for k in range(n):
         path = folder / f"set{k % 2}" / f"clip{k:03d}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), synth_clip(seconds=seconds, seed=k), 44100, subtype="PCM_16")
+        sf.write(str(path), synth_clip(44100, seconds=seconds, seed=k), 44100, subtype="PCM_16")
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ def signal(seconds: float):
 def one_run(model: Path, seconds: float, steps: int, c2f_steps: int, threads: int, onset_width: int) -> dict:
     import numpy as np
 
-    from vampnet_onnx.model import interface_feeds
+    from vampnet_onnx.session import interface_feeds
 
     audio = signal(seconds)
     t0 = time.perf_counter()

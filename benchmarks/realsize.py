@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from vampnet_onnx.model import OUTPUT_NAMES as OUTPUTS
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.interface import OUTPUT_NAMES as OUTPUTS
+from vampnet_onnx.session import interface_feeds
 
 # The released models' parameter counts as upstream reports them.
 EXPECTED_PARAMETERS = {"coarse": 335_893_664, "c2f": 277_753_072}

@@ -29,7 +29,7 @@ from vampnet_onnx.builder.assemble import assemble, export_components
 from vampnet_onnx.builder.codec import load_codec
 from vampnet_onnx.builder.quantize import quantize_components
 from vampnet_onnx.builder.transformer import load_transformer
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 
 PROTOBUF_LIMIT = 2_000_000_000
 

@@ -21,18 +21,8 @@ dropout frames are drawn per row (upstream draws one roll / one frame list for t
 For B = 1 the semantics are identical; the random numbers come from our PRNG, not PyTorch's.
 
 Parameters are clamped in the graph, by build_mask (a runtime other than ours has no host code to
-check them; the builders themselves expect in-range values). NaN acts as 0 for every real parameter;
-the ranges are (value after clamping):
-
-    | parameter              | type    | valid range      | out-of-range values                        |
-    |------------------------|---------|------------------|--------------------------------------------|
-    | rand_mask_intensity    | float32 | [0, 1]           | clipped; NaN → 0; −inf → 0; +inf → 1       |
-    | prefix_s, suffix_s     | float32 | [0, 1e6] seconds | clipped; NaN → 0 (1e6 s > any input: all)  |
-    | periodic_prompt (P)    | int64   | [0, 2^23]        | clipped; negative → 0 = off                |
-    | periodic_prompt_width  | int64   | [0, 2^23]        | clipped; negative → 0 (acts as 1)          |
-    | dropout                | float32 | [0, 1]           | clipped; NaN → 0                           |
-    | ncc                    | int64   | [0, K]           | clipped (upstream's negative slice is not) |
-    | upper_codebook_mask    | int64   | [0, K]           | clipped (negative → 0: all generated)      |
+check them; the builders themselves expect in-range values). The valid ranges and what happens
+outside them are the interface table's (vampnet_onnx/interface.py: `low`, `high`, `outside`).
 
 Frame counts from seconds follow upstream's `s2t(x) = ceil(x·sample_rate/hop)`, which Python
 computes exactly for a float32 x (the product has at most 36 significant bits). The graph gets the
@@ -56,9 +46,6 @@ from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.graphs.prng import MASK_DROPOUT, MASK_RANDOM, MASK_ROLL, derive_key, randint, uniform
 from vampnet_onnx.interface import MAX_PERIOD, MAX_SECONDS
 
-SECONDS_MAX = MAX_SECONDS  # s2t(1e6) = 57_421_875 frames at 44.1 kHz / 768: keeps everything
-PERIOD_MAX = MAX_PERIOD  # roll offsets are exact up to 2^23 (prng.randint); 2^23 frames ≈ 40 hours
-WIDTH_MAX = MAX_PERIOD
 SPLITTER = 4097.0  # 2^12 + 1: splits a float32 into two halves of 12 significant bits (Veltkamp)
 
 
@@ -234,10 +221,10 @@ def build_mask(
     """
     K = op.Squeeze(op.Shape(codes, start=1, end=2))
     intensity = clamp_real(rand_mask_intensity, 0.0, 1.0)
-    n_prefix = s2t(clamp_real(prefix_s, 0.0, SECONDS_MAX), frame_rate)
-    n_suffix = s2t(clamp_real(suffix_s, 0.0, SECONDS_MAX), frame_rate)
-    period = clamp_int(periodic_prompt, 0, PERIOD_MAX)
-    width = clamp_int(periodic_prompt_width, 0, WIDTH_MAX)
+    n_prefix = s2t(clamp_real(prefix_s, 0.0, MAX_SECONDS), frame_rate)
+    n_suffix = s2t(clamp_real(suffix_s, 0.0, MAX_SECONDS), frame_rate)
+    period = clamp_int(periodic_prompt, 0, MAX_PERIOD)
+    width = clamp_int(periodic_prompt_width, 0, MAX_PERIOD)
     p_dropout = clamp_real(dropout, 0.0, 1.0)
     n_cond = clamp_int(ncc, 0, K)
     upper = clamp_int(upper_codebook_mask, 0, K)

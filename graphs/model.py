@@ -17,6 +17,7 @@ from vampnet_onnx.graphs.codec import decode, encode
 from vampnet_onnx.graphs.masks import build_mask, resolve_mask
 from vampnet_onnx.graphs.onsets import make_onset_detector
 from vampnet_onnx.graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.sampling import MASK_TOKEN
 from vampnet_onnx.graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
 from vampnet_onnx.graphs.stages import c2f_stage, coarse_stage, stretch_mask, stretch_time
 from vampnet_onnx.interface import MAX_FEEDBACK_STEPS, MAX_ONSET_WIDTH, MAX_TIME_STRETCH
@@ -36,7 +37,7 @@ class GraphConfig:
     hop_length: int = 768
     n_codebooks: int = 14  # codec levels = c2f codebooks
     n_coarse: int = 4  # coarse codebooks = c2f conditioning codebooks
-    vocab_size: int = 1024  # the mask token is vocab_size (graphs.sampling.MASK_TOKEN)
+    vocab_size: int = MASK_TOKEN  # the mask token is vocab_size
     coarse_chunk_s: float = 10.0
     c2f_chunk_s: float = 3.0
     # the codec's windows (graphs/codec.py), from builder/codec.py: receptive_field_frames and

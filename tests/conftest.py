@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from vampnet_onnx.model import OUTPUT_NAMES
+from vampnet_onnx.interface import OUTPUT_NAMES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 CHECKPOINTS = FIXTURES / "checkpoints"
@@ -38,7 +38,7 @@ def golden(case: str) -> dict:
 
 def fixture_inputs(g: dict) -> dict:
     """A fixture's mask, seed and sampling settings as model inputs (generate's default is 12
-    steps when the fixture names none); feed them through vampnet_onnx.model.interface_feeds."""
+    steps when the fixture names none); feed them through vampnet_onnx.session.interface_feeds."""
     meta = g["meta"]
     inputs = {"mask": g["mask"], "seed": meta["seed"]}
     for prefix, kwargs in (("", meta["coarse_kwargs"]), ("c2f_", meta["c2f_kwargs"])):
@@ -141,3 +141,10 @@ def model_path(request) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lora(build_variant) -> Built:
     return build_variant("tiny-lora")
+
+
+@pytest.fixture(autouse=True)
+def _rate_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """`vamp` records this machine's rate (vampnet_onnx.progress): in a temporary folder, never
+    the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))

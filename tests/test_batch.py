@@ -154,17 +154,18 @@ def test_ray_address_joins_that_cluster(clips, model, tmp_path, capsys, monkeypa
 
 
 def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
-    job = batch.Job("a.wav", 5, {}, [])
-    batch.Progress(2)(job, "done", "")
+    job = batch.Job("a.wav", 5, "a.wav", "out/a.wav", [], units=1.0)
+    batch.Progress([job, job])(job, "done", "")
     assert capsys.readouterr().err == ""  # not a terminal: per-file lines only
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    bar = batch.Progress(2)
+    bar = batch.Progress([job, job])
     bar(job, "done", "")
-    bar(batch.Job("b.wav", 6, {}, []), "failed", "cannot read it")
+    bar(batch.Job("b.wav", 6, "b.wav", "out/b.wav", [], units=1.0), "failed", "cannot read it")
     bar.clear()
     captured = capsys.readouterr()
     assert captured.out == "done a.wav (seed 5)\nfailed b.wav: cannot read it\n"
     assert "1/2 (0 failed" in captured.err and "2/2 (1 failed" in captured.err
+    assert "left" in captured.err.split("1/2")[1]  # after one file: the time left, at its rate
     assert captured.err.endswith("\r\033[K")  # cleared at the end
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import CHECKPOINTS, OUTPUTS, fixture_inputs, golden
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 from tolerances import assert_audio_close
 from vampnet_onnx.cli import main
 

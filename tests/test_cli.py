@@ -33,7 +33,12 @@ from vampnet_onnx import cli
 from vampnet_onnx.cli import main
 from vampnet_onnx.interface import DEFAULTS as DESIGN_DEFAULTS
 from vampnet_onnx.interface import INPUT_NAMES
-from vampnet_onnx.model import Model, ModelError
+from vampnet_onnx import extras
+from vampnet_onnx import model as vmodel
+from vampnet_onnx.errors import ModelError
+from vampnet_onnx.flags import CONTROLS
+from vampnet_onnx.model import Model, variation_paths
+from vampnet_onnx.progress import Bar
 
 REPO = Path(__file__).resolve().parents[1]
 HOP = 768
@@ -326,20 +331,20 @@ def test_short_input_and_other_formats(tmp_path, capsys, model_path):
 def test_preprocess_matches_upstream_steps():
     """44.1 kHz mono at -24 LUFS, peak <= 1; loud inputs are scaled to peak 1 after normalising."""
     x = music(48000, 2.0, 2)
-    y = vaudio.preprocess(x.mean(axis=1), 48000)
+    y = vaudio.preprocess(x.mean(axis=1), 48000, model_rate=44100)
     assert y.dtype == np.float32 and abs(y.shape[0] - 2 * 44100) <= 1
     assert abs(vaudio.loudness(y, 44100) - (-24.0)) < 0.05
     # a spiky signal whose -24 LUFS version peaks above 1 is scaled down to peak exactly 1
     spike = np.zeros(44100)
     spike[::4410] = 1.0
-    z = vaudio.preprocess(spike, 44100)
+    z = vaudio.preprocess(spike, 44100, model_rate=44100)
     assert math.isclose(float(np.max(np.abs(z))), 1.0, rel_tol=1e-6)
     # audiotools-style loudness: silence clamps at -70, short signals are measurable
     assert vaudio.loudness(np.zeros(1000), 44100) == -70.0
     assert vaudio.loudness(np.full(100, 0.1), 44100) > -70.0
 
 
-def test_ticker_only_on_a_terminal(monkeypatch):
+def test_bar_draws_only_on_a_terminal_and_ends_with_one_line():
     import io
 
     class Tty(io.StringIO):
@@ -347,11 +352,13 @@ def test_ticker_only_on_a_terminal(monkeypatch):
             return True
 
     for stream, expect in ((Tty(), True), (io.StringIO(), False)):
-        monkeypatch.setattr(sys, "stderr", stream)
-        t = cli._Ticker()
+        t = Bar("model", stream)
+        t.start(3.0)
         t(1.2)
-        t.clear()
-        assert ("running the model... 1 s" in stream.getvalue()) is expect
+        t.finish(2.5)
+        text = stream.getvalue()
+        assert ("1.2 s elapsed, about 1.8 s left" in text) is expect
+        assert text.endswith("model: 2.5 s (estimated 3.0 s, +20 %)\n")  # the one line at the end
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +400,7 @@ CODE_KEYS = ("codes", "mask_out", "coarse_codes", "codes_out")
 
 def test_flag_table_covers_every_scalar_input():
     assert set(FLAG_VALUES) | {"seed"} == set(DESIGN_DEFAULTS)
-    assert [n for n, _, _ in cli.PARAM_FLAGS] == list(FLAG_VALUES)
+    assert list(CONTROLS) == list(FLAG_VALUES)
     assert sorted(MASK_FLAGS + COARSE_FLAGS + C2F_FLAGS + OWN_TEST_FLAGS) == sorted(FLAG_VALUES)
 
 
@@ -598,7 +605,7 @@ def test_variations_give_different_files(tmp_path, capsys, model_path, wav):
     # --variations 1 writes OUT itself
     rc, _, _ = vamp(capsys, wav, "-o", out, "-m", model_path, "--seed", 2, "--variations", 1)
     assert rc == 0 and out.exists()
-    assert cli.variation_paths("a/b.x.wav", 2) == [Path("a/b.x-1.wav"), Path("a/b.x-2.wav")]
+    assert variation_paths("a/b.x.wav", 2) == [Path("a/b.x-1.wav"), Path("a/b.x-2.wav")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -701,7 +708,7 @@ def test_plot_writes_png(tmp_path, capsys, model_path, wav):
 
 
 def test_plot_without_matplotlib_is_a_clear_error(tmp_path, capsys, model_path, wav, monkeypatch):
-    monkeypatch.setattr(cli, "_plot_available", lambda: False)
+    monkeypatch.setattr(vmodel, "plot_available", lambda: False)
     out = tmp_path / "o.wav"
     rc, _, err = vamp(capsys, wav, "-o", out, "-m", model_path, "--plot", tmp_path / "p.png")
     assert_one_line_error(rc, err, 1, "matplotlib")
@@ -824,7 +831,7 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, capsys, model_path, wa
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "write_plot", boom)
+    monkeypatch.setattr(vmodel, "write_plot", boom)
     rc, _, err = vamp(capsys, wav, "-o", tmp_path / "out.wav", "-m", model_path, "--variations", 2,
                       "--save-codes", tmp_path / "c.npz", "--plot", tmp_path / "p.png")
     assert rc == 130
@@ -950,7 +957,7 @@ def test_build_missing_torch_inside_builder(monkeypatch, capsys, tmp_path):
     def fake_import(name):
         raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
-    monkeypatch.setattr(cli.importlib, "import_module", fake_import)
+    monkeypatch.setattr(extras.importlib, "import_module", fake_import)
     rc = main(["build", "--checkpoints", str(tmp_path)])
     assert_one_line_error(rc, capsys.readouterr().err, 1, "pip install -e .[build]")
 

@@ -26,7 +26,8 @@ from graph_helpers import function_model, make_runner
 from vampnet_onnx.graphs.codec import decode, encode
 from test_other_codec import CODEC as HOP512_CODEC
 from tolerances import assert_audio_close
-from vampnet_onnx.model import OUTPUT_NAMES, interface_feeds
+from vampnet_onnx.interface import OUTPUT_NAMES
+from vampnet_onnx.session import interface_feeds
 
 WHOLE = 1 << 40  # a window longer than any signal: the whole-signal run
 

@@ -29,7 +29,7 @@ from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.graphs.portable import make_portable
 from tests.graph_helpers import RUNTIMES, function_model, make_runner
 from tolerances import assert_audio_close
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 
 FEATURES = Path(__file__).parent / "fixtures" / "upstream" / "golden-features"
 HOP, SR, MASK_TOKEN, VOCAB = 768, 44100, 1024, 1024

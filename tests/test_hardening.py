@@ -28,7 +28,11 @@ from conftest import CHECKPOINTS
 from vampnet_onnx import cli
 from vampnet_onnx.audio import choose_subtype
 from vampnet_onnx.cli import main
-from vampnet_onnx.model import Model, ModelError
+from vampnet_onnx import memory
+from vampnet_onnx.errors import ModelError
+from vampnet_onnx.model import Model
+from vampnet_onnx.paths import DEMO_MODEL
+from vampnet_onnx.plot import plot_available
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,7 +135,7 @@ def test_variations_hard_cap(capsys, tmp_path, wav, model_path):
     before = snapshot(tmp_path)
     rc, _, err = run_main(capsys, "vamp", wav, "-o", tmp_path / "o.wav", "-m", model_path,
                           "--variations", 100000000)
-    one_line_error(err, rc, 2, "--variations", f"between 1 and {cli.MAX_VARIATIONS}")
+    one_line_error(err, rc, 2, "--variations", f"between 1 and {memory.MAX_VARIATIONS}")
     assert snapshot(tmp_path) == before
 
 
@@ -141,19 +145,19 @@ def test_variations_bounded_by_memory(capsys, tmp_path, model_path, monkeypatch,
     inp = write_music(tmp_path / "in.wav", seconds=2.0, subtype="PCM_16")
     local = tmp_path / "m.onnx"
     shutil.copy(model_path, local)
-    per_row = int(cli.ROW_WEIGHTS_SHARE * local.stat().st_size) + 2 * 44100 * cli.ROW_BYTES_PER_SAMPLE
-    monkeypatch.setattr(cli, "available_memory", lambda: local.stat().st_size + int(3.5 * per_row))
+    per_row = int(memory.ROW_WEIGHTS_SHARE * local.stat().st_size) + 2 * 44100 * memory.ROW_BYTES_PER_SAMPLE
+    monkeypatch.setattr(memory, "available_memory", lambda: local.stat().st_size + int(3.5 * per_row))
     before = snapshot(tmp_path)
     rc, _, err = run_main(capsys, "vamp", inp, "-o", tmp_path / "o.wav", "-m", local,
                           "--variations", 4)
-    one_line_error(err, rc, 1, "--variations 4", "at most --variations 3")
+    one_line_error(err, rc, 1, "4 variations", "at most 3 variations")
     assert snapshot(tmp_path) == before
 
 
 def test_available_memory_reads_meminfo():
     if not Path("/proc/meminfo").exists():
         pytest.skip("no /proc/meminfo")
-    value = cli.available_memory()
+    value = memory.available_memory()
     assert value is not None and value > 0
 
 
@@ -198,12 +202,12 @@ def test_signal_during_the_model_run(tmp_path, model_path, sig, code):
 # temporary file is written (deterministically "while outputs are written").
 SIGTERM_WHILE_WRITING = textwrap.dedent("""
     import os, signal, sys
-    from vampnet_onnx import cli
-    write = cli.write_audio_file
+    from vampnet_onnx import cli, model
+    write = model.write_audio_file
     def write_then_sigterm(tmp, *a, **k):
         write(tmp, *a, **k)
         os.kill(os.getpid(), signal.SIGTERM)
-    cli.write_audio_file = write_then_sigterm
+    model.write_audio_file = write_then_sigterm
     sys.exit(cli.main(sys.argv[1:]))
 """)
 
@@ -256,7 +260,7 @@ def test_vamp_outputs_never_overwrite_inputs(capsys, tmp_path, wav, model_path):
         (["-o", tmp_path / "o.wav", "--save-codes", local], "model"),
         (["-o", tmp_path / "o.wav", "--save-codes", str(local) + ".data"], "model"),
     ]
-    if cli._plot_available():
+    if plot_available():
         cases.append((["-o", tmp_path / "o.wav", "--mask-from", mask_npy, "--plot", mask_npy], "mask"))
     for extra, what in cases:
         rc, _, err = run_main(capsys, *base, *extra)
@@ -371,7 +375,7 @@ def test_mp3_input_wav_output(capsys, tmp_path, model_path):
     mp3 = write_music(tmp_path / "in.mp3", seconds=1.0, format="MP3", subtype="MPEG_LAYER_III")
     assert sf.info(str(mp3)).subtype == "MPEG_LAYER_III"
     # libsndfile's check_format accepts MP3 data in WAV, which it cannot write
-    assert choose_subtype("WAV", "MPEG_LAYER_III") == "PCM_16"
+    assert choose_subtype("WAV", "MPEG_LAYER_III", rate=44100) == "PCM_16"
     before = snapshot(tmp_path)
     out = tmp_path / "out.wav"
     rc, _, err = run_main(capsys, "vamp", mp3, "-o", out, "-m", model_path, "--seed", 1)
@@ -484,20 +488,17 @@ def test_build_says_it_creates_the_output_folder(capsys, tmp_path, monkeypatch):
 
 
 def test_demo_model_is_the_fallback(capsys, tmp_path, wav, model_path, monkeypatch):
-    from vampnet_onnx.demo import MODEL_NAME
-
-    assert cli.DEFAULT_DEMO_MODEL == f"{cli.DEFAULT_DEMO_DIR}/{MODEL_NAME}"
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out.wav"
     rc, _, err = run_main(capsys, "vamp", wav, "-o", out)
     one_line_error(err, rc, 1, "model not found: artifacts/vampnet.onnx", "vampnet-onnx demo")
     assert not out.exists()
-    demo = tmp_path / cli.DEFAULT_DEMO_MODEL
+    demo = tmp_path / DEMO_MODEL
     demo.parent.mkdir(parents=True)
     shutil.copy(model_path, demo)
     rc, stdout, err = run_main(capsys, "vamp", wav, "-o", out, "--seed", 1)
     assert rc == 0, err
-    assert f"using the demo model {cli.DEFAULT_DEMO_MODEL}" in stdout and "RANDOM weights" in stdout
+    assert f"using the demo model {DEMO_MODEL}" in stdout and "RANDOM weights" in stdout
     assert out.exists()
 
 

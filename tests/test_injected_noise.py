@@ -28,7 +28,7 @@ import tests.numpy_reference as R
 from vampnet_onnx.builder.assemble import NOISE_INPUTS, assemble
 from vampnet_onnx.graphs.prng import STREAM_C2F, STREAM_COARSE
 from conftest import OUTPUTS, golden
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 
 V = 1024
 COARSE_CHUNK, C2F_CHUNK = 575, 173

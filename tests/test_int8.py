@@ -25,7 +25,7 @@ import pytest
 
 from vampnet_onnx.builder.quantize import halve_convs, quantize_component
 from conftest import DETERMINISTIC_CASES, OUTPUTS, fixture_inputs, golden
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 
 N_COARSE, MASK = 4, 1024
 

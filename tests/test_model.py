@@ -25,7 +25,7 @@ import pytest
 from conftest import CASE_VARIANT, DETERMINISTIC_CASES, OUTPUTS, fixture_inputs, golden
 from tolerances import assert_audio_close
 from vampnet_onnx import interface
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 
 HOP = 768
 SR = 44100
@@ -385,7 +385,7 @@ def test_axes_are_symbolic(tiny):
 
 EMPTY_BATCH = """
 import sys, numpy as np, onnx
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 path, runtime, samples = sys.argv[1], sys.argv[2], int(sys.argv[3])
 feeds = interface_feeds(np.zeros((0, samples), np.float32), sampling_steps=2, c2f_sampling_steps=1)
 if runtime == "ort":

@@ -17,7 +17,7 @@ import soundfile as sf
 
 from vampnet_onnx.builder.synthetic import TINY_C2F, TINY_COARSE, TINY_CODEC, write_random_checkpoints
 from vampnet_onnx.cli import main
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 
 RATE, HOP = 32000, 512
 CODEC = {**TINY_CODEC, "encoder_rates": [2, 4, 8, 8], "decoder_rates": [8, 8, 4, 2], "sample_rate": RATE}

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import OUTPUTS
 from vampnet_onnx.interface import INPUT_NAMES
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 
 REPO = Path(__file__).resolve().parents[1]
 

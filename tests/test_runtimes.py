@@ -28,7 +28,7 @@ import pytest
 from conftest import OUTPUTS, golden
 from node_packages import node, npm_ci, run
 from tolerances import assert_audio_close
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "runtimes"

@@ -5,12 +5,13 @@ Runtime-only dependencies: numpy, soundfile, soxr, pyloudnorm (never torch).
 Pipeline (upstream's Interface._preprocess, and what the app does with the output):
 
 * ``load_audio`` reads any file libsndfile reads (WAV, FLAC, OGG, AIFF, MP3, ...) at any sample
-  rate and channel count, and returns a :class:`PreparedAudio`: the model's input (44.1 kHz, mono =
+  rate and channel count (``prepare_audio`` does the same for an array), and returns a
+  :class:`PreparedAudio`: the model's input (at the model's rate, mono =
   mean of the channels, normalised to -24 LUFS, then scaled down to peak <= 1 if it exceeds it,
   exactly as upstream ``Interface._preprocess``) together with what is needed to undo it.
   Upstream preprocesses a second time on the device inside ``encode``; on a CPU that second pass is
   the identity up to float rounding, so we do it once (item 32).
-* ``restore`` turns the model's 44.1 kHz mono output back into a file-shaped signal: the input's
+* ``restore`` turns the model's mono output back into a file-shaped signal: the input's
   sample rate, the input's exact length (frames), the input's channel count (the mono result is
   copied to every channel) and the input's loudness (item 34: upstream renormalises the output to
   the original input's loudness). Loudness is measured on the file's channels (BS.1770 channel
@@ -45,8 +46,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-SAMPLE_RATE = 44100
-"""The model's sample rate."""
+from .errors import AudioError, one_line
+
 TARGET_LUFS = -24.0
 """Loudness the model's input is normalised to (upstream ``_preprocess``)."""
 MIN_LUFS = -70.0
@@ -62,17 +63,8 @@ _EXT_ALIASES = {"AIF": "AIFF", "AIFC": "AIFF", "OGA": "OGG"}
 _NOT_WRITABLE = {"RAW"}
 
 
-class AudioError(Exception):
-    """A problem with an audio file or an output path, explained in one line."""
-
-
 # --------------------------------------------------------------------------------------------
 # loudness
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def loudness(x: np.ndarray, rate: int) -> float:
@@ -133,8 +125,8 @@ class PreparedAudio:
     loudness: float
     subtype: str | None
     format: str | None
-    path: Path
-    model_rate: int = SAMPLE_RATE
+    path: Path | None
+    model_rate: int
 
     @property
     def duration_s(self) -> float:
@@ -162,7 +154,7 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, str | None, st
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as e:
         raise AudioError(
             f"cannot read {p} as audio (not a WAV/FLAC/OGG/... file soundfile can read): "
-            f"{_one_line(e)}"
+            f"{one_line(e)}"
         ) from e
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(f"input has no samples: {p}")
@@ -182,7 +174,7 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return soxr.resample(x, rate_in, rate_out, quality=RESAMPLE_QUALITY)
 
 
-def preprocess(mono: np.ndarray, rate: int, *, what: str = "input", model_rate: int = SAMPLE_RATE) -> np.ndarray:
+def preprocess(mono: np.ndarray, rate: int, *, model_rate: int, what: str = "input") -> np.ndarray:
     """Upstream ``_preprocess`` on a mono signal: resample to the model's rate, -24 LUFS, peak <= 1.
 
     (Mixing to mono before resampling is the same as after: both are linear.) Returns float32.
@@ -199,27 +191,36 @@ def preprocess(mono: np.ndarray, rate: int, *, what: str = "input", model_rate: 
     return x.astype(np.float32)
 
 
-def load_audio(path: str | os.PathLike, model_rate: int = SAMPLE_RATE) -> PreparedAudio:
+def load_audio(path: str | os.PathLike, model_rate: int) -> PreparedAudio:
     """Read ``path`` and prepare the model input at ``model_rate`` (see the module docstring).
 
     Raises :class:`AudioError` for a missing, unreadable, empty, silent or non-finite input.
     """
     data, rate, subtype, fmt = read_audio(path)
+    return prepare_audio(data, rate, model_rate, subtype=subtype, format=fmt, path=Path(path))
+
+
+def prepare_audio(data: np.ndarray, rate: int, model_rate: int, *, subtype: str | None = None,
+                  format: str | None = None, path: Path | None = None) -> PreparedAudio:
+    """The model input at ``model_rate`` from ``data`` ((frames,) or (frames, channels) at
+    ``rate``), and what ``restore`` needs to give the output the same shape and loudness."""
+    data = np.asarray(data, dtype=np.float64)
+    data = data[:, None] if data.ndim == 1 else data
+    name = f": {path}" if path is not None else ""
+    if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
+        raise AudioError(f"audio must be (frames,) or (frames, channels) with samples, got shape {data.shape}{name}")
+    if not np.all(np.isfinite(data)):
+        raise AudioError(f"input contains NaN or infinite samples{name}")
+    if int(rate) <= 0:
+        raise AudioError(f"input has an invalid sample rate ({rate}){name}")
     lufs_in = loudness(data, rate)
     if lufs_in <= MIN_LUFS:
-        raise AudioError(f"input is silent (loudness at or below {MIN_LUFS:g} LUFS): {path}")
-    samples = preprocess(data.mean(axis=1), rate, what=f"input mixed to mono ({path})", model_rate=model_rate)
-    return PreparedAudio(
-        samples=samples,
-        sample_rate=rate,
-        frames=int(data.shape[0]),
-        channels=int(data.shape[1]),
-        loudness=lufs_in,
-        subtype=subtype,
-        format=fmt,
-        path=Path(path),
-        model_rate=model_rate,
-    )
+        raise AudioError(f"input is silent (loudness at or below {MIN_LUFS:g} LUFS){name}")
+    what = f"input mixed to mono ({path})" if path is not None else "input mixed to mono"
+    samples = preprocess(data.mean(axis=1), rate, what=what, model_rate=model_rate)
+    return PreparedAudio(samples=samples, sample_rate=int(rate), frames=int(data.shape[0]),
+                         channels=int(data.shape[1]), loudness=lufs_in, subtype=subtype,
+                         format=format, path=path, model_rate=model_rate)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +277,7 @@ def output_format(path: str | os.PathLike) -> str:
 _HIGH_RES = {"FLOAT", "DOUBLE", "PCM_24", "PCM_32"}
 
 
-def choose_subtype(fmt: str, input_subtype: str | None, *, rate: int = SAMPLE_RATE,
+def choose_subtype(fmt: str, input_subtype: str | None, *, rate: int,
                    channels: int = 1, path: str | os.PathLike | None = None) -> str:
     """The input's sample format if ``fmt`` takes it; else PCM_24 for a high-resolution input
     (float, 24/32-bit) if ``fmt`` takes it; else ``fmt``'s default.
@@ -300,7 +301,7 @@ def choose_subtype(fmt: str, input_subtype: str | None, *, rate: int = SAMPLE_RA
                      subtype=subtype)
             return subtype
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-            problem = _one_line(e)
+            problem = one_line(e)
     name = f" {path}" if path is not None else ""
     raise AudioError(f"cannot write{name} as {fmt} at {rate} Hz with {channels} channel(s) "
                      f"({problem}); use another format, e.g. .wav or .flac")
@@ -342,7 +343,7 @@ def check_writable_folder(folder: str | os.PathLike) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".vampnet-onnx-probe.", suffix=".tmp", dir=folder)
     except OSError as e:
         raise AudioError(f"cannot write to the output folder {folder}: "
-                         f"{e.strerror or _one_line(e)}") from e
+                         f"{e.strerror or one_line(e)}") from e
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(tmp)
@@ -371,7 +372,7 @@ class AtomicOutputs:
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
         except OSError as e:
-            raise AudioError(f"cannot write to {parent}: {_one_line(e)}") from e
+            raise AudioError(f"cannot write to {parent}: {one_line(e)}") from e
         os.close(fd)
         tmp_path = Path(tmp)
         self._pending.append((tmp_path, dest))
@@ -393,7 +394,7 @@ class AtomicOutputs:
                 try:
                     os.replace(tmp, dest)
                 except OSError as e:
-                    raise AudioError(f"cannot write {dest}: {_one_line(e)}") from e
+                    raise AudioError(f"cannot write {dest}: {one_line(e)}") from e
                 done.append(dest)
         finally:
             # anything not renamed (error mid-way) is removed
@@ -431,7 +432,7 @@ def write_audio_file(tmp: Path, data: np.ndarray, rate: int, fmt: str, subtype: 
         sf.write(str(tmp), data, rate, format=fmt, subtype=subtype)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as e:
         name = dest if dest is not None else tmp
-        raise AudioError(f"cannot write {name} ({fmt}/{subtype}, {rate} Hz): {_one_line(e)}") from e
+        raise AudioError(f"cannot write {name} ({fmt}/{subtype}, {rate} Hz): {one_line(e)}") from e
 
 
 def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, *,

@@ -1,7 +1,7 @@
 """``vampnet-onnx batch IN_DIR OUT_DIR``: ``vamp`` every audio file under a folder, on Ray.
 
 Every audio file under IN_DIR (recursively; hidden files and folders are skipped, and so is OUT_DIR
-if it lies inside IN_DIR) is vamped by the very code of ``vamp`` (``cli.cmd_vamp``) with the same
+if it lies inside IN_DIR) is vamped by the very code of ``vamp`` (``Model.vamp_file``) with the same
 flags, and written to the same relative path under OUT_DIR (with ``--variations N`` > 1:
 NAME-1.ext ... NAME-N.ext, as ``vamp`` names them). "Audio file" = an extension soundfile can
 write, since the output keeps the input's extension.
@@ -48,10 +48,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .audio import output_format
+from .errors import AudioError, UsageError, VampnetError, one_line
+from .flags import add_model_flags, add_seed_flag, controls, int_range
+from .interface import DEFAULTS
+from .model import Model, variation_paths
+from .paths import DEFAULT_MODEL
+from .progress import Bar, RateCache, duration_text, work_units
+
 MAX_RETRIES = 3
 """How often a file is retried after its worker process died (Ray restarts the worker)."""
 
-_NOT_VAMP_FLAGS = {"command", "func", "input", "output", "seed"}
 
 
 def derive_seed(seed: int, rel: str) -> int:
@@ -60,19 +67,11 @@ def derive_seed(seed: int, rel: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def _one_line(err: BaseException) -> str:
-    lines = [s.strip() for s in str(err).strip().splitlines() if s.strip()]
-    text = lines[0] if lines else type(err).__name__
-    return text if len(text) <= 300 else text[:300] + "..."
-
-
 # --------------------------------------------------------------------------------------------
 # the plan: which files, where their outputs go, their seeds
 
 
 def is_audio_name(path: Path) -> bool:
-    from .audio import AudioError, output_format
-
     try:
         output_format(path)
     except AudioError:
@@ -99,33 +98,27 @@ def find_inputs(in_dir: Path, out_dir: Path) -> list[str]:
 class Job:
     rel: str
     seed: int
-    vamp_args: dict[str, Any]  # a complete `vamp` namespace for this file
-    outputs: list[Path]
-
-
-def vamp_defaults() -> dict[str, Any]:
-    """Every option of `vamp` with its default (taken from the `vamp` parser itself, so that batch
-    feeds cmd_vamp exactly what `vamp` would)."""
-    from . import cli
-
-    ns = cli.build_parser().parse_args(["vamp", "IN", "-o", "OUT.wav"])
-    return {k: v for k, v in vars(ns).items() if k not in ("command", "func")}
+    src: str
+    dst: str
+    outputs: list[Path]  # the audio files it writes (DST, or DST-1 ... DST-N)
+    units: float = 0.0  # its work (vampnet_onnx.progress.work_units), for the time left
 
 
 def plan(args: argparse.Namespace, in_dir: Path, out_dir: Path, rels: list[str]) -> list[Job]:
-    from .cli import variation_paths
+    """One job per file: its seed, its outputs and its work."""
+    import soundfile as sf
 
-    base = vamp_defaults()
-    for key in base:  # every `vamp` option that `batch` shares (model, threads, model flags...)
-        if key not in _NOT_VAMP_FLAGS and hasattr(args, key):
-            base[key] = getattr(args, key)
-    base["model"] = str(Path(args.model).resolve())
+    settings = {**DEFAULTS, **controls(args)}
     jobs = []
     for rel in rels:
-        seed = derive_seed(args.seed, rel)
         out = out_dir / rel
-        vamp_args = dict(base, input=str(in_dir / rel), output=str(out), seed=seed)
-        jobs.append(Job(rel, seed, vamp_args, variation_paths(out, args.variations or 1)))
+        try:
+            seconds = sf.info(str(in_dir / rel)).duration
+        except Exception:  # noqa: BLE001 - an unreadable file fails in its worker, with its reason
+            seconds = 0.0
+        units = work_units(seconds, rows=args.variations or 1, **settings)
+        jobs.append(Job(rel, derive_seed(args.seed, rel), str(in_dir / rel), str(out),
+                        variation_paths(out, args.variations or 1), units))
     return jobs
 
 
@@ -145,33 +138,28 @@ def remove_stale_temporaries(outputs: list[Path]) -> None:
 
 class VampWorker:
     def __init__(self, model_path: str, threads: int | None) -> None:
-        from .model import Model
-
         self.error = ""
         try:
             self.model = Model(model_path, threads=threads or None)
         except Exception as e:  # noqa: BLE001 - reported by ready(), not as a dead actor
-            self.error = _one_line(e)
+            self.error = one_line(e)
 
     def ready(self) -> str:
         """'' once the session is loaded, else why it could not be."""
         return self.error
 
-    def vamp(self, vamp_args: dict[str, Any]) -> tuple[str, str]:
-        """("done", "") or ("failed", one-line reason) for one file."""
-        from . import cli
-
+    def vamp(self, job: Job, options: dict[str, Any]) -> tuple[str, str]:
+        """("done", "") or ("failed", one-line reason) for one file; ``options``: the keywords of
+        ``Model.vamp_file`` that every file shares (variations and controls)."""
         if self.error:
             return "failed", self.error
-        ns = argparse.Namespace(**vamp_args)
-        remove_stale_temporaries(cli.variation_paths(ns.output, ns.variations or 1))
+        remove_stale_temporaries(job.outputs)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # cmd_vamp's report is for a terminal
-                cli.cmd_vamp(ns, model=self.model)
+            # a quiet bar: no drawing in a worker, but the run's rate is recorded for the estimates
+            self.model.vamp_file(job.src, job.dst, seed=job.seed, progress=Bar(quiet=True), **options)
         except Exception as e:  # noqa: BLE001 - a bad file fails alone
-            known = (cli.CliError, cli.AudioError, cli.ModelError)
-            reason = _one_line(e) if isinstance(e, known) else f"{type(e).__name__}: {_one_line(e)}"
-            return "failed", reason
+            known = isinstance(e, VampnetError)
+            return "failed", one_line(e) if known else f"{type(e).__name__}: {one_line(e)}"
         return "done", ""
 
 
@@ -196,19 +184,15 @@ class Summary:
 
 
 def import_ray():
-    from .cli import CliError
-
     try:
         import ray
     except ImportError as e:
-        raise CliError("`batch` needs Ray (the cluster extra): pip install -e .[cluster]") from e
+        raise UsageError("`batch` needs Ray (the cluster extra): pip install -e .[cluster]") from e
     return ray
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Join the cluster at ``address``, or start a local Ray on this machine; quietly."""
-    from .cli import CliError
-
     ray = import_ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -219,24 +203,24 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
             ray.init(address="local", num_cpus=num_cpus, **quiet)
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise CliError(f"cannot start or join {where}: {_one_line(e)}") from e
+        raise UsageError(f"cannot start or join {where}: {one_line(e)}") from e
 
 
-def run(jobs: list[Job], *, model: str, threads: int, workers: int | None,
-        report: Callable[[Job, str, str], None] = lambda job, status, reason: None) -> Summary:
-    """Run ``jobs`` on the Ray this process is connected to; ``report(job, status, reason)`` after
-    each file. Returns the summary (skipped stays empty: the caller leaves those out of ``jobs``)."""
-    from .cli import CliError
-
+def run(jobs: list[Job], *, model: str, threads: int, workers: int | None, options: dict[str, Any] | None = None,
+        report: Callable[[Job, str, str], None] = lambda job, status, reason: None,
+        tick: Callable[[], None] = lambda: None) -> Summary:
+    """Run ``jobs`` on the Ray this process is connected to, with ``options`` (keywords of
+    ``Model.vamp_file``); ``report(job, status, reason)`` after each file, ``tick()`` about twice
+    a second. Returns the summary (skipped stays empty: the caller leaves those out of ``jobs``)."""
     ray = import_ray()
     summary = Summary(total=len(jobs))
     t0 = time.monotonic()
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if cpus < threads:
-        raise CliError(f"--threads {threads} needs {threads} CPUs per worker; the Ray cluster has {cpus}")
+        raise UsageError(f"--threads {threads} needs {threads} CPUs per worker; the Ray cluster has {cpus}")
     n = workers or max(1, cpus // threads)
     if n * threads > cpus:  # actors beyond the cluster's CPUs would never start
-        raise CliError(f"--workers {n} with --threads {threads} needs {n * threads} CPUs; "
+        raise UsageError(f"--workers {n} with --threads {threads} needs {n * threads} CPUs; "
                        f"the Ray cluster has {cpus}")
     n = max(1, min(n, len(jobs)))
     remote = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=MAX_RETRIES)(VampWorker)
@@ -245,9 +229,9 @@ def run(jobs: list[Job], *, model: str, threads: int, workers: int | None,
         try:
             errors = [e for e in ray.get([a.ready.remote() for a in actors]) if e]
         except ray.exceptions.RayError as e:  # e.g. a worker killed while loading the model
-            raise CliError(f"a worker could not start: {_one_line(e)}") from e
+            raise UsageError(f"a worker could not start: {one_line(e)}") from e
         if errors:
-            raise CliError(errors[0])
+            raise UsageError(errors[0])
         summary.workers = n
         summary.startup_s = time.monotonic() - t0
         t_work = time.monotonic()
@@ -255,15 +239,16 @@ def run(jobs: list[Job], *, model: str, threads: int, workers: int | None,
         while queue or pending:
             while queue and idle:  # one file per worker at a time
                 actor, job = idle.pop(), queue.popleft()
-                pending[actor.vamp.remote(job.vamp_args)] = (actor, job)
-            finished, _ = ray.wait(list(pending), num_returns=1)
+                pending[actor.vamp.remote(job, options or {})] = (actor, job)
+            finished, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            tick()
             for ref in finished:
                 actor, job = pending.pop(ref)
                 idle.append(actor)
                 try:
                     status, reason = ray.get(ref)
                 except ray.exceptions.RayError as e:  # its worker died MAX_RETRIES + 1 times
-                    status, reason = "failed", f"worker died {MAX_RETRIES + 1} times: {_one_line(e)}"
+                    status, reason = "failed", f"worker died {MAX_RETRIES + 1} times: {one_line(e)}"
                 if status == "done":
                     summary.done.append(job.rel)
                 else:
@@ -278,33 +263,57 @@ def run(jobs: list[Job], *, model: str, threads: int, workers: int | None,
 
 
 class Progress:
-    """One stderr line, rewritten in place, only if stderr is a terminal."""
+    """A line per file on stdout; on stderr, a bar over the files with the time left, drawn in
+    place on a terminal only (the summary line ends the run).
 
-    def __init__(self, total: int) -> None:
-        self.total, self.count, self.failed = total, 0, 0
+    The time left: the work of the files not done (``Job.units``) at the rate of the files done
+    so far, or before any is done at this model's last recorded rate (``RateCache``) spread over
+    the workers."""
+
+    def __init__(self, jobs: list[Job], seconds_per_unit: float | None = None, workers: int = 1) -> None:
+        self.total, self.count, self.failed = len(jobs), 0, 0
+        self.units_left = sum(j.units for j in jobs)
+        self.units_done = 0.0
+        self.rate = seconds_per_unit / max(workers, 1) if seconds_per_unit else None
         self.t0 = time.monotonic()
-        self.enabled = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self.bar = Bar("batch")
+
+    def left(self) -> float | None:
+        elapsed = time.monotonic() - self.t0
+        if self.units_done > 0:
+            return self.units_left * elapsed / self.units_done
+        return None if self.rate is None else max(0.0, self.units_left * self.rate - elapsed)
+
+    def draw(self) -> None:
+        if self.bar.terminal:
+            elapsed = time.monotonic() - self.t0
+            left = self.left()
+            when = "" if left is None else f", about {duration_text(left)} left"
+            width = 24
+            filled = width * self.count // max(self.total, 1)
+            self.bar.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.count}/{self.total} "
+                                  f"({self.failed} failed) {duration_text(elapsed)} elapsed{when}\033[K")
+            self.bar.stream.flush()
+            self.bar.drawn = True
 
     def __call__(self, job: Job, status: str, reason: str) -> None:
         self.count += 1
         self.failed += status != "done"
+        self.units_left -= job.units
+        self.units_done += job.units
         self.clear()  # the per-file line goes where the bar was; the bar is drawn again below
         if status == "done":
             print(f"done {job.rel} (seed {job.seed})", flush=True)
         else:
             print(f"failed {job.rel}: {reason}", flush=True)
-        if self.enabled:
-            rate = 60.0 * self.count / max(time.monotonic() - self.t0, 1e-9)
-            width = 30
-            filled = width * self.count // max(self.total, 1)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.count}/{self.total} "
-                             f"({self.failed} failed, {rate:.1f} files/min)\033[K")
-            sys.stderr.flush()
+        self.draw()
 
     def clear(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+        self.bar.clear()
+
+    def finish(self) -> None:
+        """Off a terminal nothing was drawn: the summary that cmd_batch prints is the end line."""
+        self.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,8 +321,6 @@ class Progress:
 
 
 def add_parser(sub) -> None:
-    from .cli import INT64_MAX, INT64_MIN, DEFAULT_MODEL, _int_range, add_model_flags
-
     b = sub.add_parser(
         "batch", help="vamp every audio file under a folder, on Ray (needs .[cluster])",
         description="Vamp every audio file under IN_DIR (recursively) with the flags of `vamp`, "
@@ -325,14 +332,13 @@ def add_parser(sub) -> None:
     b.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created if missing)")
     b.add_argument("-m", "--model", metavar="MODEL", default=DEFAULT_MODEL,
                    help=f"the .onnx model (default: {DEFAULT_MODEL})")
-    b.add_argument("--seed", type=_int_range(INT64_MIN, INT64_MAX), default=0, metavar="S",
-                   help="base seed; file REL gets sha256('S:REL')[:8] >> 1 (default: 0)")
+    add_seed_flag(b, 0, "base seed; file REL gets sha256('S:REL')[:8] >> 1 (default: 0)")
     add_model_flags(b)
-    b.add_argument("--variations", type=_int_range(1), default=None, metavar="N",
+    b.add_argument("--variations", type=int_range(1), default=None, metavar="N",
                    help="N variations per file: NAME-1.ext ... NAME-N.ext (default: 1)")
-    b.add_argument("--threads", type=_int_range(1), default=1, metavar="T",
+    b.add_argument("--threads", type=int_range(1), default=1, metavar="T",
                    help="onnxruntime threads (= Ray CPUs) per worker (default: 1)")
-    b.add_argument("--workers", type=_int_range(1), default=None, metavar="N",
+    b.add_argument("--workers", type=int_range(1), default=None, metavar="N",
                    help="number of workers (default: the cluster's CPUs / --threads)")
     b.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of "
@@ -343,23 +349,21 @@ def add_parser(sub) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .cli import CliError
-
     in_dir, out_dir = Path(args.in_dir).absolute(), Path(args.out_dir).absolute()
     if not in_dir.is_dir():
-        raise CliError(f"input folder not found: {in_dir}")
+        raise UsageError(f"input folder not found: {in_dir}")
     if in_dir.resolve() == out_dir.resolve():
-        raise CliError("IN_DIR and OUT_DIR are the same folder: outputs would replace the inputs")
+        raise UsageError("IN_DIR and OUT_DIR are the same folder: outputs would replace the inputs")
     if out_dir.exists() and not out_dir.is_dir():
-        raise CliError(f"OUT_DIR is not a folder: {out_dir}")
+        raise UsageError(f"OUT_DIR is not a folder: {out_dir}")
     if not Path(args.model).is_file():
-        raise CliError(f"model not found: {args.model} (build one with `vampnet-onnx build`, "
+        raise UsageError(f"model not found: {args.model} (build one with `vampnet-onnx build`, "
                        f"or pass -m MODEL)")
     import_ray()  # fail early, before any work, if Ray is missing
 
     rels = find_inputs(in_dir, out_dir)
     if not rels:
-        raise CliError(f"no audio files under {in_dir}")
+        raise UsageError(f"no audio files under {in_dir}")
     jobs = plan(args, in_dir, out_dir, rels)
     todo = [j for j in jobs if args.overwrite or not all(p.exists() for p in j.outputs)]
     skipped = [j.rel for j in jobs if j not in todo]
@@ -378,17 +382,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if started:
             want = (args.workers or 0) * args.threads
             start_ray(args.ray, num_cpus=max(os.cpu_count() or 1, want) if not args.ray else None)
-        progress = Progress(len(todo))
+        n_workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads)
+        progress = Progress(todo, RateCache(args.model, args.threads).get(), min(n_workers, len(todo)))
+        options = {"variations": args.variations, **controls(args)}
         try:
             summary = run(todo, model=str(Path(args.model).resolve()), threads=args.threads,
-                          workers=args.workers, report=progress)
+                          workers=args.workers, options=options, report=progress, tick=progress.draw)
         except KeyboardInterrupt:
             progress.clear()
             print("interrupted: outputs written so far are complete; run the same command again "
                   "to resume", file=sys.stderr)
             raise
         finally:
-            progress.clear()
+            progress.finish()
             if started:
                 ray.shutdown()
         summary.total = len(jobs)
@@ -405,6 +411,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
         print("failed:")
         for rel, reason in summary.failed:
             print(f"  {rel}: {reason}")
-        raise CliError(f"{len(summary.failed)} of {summary.total} files failed (listed above); "
+        raise UsageError(f"{len(summary.failed)} of {summary.total} files failed (listed above); "
                        f"run the same command again to retry them")
     return 0

@@ -10,9 +10,9 @@ Works offline on a fresh clone. Everything lives in the output folder ``OUT``:
   from them exactly as ``vampnet-onnx build`` does (about a minute). Later runs reuse it (delete it
   to rebuild).
 * ``OUT/input.wav``: a synthesised, deterministic example clip (a plucked melody over a small drum
-  pattern, 44.1 kHz mono).
+  pattern, mono at the model's rate).
 * ``OUT/output.wav`` and ``OUT/codes.png``: the result of running the model on the clip through the
-  very same code as ``vampnet-onnx vamp`` (``cli.cmd_vamp``), and its picture (input codes, mask,
+  very same code as ``vampnet-onnx vamp`` (``Model.vamp_file``), and its picture (input codes, mask,
   output codes; skipped with a note when matplotlib is missing).
 
 Only the build step needs torch (it is imported lazily): with the model already built, the demo runs
@@ -28,8 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 44100
-MODEL_NAME = "vampnet-tiny.onnx"
+from .audio import write_audio
+from .errors import UsageError, one_line
+from .extras import missing_build_extras
+from .interface import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES
+from .model import Model
+from .paths import DEFAULT_MODEL, DEMO_DIR, DEMO_MODEL_NAME
+from .plot import plot_available
+from .progress import Bar
+from .session import disk_size, human_size
+
+MODEL_NAME = DEMO_MODEL_NAME
 CHECKPOINT_DIR = "checkpoints"
 INPUT_NAME = "input.wav"
 OUTPUT_NAME = "output.wav"
@@ -65,7 +74,7 @@ def _pluck(freq: float, seconds: float, sr: int) -> np.ndarray:
     return y
 
 
-def synth_clip(seconds: float = CLIP_SECONDS, sr: int = SAMPLE_RATE, seed: int = CLIP_SEED) -> np.ndarray:
+def synth_clip(sr: int, seconds: float = CLIP_SECONDS, seed: int = CLIP_SEED) -> np.ndarray:
     """The demo's example clip: float32 (n,), peak 0.5, deterministic.
 
     120 BPM: an A-minor-pentatonic melody of plucked eighth notes, a plucked bass on the half
@@ -126,8 +135,6 @@ def stale_reason(path: Path) -> str | None:
     outputs and its format version. Needs onnx; without it (a runtime-only install) an existing
     model is trusted.
     """
-    from vampnet_onnx.interface import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES
-
     try:
         import onnx
     except ImportError:
@@ -135,8 +142,7 @@ def stale_reason(path: Path) -> str | None:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return f"cannot read it: {first}"
+        return f"cannot read it: {one_line(e)}"
     inputs = {i.name for i in proto.graph.input}
     outputs = {o.name for o in proto.graph.output}
     missing = [n for n in INPUT_NAMES if n not in inputs] + [n for n in OUTPUT_NAMES if n not in outputs]
@@ -150,8 +156,6 @@ def stale_reason(path: Path) -> str | None:
 
 def build_demo_model(folder: Path, log=print) -> Path:
     """Write the random tiny checkpoints into ``folder/checkpoints`` and build ``folder/MODEL_NAME``."""
-    from vampnet_onnx.cli import missing_build_extras
-
     try:
         from vampnet_onnx.builder.build import build_model
         from vampnet_onnx.builder.synthetic import TINY_C2F, TINY_COARSE, TINY_CODEC, write_random_checkpoints
@@ -177,14 +181,10 @@ def build_demo_model(folder: Path, log=print) -> Path:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from vampnet_onnx import cli
-    from vampnet_onnx.audio import write_audio
-    from vampnet_onnx.model import disk_size, human_size
-
     started = time.monotonic()
-    folder = Path(getattr(args, "output", None) or cli.DEFAULT_DEMO_DIR)
+    folder = Path(getattr(args, "output", None) or DEMO_DIR)
     if folder.exists() and not folder.is_dir():
-        raise cli.CliError(f"demo output is not a folder: {folder}")
+        raise UsageError(f"demo output is not a folder: {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     model = folder / MODEL_NAME
     clip = folder / INPUT_NAME
@@ -193,7 +193,7 @@ def demo_command(args: argparse.Namespace) -> int:
     seed = getattr(args, "seed", None)
     seed = DEMO_SEED if seed is None else seed
     if model.exists() and not model.is_file():
-        raise cli.CliError(f"the demo model path is not a file: {model}")
+        raise UsageError(f"the demo model path is not a file: {model}")
 
     print("== vampnet-onnx demo ==")
     built = False
@@ -208,18 +208,18 @@ def demo_command(args: argparse.Namespace) -> int:
         build_demo_model(folder)
         built = True
 
+    vampnet = Model(model)
+    rate = vampnet.sample_rate
     seconds = CLIP_SECONDS
-    write_audio(clip, synth_clip(seconds)[:, None], SAMPLE_RATE, subtype="PCM_16")
+    write_audio(clip, synth_clip(rate, seconds)[:, None], rate, subtype="PCM_16")
     print(f"input: {clip} (synthesised example clip: {seconds:g} s plucked melody and drums, "
-          f"{SAMPLE_RATE} Hz mono)")
+          f"{rate} Hz mono)")
 
-    vamp_argv = ["vamp", str(clip), "-o", str(out), "-m", str(model), f"--seed={seed}"]
-    plot = cli._plot_available()
-    if plot:
-        vamp_argv += ["--plot", str(png)]
-    print("running: " + shlex.join([cli.PROG, *vamp_argv]))
-    vamp_args = cli.build_parser().parse_args(vamp_argv)
-    cli.cmd_vamp(vamp_args)  # the very same code path as `vampnet-onnx vamp`
+    plot = plot_available()
+    argv = ["vamp", str(clip), "-o", str(out), "-m", str(model), f"--seed={seed}"]
+    argv += ["--plot", str(png)] if plot else []
+    print("running the equivalent of: " + shlex.join(["vampnet-onnx", *argv]))
+    vampnet.vamp_file(clip, out, seed=seed, plot=png if plot else None, progress=Bar("model"))
 
     total, _ = disk_size(model)
     print()
@@ -237,13 +237,13 @@ def demo_command(args: argparse.Namespace) -> int:
     print()
     print("NOTE: this demo model has RANDOM weights (tiny synthetic checkpoints in VampNet's real")
     print("architecture and file format), so its output is noise-like, not music. It demonstrates")
-    print("the pipeline: audio -> 44.1 kHz mono at -24 LUFS -> one ONNX model (codec encoder, mask,")
+    print(f"the pipeline: audio -> {rate} Hz mono at -24 LUFS -> one ONNX model (codec encoder, mask,")
     print("coarse and coarse-to-fine sampling, codec decoder) -> audio, with onnxruntime only.")
     print()
     print("To use real VampNet checkpoints instead:")
     print("  vampnet-onnx build --checkpoints DIR     # DIR holds codec.pth, coarse.pth, c2f.pth;")
-    print("                                           # writes artifacts/vampnet.onnx")
-    print("  vampnet-onnx vamp in.wav -o out.wav      # uses artifacts/vampnet.onnx (or -m MODEL);")
+    print(f"                                           # writes {DEFAULT_MODEL}")
+    print(f"  vampnet-onnx vamp in.wav -o out.wav      # uses {DEFAULT_MODEL} (or -m MODEL);")
     print("                                           # until it exists, this demo model")
     print("  vampnet-onnx vamp --help                 # mask and sampling options")
     return 0

@@ -19,6 +19,7 @@ defaults follow from the entry.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 FORMAT_VERSION = "2"  # 2: every input a plain graph input, parameters of shape (1,)
@@ -46,6 +47,40 @@ class Input:
     @property
     def is_parameter(self) -> bool:
         return self.shape == PARAMETER_SHAPE
+
+    def check(self, value) -> int | float:
+        """``value`` as this parameter's number type, if it is one and inside [low, high]; else
+        ValueError saying what is accepted (the command line and the Python API both ask this)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            if not hasattr(value, "item") or getattr(value, "size", 1) != 1:  # a numpy scalar
+                raise ValueError(f"must be a number, got {value!r}")
+            value = value.item()
+        if self.is_int:
+            try:
+                v = int(value, 10) if isinstance(value, str) else int(value)
+            except (ValueError, OverflowError):
+                raise ValueError(f"must be an integer, got {value!r}") from None
+            if v != value and not isinstance(value, str):
+                raise ValueError(f"must be an integer, got {value!r}")
+        else:
+            try:
+                v = float(value)
+            except (ValueError, OverflowError):
+                raise ValueError(f"must be a number, got {value!r}") from None
+            if not math.isfinite(v):
+                raise ValueError(f"must be a finite number, got {value!r}")
+        if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
+            raise ValueError(f"must be {self.range_words()}, got {value!r}")
+        return v
+
+    def range_words(self) -> str:
+        kind = "an integer" if self.is_int else "a number"
+        if self.name == "seed":
+            return "a 64-bit integer (-2^63 to 2^63-1)"
+        lo, hi = (x if self.is_int or x is None else f"{x:g}" for x in (self.low, self.high))
+        if lo is not None and hi is not None:
+            return f"{kind} between {lo} and {hi}"
+        return f"{kind} >= {lo}" if lo is not None else f"{kind} <= {hi}"
 
 
 @dataclass(frozen=True)

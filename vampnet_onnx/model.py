@@ -1,340 +1,244 @@
-"""A thin onnxruntime wrapper around the single VampNet model (vampnet_onnx/interface.py).
+"""The Python API: vamp an array or a file with every control as a keyword argument.
 
-Runtime-only dependencies: onnxruntime and numpy (never torch or onnx).
+    from vampnet_onnx import Model
 
     model = Model("artifacts/vampnet.onnx", threads=4)
-    model.defaults()                  # {"seed": 0, "rand_mask_intensity": 1.0, ...}
-    out = model.run(audio, seed=3, temperature=0.8)   # audio: float32 (B, S)
-    out["audio_out"], out["codes"], out["mask_out"], out["coarse_codes"], out["codes_out"]
+    model.vamp_file("in.wav", "out.wav", seed=1, periodic_prompt=13, temperature=0.9)
+    result = model.vamp(samples, 48000, seed=1, variations=2)   # (frames,) or (frames, channels)
+    result.audio[0]                   # (frames, channels) float32 at 48 kHz, the input's loudness
+    result.seed, result.outputs["codes_out"]
 
-Every input of the model is a plain graph input and is always fed: the values passed to ``run``,
-and for the others the defaults from the model's metadata ("defaults"; the interface table's
-where a key is missing) and an empty mask. Plain Python numbers are fine; they are shaped to the
-model's (1,) parameters. A model with external data must be loaded from its path, with the data
-file beside it.
+The controls are the model's parameters: one keyword per row of the interface table
+(vampnet_onnx/interface.py), checked against its ranges; left out, they take the model's defaults.
+The input is prepared as upstream VampNet prepares it (the model's rate, mono, -24 LUFS) and the
+output given back the input's rate, channels, length (times the time stretch) and loudness.
+Problems raise one-line errors (vampnet_onnx.errors): UsageError for a bad keyword or value,
+AudioError for audio and paths, ModelError for the model.
 """
-
 from __future__ import annotations
 
+import difflib
 import json
 import os
-import threading
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .interface import DEFAULTS, INPUT_NAMES, OUTPUT_NAMES, PARAMETERS  # noqa: F401 - re-exported
+from .audio import (
+    AtomicOutputs,
+    PreparedAudio,
+    check_output_path,
+    choose_subtype,
+    load_audio,
+    output_format,
+    prepare_audio,
+    restore,
+    same_file,
+    write_audio_file,
+)
+from .errors import UsageError
+from .flags import CONTROLS
+from .interface import BY_NAME
+from .maskfile import check_mask, load_mask
+from .memory import MAX_VARIATIONS, check_memory
+from .paths import model_files
+from .plot import plot_available, write_plot
+from .progress import Bar, RateCache, work_units
+from .session import ModelError, Session, disk_size, human_size, run_in_progress  # noqa: F401 - re-exported
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(bool)": np.bool_,
-}
-
-
-def interface_feeds(audio: np.ndarray, n_codebooks: int = 14, **values: Any) -> dict[str, np.ndarray]:
-    """A complete feed for a model of this interface: `values` where given, else the table's
-    defaults; parameters as (1,) arrays, `mask` empty (1, n_codebooks, 0) unless given."""
-    unknown = set(values) - set(INPUT_NAMES)
-    if unknown:
-        raise ModelError(f"not an input of the model: {', '.join(sorted(unknown))}")
-    feed = {"audio": np.ascontiguousarray(audio, dtype=np.float32),
-            "mask": np.asarray(values.get("mask", np.zeros((1, n_codebooks, 0))), np.int64)}
-    for p in PARAMETERS:
-        value = values.get(p.name, p.default)
-        feed[p.name] = np.asarray(value, np.int64 if p.is_int else np.float32).reshape(1)
-    return {name: feed[name] for name in INPUT_NAMES}  # in the model's order
-
-
-TERMINATE_WAIT_S = 60.0
-"""How long an interrupted run waits for onnxruntime to notice ``RunOptions.terminate``."""
-
-# Runs whose worker thread is still inside onnxruntime (see ``run_in_progress``).
-_ACTIVE_RUNS: set[threading.Event] = set()
+CODE_OUTPUTS = ("codes", "mask_out", "coarse_codes", "codes_out")
 
 
-def run_in_progress() -> bool:
-    """True while a worker thread of ``Model.run`` is still inside onnxruntime."""
-    return bool(_ACTIVE_RUNS)
+@dataclass
+class Vamped:
+    """What a run made: ``audio`` (rows, frames, channels) float32 at ``rate``, the seed it used,
+    the model's raw outputs (``codes``, ``mask_out``, ``coarse_codes``, ``codes_out``, ``audio_out``)
+    and the seconds the model ran."""
+
+    audio: np.ndarray
+    rate: int
+    seed: int
+    outputs: dict[str, np.ndarray]
+    model_s: float
+    controls: dict[str, Any]
 
 
-def _wait_through_interrupts(done: threading.Event, timeout: float) -> None:
-    """Wait up to ``timeout`` s for ``done``; a further Ctrl-C or signal does not cut it short."""
-    deadline = time.monotonic() + timeout
-    while not done.is_set() and time.monotonic() < deadline:
-        try:
-            done.wait(max(0.0, min(0.5, deadline - time.monotonic())))
-        except KeyboardInterrupt:
-            pass
+def variation_paths(output: str | os.PathLike, n: int) -> list[Path]:
+    """OUT for one variation; OUT-1.ext ... OUT-n.ext (before the extension) for n > 1."""
+    p = Path(output)
+    if n == 1:
+        return [p]
+    return [p.with_name(f"{p.stem}-{k}{p.suffix}") for k in range(1, n + 1)]
 
 
-class ModelError(Exception):
-    """A problem loading or running the model, explained in one line."""
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [s for s in str(err).strip().splitlines() if s.strip()]
-    text = lines[0] if lines else type(err).__name__
-    return text if len(text) <= 400 else text[:400] + "..."
-
-
-def type_name(ort_type: str) -> str:
-    """'tensor(float)' -> 'float32', 'tensor(int64)' -> 'int64' (others unchanged)."""
-    t = _ORT_TYPES.get(ort_type)
-    return np.dtype(t).name if t is not None else ort_type
-
-
-def shape_text(shape) -> str:
-    """ORT shape list -> '(B, S)', '()' for scalars; unknown dims as '?'."""
-    dims = ["?" if d is None else str(d) for d in (shape or [])]
-    if len(dims) == 1:
-        return f"({dims[0]},)"
-    return "(" + ", ".join(dims) + ")"
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    type: str  # onnxruntime's type string, e.g. 'tensor(float)'
-    shape: tuple
-
-    @property
-    def dtype(self):
-        return _ORT_TYPES.get(self.type)
-
-
-def external_data_files(path: str | os.PathLike, metadata: dict[str, str] | None = None) -> list[Path]:
-    """External data files belonging to a model, by convention, that exist on disk.
-
-    Without onnx we cannot read the tensors' external-data references, so: ``<model>.data``
-    (what ``onnx.save_model(..., location=name + ".data")`` and ``torch.onnx`` write), and any
-    files listed in the metadata key ``external_data`` (a JSON list or comma-separated names,
-    relative to the model's folder).
-    """
-    p = Path(path)
-    found: list[Path] = []
-    candidates = [p.with_name(p.name + ".data")]
-    listed = (metadata or {}).get("external_data")
-    if listed:
-        try:
-            names = json.loads(listed)
-            if isinstance(names, str):
-                names = [names]
-        except ValueError:
-            names = [n.strip() for n in listed.split(",")]
-        candidates += [p.parent / str(n) for n in names if str(n).strip()]
-    for c in candidates:
-        if c.is_file() and all(not c.samefile(f) for f in found) and not c.samefile(p):
-            found.append(c)
-    return found
-
-
-def disk_size(path: str | os.PathLike, metadata: dict[str, str] | None = None) -> tuple[int, list[tuple[Path, int]]]:
-    """(total bytes, [(file, bytes), ...]) of the model file plus its external data files."""
-    p = Path(path)
-    files = [p] + external_data_files(p, metadata)
-    sizes = [(f, f.stat().st_size) for f in files]
-    return sum(s for _, s in sizes), sizes
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1000
-    return f"{n} B"
-
-
-NUMBERS = ("sample_rate", "hop_length", "n_codebooks", "max_sampling_steps")
-"""Integer metadata every model carries and the host reads."""
-
-
-class Model:
-    """An onnxruntime session on a vampnet-onnx model.
-
-    ``threads``: intra-op threads (None or 0: onnxruntime's default). ``providers``: execution
-    providers (default CPU only).
-    """
-
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
-
-        p = Path(path)
-        if not p.exists():
-            raise ModelError(
-                f"model not found: {p} (build one with `vampnet-onnx build`, run `vampnet-onnx "
-                f"demo` for a tiny random-weight one, or pass -m MODEL)"
-            )
-        if p.is_dir():
-            raise ModelError(f"model path is a folder, not an .onnx file: {p}")
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(
-                str(p), sess_options=so, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own (RuntimeError-like) types
-            raise ModelError(f"cannot load model {p}: {_one_line(e)}") from e
-        self.path = p
-        self.inputs = {i.name: TensorInfo(i.name, i.type, tuple(i.shape)) for i in self.session.get_inputs()}
-        self.outputs = {o.name: TensorInfo(o.name, o.type, tuple(o.shape)) for o in self.session.get_outputs()}
-        meta = self.session.get_modelmeta()
-        self.metadata: dict[str, str] = dict(meta.custom_metadata_map or {})
-        self.producer = meta.producer_name
-        if "audio" not in self.inputs:
-            raise ModelError(f"{p} is not a vampnet-onnx model (it has no 'audio' input)")
-        # the numbers the host needs come from the model (`vampnet-onnx build` writes them)
-        self.numbers: dict[str, int] = {}
-        for key in NUMBERS:
+def check_controls(controls: dict[str, Any], call: str = "vamp") -> dict[str, Any]:
+    """The controls given (None left out), each checked against the interface table; a one-line
+    UsageError names a keyword that is not a control or a value out of its range."""
+    checked = {}
+    for name, value in controls.items():
+        if name not in CONTROLS:
+            close = difflib.get_close_matches(name, CONTROLS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else " (the controls are the model's inputs: see `vampnet-onnx vamp --help`)"
+            raise UsageError(f"{call}() got an unknown keyword {name!r}{hint}")
+        if value is not None:
             try:
-                self.numbers[key] = int(self.metadata[key])
-            except (KeyError, ValueError):
-                raise ModelError(
-                    f"{p} has no integer metadata {key!r}: it was not made by `vampnet-onnx build` "
-                    f"(rebuild it with this version)"
-                ) from None
+                checked[name] = BY_NAME[name].check(value)
+            except ValueError as e:
+                raise UsageError(f"{call}(): {name} {e}") from None
+    return checked
 
-    # -- metadata ---------------------------------------------------------------------------
 
-    def stored_defaults(self) -> dict[str, Any] | None:
-        """The JSON object under metadata key "defaults", or None if absent or unreadable."""
-        raw = self.metadata.get("defaults")
-        if not raw:
-            return None
-        try:
-            d = json.loads(raw)
-        except ValueError:
-            return None
-        return d if isinstance(d, dict) else None
+class Model(Session):
+    """A vampnet-onnx model, loaded once and run many times (see the module docstring).
 
-    def defaults(self) -> dict[str, Any]:
-        """Defaults of the model's parameters: its "defaults" metadata over the interface table's."""
-        merged: dict[str, Any] = dict(DEFAULTS)
-        merged.update(self.stored_defaults() or {})
-        return {k: v for k, v in merged.items() if k in self.inputs and k not in ("audio", "mask")}
+    ``threads``: onnxruntime intra-op threads (None or 0: its choice); ``providers``: its
+    execution providers (default CPU)."""
 
-    @property
-    def sample_rate(self) -> int:
-        return self.numbers["sample_rate"]
+    def vamp(self, audio: np.ndarray, rate: int, *, seed: int | None = None, variations: int | None = None,
+             mask: np.ndarray | None = None, progress: bool | Bar = False, **controls: Any) -> Vamped:
+        """Vamp ``audio`` ((frames,) or (frames, channels) at ``rate`` Hz).
 
-    @property
-    def hop(self) -> int:
-        return self.numbers["hop_length"]
+        ``seed``: None draws a random one (``result.seed`` says which). ``variations``: rows
+        generated in one batch (default 1, or the mask's rows). ``mask``: an explicit mask, 0/1 of
+        shape (codebooks, T) or (B, codebooks, T), T = the input's frames at the model's rate and
+        hop, before any time stretch; 1 = generate. ``progress``: True draws a bar with the time
+        left on stderr (a ``progress.Bar`` to choose where). ``controls``: the model's parameters.
+        """
+        controls = check_controls(controls)
+        prepared = prepare_audio(audio, rate, self.sample_rate)
+        return self._vamp(prepared, seed, variations, mask, progress, controls)
 
-    @property
-    def n_codebooks(self) -> int:
-        return self.numbers["n_codebooks"]
+    def vamp_file(self, src: str | os.PathLike, dst: str | os.PathLike, *, seed: int | None = None,
+                  variations: int | None = None, mask: np.ndarray | str | os.PathLike | None = None,
+                  save_codes: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
+                  progress: bool | Bar = False, **controls: Any) -> Vamped:
+        """Vamp the audio file ``src`` into ``dst`` (format from its extension; with variations
+        > 1: DST-1.ext ... DST-N.ext). ``mask``: an array or a .npy/.npz file (key 'mask').
+        ``save_codes``: an .npz of the codes, the mask, the seed and the controls; ``plot``: a PNG
+        of input codes, mask and output codes (needs matplotlib). Every output is written
+        atomically, after the run: an error or an interrupt leaves none of them behind.
+        Other keywords as ``vamp``."""
+        controls = check_controls(controls, "vamp_file")
+        src = Path(src)
+        output_format(dst)
+        if plot and not plot_available():
+            raise UsageError("plot needs matplotlib, which is not installed: "
+                             "pip install matplotlib (or pip install -e .[plot])")
+        protected = [("the input audio", src)] + [("the model", f) for f in model_files(self.path)]
+        if mask is not None and not isinstance(mask, np.ndarray):
+            protected.append(("the mask file", Path(mask)))
+            mask = load_mask(mask)
+        rows = self._rows(variations, mask)
+        audio_paths = variation_paths(dst, rows)
+        extra = [Path(p) for p in (save_codes, plot) if p]
+        outputs = audio_paths + extra
+        for p in outputs:
+            check_output_path(p, inputs=protected)
+        for i, a in enumerate(outputs):
+            for b in outputs[i + 1:]:
+                if same_file(a, b):
+                    raise UsageError(f"the same path is given for two outputs: {a}")
 
-    @property
-    def max_sampling_steps(self) -> int:
-        """The largest step count the model honours (more are clamped in the graph)."""
-        return self.numbers["max_sampling_steps"]
+        prepared = load_audio(src, self.sample_rate)
+        fmt = output_format(dst)
+        subtype = choose_subtype(fmt, prepared.subtype, rate=prepared.sample_rate,
+                                 channels=prepared.channels, path=dst)
+        result = self._vamp(prepared, seed, rows, mask, progress, controls)
 
-    def frames_for(self, n_samples: int) -> int:
-        """T = ceil(S / hop)."""
-        return -(-int(n_samples) // self.hop)
+        with AtomicOutputs() as w:
+            for row, path in enumerate(audio_paths):
+                w.add(path, lambda tmp, y=result.audio[row], path=path: write_audio_file(
+                    tmp, y, prepared.sample_rate, fmt, subtype, path))
+            if save_codes:
+                w.add(save_codes, lambda tmp: _save_codes(tmp, result))
+            if plot:
+                out = result.outputs
+                missing = [k for k in ("codes", "mask_out", "codes_out") if k not in out]
+                if missing:
+                    raise ModelError(f"plot: the model has no output {', '.join(missing)}")
 
-    # -- running ----------------------------------------------------------------------------
+                def save_png(tmp: Path) -> None:
+                    with open(tmp, "wb") as f:
+                        write_plot(f, out["codes"], out["mask_out"], out["codes_out"],
+                                   title=f"{src.name}  seed {result.seed}")
+                w.add(plot, save_png)
+        return result
 
-    def feeds(self, audio: np.ndarray, **inputs: Any) -> dict[str, np.ndarray]:
-        """The feed dict for ``run``: every model input, the given ones cast to the model's dtypes
-        and shapes, the others at their defaults."""
-        audio = np.asarray(audio)
-        if audio.ndim != 2 or audio.shape[1] < 1 or audio.shape[0] < 1:
-            raise ModelError(f"audio must have shape (B, S) with B, S >= 1, got {audio.shape}")
-        unknown = [name for name in inputs if name not in self.inputs]
-        if unknown:
-            raise ModelError(f"the model has no input named '{unknown[0]}'")
-        values = {**self.defaults(), "mask": np.zeros((1, self.n_codebooks, 0), np.int64)}
-        values.update({k: v for k, v in inputs.items() if v is not None})
-        feed = {"audio": np.ascontiguousarray(audio, dtype=np.float32)}
-        for name, info in self.inputs.items():
-            if name == "audio":
-                continue
-            if name not in values:
-                raise ModelError(f"no value and no default for the model's input '{name}'")
-            feed[name] = self._tensor(info, values[name])
-        return feed
+    # -- the run ------------------------------------------------------------------------------
 
     @staticmethod
-    def _tensor(info: TensorInfo, value: Any) -> np.ndarray:
-        dtype = np.dtype(info.dtype or np.float32)
-        arr = np.asarray(value)
-        if info.name == "mask":
-            return np.ascontiguousarray(arr.astype(dtype))
-        if arr.size != 1:
-            raise ModelError(f"input '{info.name}' takes one value, got shape {arr.shape}")
-        if arr.dtype == object:  # Python ints beyond 64 bits
-            raise ModelError(f"input '{info.name}' is out of range for {dtype.name}: {value!r}")
-        if np.issubdtype(dtype, np.integer):
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
-                raise ModelError(f"input '{info.name}' must be an integer, got {value!r}")
-            limits = np.iinfo(dtype)
-            if arr.dtype.kind in "iuf" and not np.all((arr >= limits.min) & (arr <= limits.max)):
-                raise ModelError(f"input '{info.name}' is out of range for {dtype.name}: {value!r}")
-        elif arr.dtype.kind == "f":
-            # finite values beyond float32 saturate (the graph clamps them) instead of becoming
-            # inf with a numpy overflow warning
-            big = np.finfo(dtype).max
-            arr = np.where(np.isfinite(arr), np.clip(arr, -big, big), arr)
-        shape = tuple(d if isinstance(d, int) else 1 for d in info.shape)  # (1,), or () for a scalar
-        return np.ascontiguousarray(arr.astype(dtype).reshape(shape))
+    def _rows(variations: int | None, mask: np.ndarray | None) -> int:
+        if variations is not None and not (isinstance(variations, (int, np.integer)) and 1 <= variations <= MAX_VARIATIONS):
+            raise UsageError(f"variations must be an integer between 1 and {MAX_VARIATIONS}, got {variations!r}")
+        mask_rows = None if mask is None else check_mask(mask).shape[0]
+        if mask_rows is not None and mask_rows > 1:
+            if variations is not None and variations != mask_rows:
+                raise UsageError(f"the mask has {mask_rows} rows but variations is {variations} "
+                                 f"(give a mask with 1 or {variations} rows)")
+            if mask_rows > MAX_VARIATIONS:
+                raise UsageError(f"the mask has {mask_rows} rows: at most {MAX_VARIATIONS} variations")
+            return mask_rows
+        return int(variations or 1)
 
-    def run(self, audio: np.ndarray, *, tick: Callable[[float], None] | None = None,
-            tick_interval: float = 0.5, **inputs: Any) -> dict[str, np.ndarray]:
-        """Run the model on ``audio`` (float32 (B, S)); returns {output name: array}.
+    def _vamp(self, prepared: PreparedAudio, seed: int | None, variations: int | None,
+              mask: np.ndarray | None, progress: bool | Bar, controls: dict[str, Any]) -> Vamped:
+        rows = self._rows(variations, mask)
+        S = prepared.samples.shape[0]
+        check_memory(rows, S, self.sample_rate, self.path)
+        feeds: dict[str, Any] = dict(controls)
+        if mask is not None:
+            mask = check_mask(mask)
+            T = self.frames_for(S)
+            if mask.shape[2] != T:
+                raise UsageError(f"the mask has {mask.shape[2]} frames but this input has {T} "
+                                 f"(ceil({S} samples at {self.sample_rate} Hz / hop {self.hop}); "
+                                 f"with a time stretch the mask is given before stretching)")
+            if mask.shape[1] != self.n_codebooks:
+                raise UsageError(f"the mask has {mask.shape[1]} codebooks, the model {self.n_codebooks}")
+            feeds["mask"] = np.ascontiguousarray(np.broadcast_to(mask, (rows, mask.shape[1], T)))
+        for name in ("sampling_steps", "c2f_sampling_steps"):
+            if feeds.get(name, 0) > self.max_sampling_steps:
+                raise UsageError(f"{name} {feeds[name]}: this model runs at most {self.max_sampling_steps} steps")
+        feeds["seed"] = random.SystemRandom().randrange(1, 2**31) if seed is None else BY_NAME["seed"].check(seed)
+        batch = np.ascontiguousarray(np.broadcast_to(prepared.samples[None, :], (rows, S)))
 
-        Only the inputs given (and not None) are fed. ``tick(elapsed_s)`` is called about every
-        ``tick_interval`` seconds while the model runs. The session runs in a worker thread so
-        that Ctrl-C is noticed at once: it asks onnxruntime to terminate the run and re-raises
-        KeyboardInterrupt.
-        """
-        import onnxruntime as ort
-
-        feed = self.feeds(audio, **inputs)
-        run_options = ort.RunOptions()
-        run_options.log_severity_level = 4  # a terminated run is reported once, by the caller
-        result: dict[str, Any] = {}
-        done = threading.Event()
-
-        def work() -> None:
-            try:
-                result["out"] = self.session.run(None, feed, run_options)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                result["err"] = e
-            finally:
-                _ACTIVE_RUNS.discard(done)
-                done.set()
-
+        bar = progress if isinstance(progress, Bar) else Bar() if progress else None
+        units = work_units(S / self.sample_rate, rows=rows, **{**self.defaults(), **controls})
+        cache = RateCache(self.path, self.threads) if bar is not None else None
+        if bar is not None:
+            rate = cache.get()
+            bar.start(None if rate is None else rate * units)
         t0 = time.monotonic()
-        worker = threading.Thread(target=work, name="vampnet-onnx-run", daemon=True)
-        _ACTIVE_RUNS.add(done)
-        worker.start()
-        # Wait on an Event, not Thread.join: a KeyboardInterrupt inside join() makes Python 3.11
-        # mark the thread finished while it is still inside onnxruntime (bpo-45274).
         try:
-            while not done.wait(tick_interval):
-                if tick is not None:
-                    tick(time.monotonic() - t0)
-        except KeyboardInterrupt:
-            # Stop onnxruntime at its next node and wait until it has returned: leaving the
-            # worker inside onnxruntime at interpreter exit aborts the process (exit 134).
-            run_options.terminate = True
-            _wait_through_interrupts(done, TERMINATE_WAIT_S)
-            raise
-        if "err" in result:
-            e = result["err"]
-            if isinstance(e, KeyboardInterrupt):
-                raise e
-            raise ModelError(f"the model failed: {_one_line(e)}") from e
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, result["out"]))
+            out = self.run(batch, tick=bar, **feeds)
+        finally:
+            if bar is not None:
+                bar.clear()
+        model_s = time.monotonic() - t0
+        if bar is not None:
+            bar.finish(model_s)
+            cache.put(model_s / units)
+
+        audio_out = out.get("audio_out")
+        if audio_out is None or audio_out.shape[0] != rows:
+            raise ModelError(f"the model returned no audio_out of {rows} rows")
+        # the output is the input's length times the time stretch (the factor as the model clamped it)
+        stretch = audio_out.shape[1] // S
+        if stretch < 1 or audio_out.shape[1] != stretch * S:
+            raise ModelError(f"the model returned {audio_out.shape[1]} samples for {S}: not a whole multiple")
+        audio = np.stack([restore(audio_out[r], prepared, stretch) for r in range(rows)])
+        return Vamped(audio, prepared.sample_rate, int(feeds["seed"]), out, model_s, controls)
+
+
+def _save_codes(tmp: Path, result: Vamped) -> None:
+    out = result.outputs
+    arrays = {k: out[k] for k in CODE_OUTPUTS if k in out}
+    if "mask_out" in out:
+        arrays["mask"] = out["mask_out"]
+    params = {**result.controls, "seed": result.seed}
+    with open(tmp, "wb") as f:
+        np.savez(f, seed=np.int64(result.seed), params=np.array(json.dumps(params)), **arrays)

@@ -27,6 +27,11 @@ import re
 import shutil
 from pathlib import Path
 
+from .audio import atomic_writer
+from .errors import UsageError
+from .paths import DEFAULT_MODEL, data_file
+from .session import Session
+
 TRITON_TYPES = {
     "tensor(float)": "TYPE_FP32",
     "tensor(double)": "TYPE_FP64",
@@ -56,13 +61,11 @@ def triton_dims(shape: tuple) -> list[int]:
 
 
 def tensor_entries(model) -> tuple[list[dict], list[dict]]:
-    """(inputs, outputs) of ``model`` (a ``vampnet_onnx.model.Model``) as config entries."""
-    from .cli import CliError
-
+    """(inputs, outputs) of ``model`` (a ``vampnet_onnx.session.Session``) as config entries."""
     def entry(info) -> dict:
         dtype = TRITON_TYPES.get(info.type)
         if dtype is None:
-            raise CliError(f"Triton has no data type for {info.name} ({info.type})")
+            raise UsageError(f"Triton has no data type for {info.name} ({info.type})")
         return {"name": info.name, "data_type": dtype, "dims": triton_dims(info.shape)}
 
     inputs = [entry(i) for i in model.inputs.values()]
@@ -162,21 +165,17 @@ audio_out = result.as_numpy("audio_out")  # (B, S) float32 at {rate} Hz
 def write_repository(model_path: str | Path, repo_dir: str | Path, name: str = "vampnet",
                      overwrite: bool = False) -> Path:
     """Write the repository (see the module docstring); returns DIR/NAME."""
-    from .audio import atomic_writer
-    from .cli import CliError
-    from .model import Model, external_data_files
-
     repo = Path(repo_dir).absolute()
     folder = repo / name
     if repo.exists() and not repo.is_dir():
-        raise CliError(f"not a folder: {repo}")
+        raise UsageError(f"not a folder: {repo}")
     if folder.exists() and not overwrite:
-        raise CliError(f"{folder} already exists (pass --overwrite to replace it)")
-    model = Model(model_path)
+        raise UsageError(f"{folder} already exists (pass --overwrite to replace it)")
+    model = Session(model_path)
     inputs, outputs = tensor_entries(model)
     version = folder / "1"
     version.mkdir(parents=True, exist_ok=True)
-    data_files = external_data_files(model.path, model.metadata)
+    data_files = [f for f in [data_file(model.path)] if f.is_file()]
     with atomic_writer() as w:
         w.add(version / MODEL_FILE, lambda tmp: shutil.copyfile(model.path, tmp))
         for f in data_files:
@@ -189,8 +188,6 @@ def write_repository(model_path: str | Path, repo_dir: str | Path, name: str = "
 
 
 def add_parser(sub) -> None:
-    from .cli import DEFAULT_MODEL
-
     t = sub.add_parser(
         "triton", help="write a Triton Inference Server model repository for the model",
         description="Write DIR/NAME/config.pbtxt (every input and output of MODEL, dynamic "
@@ -207,10 +204,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
-    from .cli import CliError
-
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name) or args.name in (".", ".."):
-        raise CliError(f"--name must be letters, digits, '_', '.' or '-', got {args.name!r}")
+        raise UsageError(f"--name must be letters, digits, '_', '.' or '-', got {args.name!r}")
     folder = write_repository(args.model, args.dir, args.name, overwrite=args.overwrite)
     print(f"wrote {folder / 'config.pbtxt'}")
     print(f"wrote {folder / '1' / MODEL_FILE}")

@@ -19,9 +19,12 @@ import posixpath
 import urllib.parse
 from pathlib import Path
 
+from .errors import UsageError
+from .paths import DEMO_DIR, DEMO_MODEL_NAME
+
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "web"
-DEMO = REPO / "artifacts" / "demo"
+DEMO = REPO / DEMO_DIR
 VENDOR_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
 VENDOR_COMMAND = "npm ci --prefix web"  # its postinstall (web/vendor.mjs) fills web/vendor/
 
@@ -83,16 +86,14 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 def make_server(host: str = "127.0.0.1", port: int = 8000, demo: Path = DEMO) -> http.server.ThreadingHTTPServer:
     """The server (not yet serving); port 0 picks a free one (``server.server_address``); `demo`:
     the folder served as /artifacts/demo/."""
-    from .cli import CliError  # at call time: cli imports this module
-
     problem = runtime_problem()
     if problem:
-        raise CliError(f"{problem}; run `{VENDOR_COMMAND}` in the repository (needs Node.js and npm)")
+        raise UsageError(f"{problem}; run `{VENDOR_COMMAND}` in the repository (needs Node.js and npm)")
     handler = functools.partial(Handler, mounts={"/web/": WEB, "/artifacts/demo/": Path(demo)})
     try:
         return http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as e:
-        raise CliError(f"cannot serve on {host}:{port}: {e.strerror or e}") from e
+        raise UsageError(f"cannot serve on {host}:{port}: {e.strerror or e}") from e
 
 
 def add_parser(sub) -> None:
@@ -108,7 +109,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     server = make_server(args.host, args.port)
     host, port = server.server_address[:2]
     print(f"serving the page at http://{host}:{port}/web/ (Ctrl-C stops)", flush=True)
-    if not (DEMO / "vampnet-tiny.onnx").is_file():
+    if not (DEMO / DEMO_MODEL_NAME).is_file():
         print("no demo model yet: run `vampnet-onnx demo` to build it, or open a model in the page", flush=True)
     try:
         server.serve_forever()

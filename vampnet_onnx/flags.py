@@ -1,0 +1,88 @@
+"""Command-line flags made from the interface table, and argparse with one-line errors.
+
+Every parameter of the model (vampnet_onnx/interface.py) becomes one flag, ``--name-with-dashes``,
+typed and range-checked by the table's own ``Input.check``; a new input of the table is a new flag
+of `vamp` and `batch` without an edit here. ``controls(args)`` turns the parsed flags back into
+the keyword arguments of ``Model.vamp`` / ``Model.vamp_file``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable
+
+from .interface import BY_NAME, PARAMETERS, Input
+
+PROG = "vampnet-onnx"
+
+CONTROLS = tuple(p.name for p in PARAMETERS if p.name != "seed")
+"""The model's parameters that are controls of a run (the seed is a flag of its own)."""
+
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"time_stretch_factor": ("--time-stretch",)}
+"""Shorter spellings (shown first), besides the flag named after the input."""
+
+
+def error_line(message: str) -> str:
+    return f"{PROG}: error: {' '.join(str(message).split())}"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(error_line(f"{message} (see `{self.prog} --help`)") + "\n")
+        self.exit(2)
+
+
+def input_type(i: Input) -> Callable[[str], Any]:
+    """The argparse type of a model input: its number type and range, from the table."""
+
+    def parse(text: str):
+        try:
+            return i.check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An integer flag that is not a model input (--variations, --workers, ...)."""
+    return input_type(Input("", "int64", None, lo, hi, ""))
+
+
+def cpu_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def threads_type(text: str) -> int:
+    # More threads than cores only slows onnxruntime down (each waits for the others).
+    try:
+        return int_range(0, cpu_cores())(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(
+            f"{e} (this machine has {cpu_cores()} CPU cores; 0 = onnxruntime's choice)") from None
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_seed_flag(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    parser.add_argument("--seed", type=input_type(BY_NAME["seed"]), default=default, metavar="N", help=help)
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The mask and sampling flags (one per model input); shared by `vamp` and `batch`."""
+    g = parser.add_argument_group("mask and sampling (model inputs)")
+    for name in CONTROLS:
+        i = BY_NAME[name]
+        g.add_argument(*FLAG_ALIASES.get(name, ()), flag(name), dest=name, type=input_type(i),
+                       default=None, metavar="N" if i.is_int else "X",
+                       help=f"{i.help} (default: {i.default})")
+
+
+def controls(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags given on the command line, as keyword arguments of ``Model.vamp``."""
+    return {name: getattr(args, name) for name in CONTROLS if getattr(args, name, None) is not None}
