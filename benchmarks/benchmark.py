@@ -35,10 +35,11 @@ import sys
 import time
 from pathlib import Path
 
+from vampnet_onnx.paths import data_file
 from vampnet_onnx.session import interface_feeds
 from benchmarks.realsize import DEFAULT_OUT, OUTPUTS, SAMPLE_RATE, gb, ort_session, peak_rss, reset_peak, rss, test_signal
 
-MASK = 1024
+from vampnet_onnx.graphs.sampling import MASK_TOKEN as MASK  # noqa: E402
 COARSE_STEPS, C2F_STEPS = 12, 2
 N_COARSE = 4  # the released coarse model's codebooks
 MASK_TEMPERATURE = 10.5
@@ -303,7 +304,7 @@ def benchmark(folder: Path, reps: int, seconds: float, threads: int, memory: boo
 
 
 def _model_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
+    data = data_file(path)
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
@@ -320,7 +321,7 @@ def build_function_form(checkpoints: Path, path: Path) -> None:
     coarse = load_transformer(checkpoints / "coarse.pth", codec, "coarse")
     c2f = load_transformer(checkpoints / "c2f.pth", codec, "c2f")
     components = export_components(codec, coarse, c2f)
-    data = path.with_name(path.name + ".data")
+    data = data_file(path)
     data.unlink(missing_ok=True)
     externalize_weights(components, data)
     onnx.save_model(assemble(codec, coarse, c2f, components=components, inline=False), str(path))

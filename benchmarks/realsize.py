@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from vampnet_onnx.interface import OUTPUT_NAMES as OUTPUTS
+from vampnet_onnx.paths import data_file
 from vampnet_onnx.session import interface_feeds
 
 # The released models' parameter counts as upstream reports them.
@@ -289,7 +290,7 @@ def run(out: Path, reuse: bool = False, short_seconds: float = SHORT_RUN_SECONDS
     phases.stop()
 
     interface = model_interface(model_path)
-    data_path = model_path.with_name(model_path.name + ".data")
+    data_path = data_file(model_path)
     files = {p.name: p.stat().st_size for p in [*paths.values(), model_path, data_path] if p.exists()}
 
     phases.start("short run in a fresh process (ORT load + 2 s of audio, default steps)")

@@ -29,6 +29,7 @@ from vampnet_onnx.builder.assemble import assemble, export_components
 from vampnet_onnx.builder.codec import load_codec
 from vampnet_onnx.builder.quantize import quantize_components
 from vampnet_onnx.builder.transformer import load_transformer
+from vampnet_onnx.paths import data_file
 from vampnet_onnx.session import interface_feeds
 
 PROTOBUF_LIMIT = 2_000_000_000
@@ -81,7 +82,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
     if weights_size(model) < PROTOBUF_LIMIT - (64 << 20):
         onnx.save_model(model, path)
         return [path]
-    data = path.with_name(path.name + ".data")
+    data = data_file(path)
     onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
     # onnx creates the data file readable by its owner only; give it what any new file gets here
@@ -109,8 +110,8 @@ TEST_DATA_SET = "test_data_set_0"
 TEST_DATA_SEED = 7
 
 
-def test_clip(seconds: float = 0.5, rate: int = 44100) -> np.ndarray:
-    """A short deterministic clip (plucked tones), the input of the test data set."""
+def test_clip(rate: int, seconds: float = 0.5) -> np.ndarray:
+    """A short deterministic clip (plucked tones) at ``rate``, the input of the test data set."""
     t = np.arange(int(seconds * rate)) / rate
     tone = np.sin(2 * np.pi * 220.0 * t) + 0.5 * np.sin(2 * np.pi * 331.0 * t)
     return (0.2 * tone * np.exp(-6.0 * (t % 0.25))).astype(np.float32)[None]
@@ -119,12 +120,13 @@ def test_clip(seconds: float = 0.5, rate: int = 44100) -> np.ndarray:
 def write_test_data(path: Path, folder: Path) -> None:
     """A model-zoo style conformance set beside the model: `folder/input_<i>.pb` for every input
     and `folder/output_<i>.pb` for every output (ONNX TensorProto files, named like the graph's
-    values), from onnxruntime on `test_clip()` with seed TEST_DATA_SEED and the defaults."""
+    values), from onnxruntime on `test_clip(the model's rate)` with seed TEST_DATA_SEED and the defaults."""
     import onnxruntime as ort
     from onnx import numpy_helper
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = interface_feeds(test_clip(), seed=TEST_DATA_SEED)
+    rate = int(session.get_modelmeta().custom_metadata_map["sample_rate"])
+    feeds = interface_feeds(test_clip(rate), seed=TEST_DATA_SEED)
     outputs = session.run(None, feeds)
     folder.mkdir()
     for i, graph_input in enumerate(session.get_inputs()):
@@ -172,12 +174,12 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
         if weights == "int8":
             step("quantizing the transformers' and the codec decoder's weights to int8")
             quantize_components(components)
-        data = staging / (output.name + ".data")
+        data = data_file(staging / output.name)
         # int8 fits one file, but onnxruntime maps external data instead of holding the protobuf
         # and a copy of it (2.0 GB peak instead of 3.8 GB at real size), and the assembly's copies
         # of the graph stay small
         if weights == "int8" or sum(weights_size(c) for c in components.values()) >= PROTOBUF_LIMIT - (64 << 20):
-            step(f"moving the weights to {output.name}.data")
+            step(f"moving the weights to {data.name}")
             externalize_weights(components, data)
         step("assembling the single model")
         model = assemble(codec_model, coarse_model, c2f_model, metadata=metadata, components=components,
@@ -200,7 +202,7 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
         test_data = output.parent / TEST_DATA_SET
         shutil.rmtree(test_data, ignore_errors=True)
         os.replace(staging / TEST_DATA_SET, test_data)
-        stale = output.with_name(output.name + ".data")
+        stale = data_file(output)
         if len(written) == 1 and stale.exists():
             stale.unlink()  # left from an earlier, bigger build at the same path
         done = True

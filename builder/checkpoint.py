@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vampnet_onnx.errors import one_line
+
 LORA_R = 8  # vampnet.modules.transformer.LORA_R
 LORA_SCALE = 0.125  # loralib: lora_alpha / r = 1 / 8
 
@@ -68,12 +70,7 @@ def _unpickle(path: Path, what: str):
             f"loading never executes code from a checkpoint: use the original checkpoint file"
         ) from None
     except Exception as e:  # corrupt zip members, truncated files, ...
-        raise CheckpointError(f"{path} could not be read as a checkpoint: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [s for s in str(e).splitlines() if s.strip()]
-    return lines[0] if lines else type(e).__name__
+        raise CheckpointError(f"{path} could not be read as a checkpoint: {one_line(e)}") from None
 
 
 def _check_finite(path: Path, state: dict) -> None:

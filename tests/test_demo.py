@@ -205,7 +205,7 @@ def test_demo_builds_its_model_from_scratch(capsys, tmp_path):
     np.testing.assert_array_equal(read(folder / demo.OUTPUT_NAME)[0], y)
 
 
-RUNTIME_ONLY = runtime_only(("torch", "onnx", "onnxscript", "onnx_ir", "onnx_graphsurgeon"))
+RUNTIME_ONLY = runtime_only(("torch", "onnx", "onnxscript", "onnx_ir"))
 
 
 def test_demo_without_the_build_extras(prebuilt, tmp_path):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -35,16 +34,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import batch, triton, web
+from . import batch, info, triton, web
 from .errors import UsageError, VampnetError
 from .extras import build_side
 from .flags import PROG, ArgumentParser, error_line, add_model_flags, add_seed_flag, controls, cpu_cores, int_range, threads_type
 from .interface import WEIGHTS
 from .memory import MAX_VARIATIONS
-from .model import Model, variation_paths
+from .model import Model, random_seed, variation_paths
 from .paths import DEFAULT_MODEL, DEMO_DIR, DEMO_MODEL, check_build_paths, checkpoint_paths, resolve_model
 from .progress import Bar
-from .session import disk_size, human_size, run_in_progress, shape_text, type_name
+from .session import run_in_progress
 
 
 def build_parser() -> ArgumentParser:
@@ -98,7 +97,7 @@ def build_parser() -> ArgumentParser:
                                    "metadata and size on disk.")
     i.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help=f"the .onnx model (default: {DEFAULT_MODEL}, else the demo's model)")
-    i.set_defaults(func=cmd_info)
+    i.set_defaults(func=info.cmd_info)
 
     # ---- build
     b = sub.add_parser(
@@ -142,65 +141,21 @@ def build_parser() -> ArgumentParser:
 def cmd_vamp(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
     model = Model(resolve_model(args.model), threads=args.threads or None)
-    result = model.vamp_file(args.input, args.output, seed=args.seed, variations=args.variations,
+    seed = random_seed() if args.seed is None else args.seed
+    how = "" if args.seed is not None else f" (random; pass --seed {seed} to reproduce)"
+    print(f"seed: {seed}{how}", flush=True)  # before the run: an interrupted run can be repeated
+    bar = Bar("model")
+    result = model.vamp_file(args.input, args.output, seed=seed, variations=args.variations,
                              mask=args.mask_from, save_codes=args.save_codes, plot=args.plot,
-                             progress=Bar("model"), **controls(args))
-    how = "" if args.seed is not None else f" (random; pass --seed {result.seed} to reproduce)"
-    print(f"seed: {result.seed}{how}")
+                             progress=bar, **controls(args))
     rows, frames, channels = result.audio.shape
     for path in variation_paths(args.output, rows):
         print(f"wrote {path} ({result.rate} Hz, {channels} ch, {frames / result.rate:.2f} s)")
     for p in (args.save_codes, args.plot):
         if p:
             print(f"wrote {p}")
-    print(f"elapsed: {time.monotonic() - t_start:.2f} s (model {result.model_s:.2f} s)")
+    print(f"elapsed: {time.monotonic() - t_start:.2f} s (model {bar.summary(result.model_s)})")
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# info
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    model = Model(resolve_model(args.model))
-    defaults = model.defaults()
-    print(f"model: {model.path}")
-    if model.producer:
-        print(f"producer: {model.producer}")
-    total, files = disk_size(model.path)
-    parts = " + ".join(f"{f.name} {human_size(s)}" for f, s in files)
-    print(f"size on disk: {human_size(total)} ({parts})")
-    print("inputs:")
-    rows = []
-    for info in model.inputs.values():
-        if info.name == "audio":
-            default = "required"
-        elif info.name == "mask":
-            default = f"default empty (1, {model.n_codebooks}, 0): build the mask from the parameters"
-        elif info.name in defaults:
-            default = f"default {json.dumps(defaults[info.name])}"
-        else:
-            default = "no default known"
-        rows.append((info.name, type_name(info.type), shape_text(info.shape), default))
-    _print_table(rows)
-    print("outputs:")
-    _print_table([(o.name, type_name(o.type), shape_text(o.shape)) for o in model.outputs.values()])
-    print("metadata:")
-    if not model.metadata:
-        print("  (none)")
-    for key in sorted(model.metadata):
-        print(f"  {key} = {model.metadata[key]}")
-    return 0
-
-
-def _print_table(rows: Sequence[Sequence[str]]) -> None:
-    if not rows:
-        print("  (none)")
-        return
-    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]) - 1)]
-    for r in rows:
-        cells = [c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]
-        print("  " + "  ".join(cells).rstrip())
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,12 +12,9 @@ import os
 import sys
 from typing import Any, Callable
 
-from .interface import BY_NAME, PARAMETERS, Input
+from .interface import BY_NAME, CONTROLS, Input
 
 PROG = "vampnet-onnx"
-
-CONTROLS = tuple(p.name for p in PARAMETERS if p.name != "seed")
-"""The model's parameters that are controls of a run (the seed is a flag of its own)."""
 
 FLAG_ALIASES: dict[str, tuple[str, ...]] = {"time_stretch_factor": ("--time-stretch",)}
 """Shorter spellings (shown first), besides the flag named after the input."""

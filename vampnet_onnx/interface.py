@@ -173,6 +173,9 @@ OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
 BY_NAME = {i.name: i for i in INPUTS}
 PARAMETERS = tuple(i for i in INPUTS if i.is_parameter)
 DEFAULTS: dict[str, int | float] = {p.name: p.default for p in PARAMETERS}
+CONTROLS = tuple(p.name for p in PARAMETERS if p.name != "seed")
+"""The parameters that are controls of a run: a flag each, a keyword each of ``Model.vamp``
+(the seed has a flag and a keyword of its own)."""
 
 
 def defaults_json() -> str:

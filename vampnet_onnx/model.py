@@ -41,8 +41,7 @@ from .audio import (
     write_audio_file,
 )
 from .errors import UsageError
-from .flags import CONTROLS
-from .interface import BY_NAME
+from .interface import BY_NAME, CONTROLS
 from .maskfile import check_mask, load_mask
 from .memory import MAX_VARIATIONS, check_memory
 from .paths import model_files
@@ -65,6 +64,11 @@ class Vamped:
     outputs: dict[str, np.ndarray]
     model_s: float
     controls: dict[str, Any]
+
+
+def random_seed() -> int:
+    """A seed for a run that was given none (the caller can print it before the run)."""
+    return random.SystemRandom().randrange(1, 2**31)
 
 
 def variation_paths(output: str | os.PathLike, n: int) -> list[Path]:
@@ -203,7 +207,7 @@ class Model(Session):
         for name in ("sampling_steps", "c2f_sampling_steps"):
             if feeds.get(name, 0) > self.max_sampling_steps:
                 raise UsageError(f"{name} {feeds[name]}: this model runs at most {self.max_sampling_steps} steps")
-        feeds["seed"] = random.SystemRandom().randrange(1, 2**31) if seed is None else BY_NAME["seed"].check(seed)
+        feeds["seed"] = random_seed() if seed is None else BY_NAME["seed"].check(seed)
         batch = np.ascontiguousarray(np.broadcast_to(prepared.samples[None, :], (rows, S)))
 
         bar = progress if isinstance(progress, Bar) else Bar() if progress else None

@@ -1,0 +1,52 @@
+"""`vampnet-onnx info MODEL`: a model's inputs, outputs, defaults, metadata and size on disk."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Sequence
+
+from .model import Model
+from .paths import resolve_model
+from .session import disk_size, human_size, shape_text, type_name
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model = Model(resolve_model(args.model))
+    defaults = model.defaults()
+    print(f"model: {model.path}")
+    if model.producer:
+        print(f"producer: {model.producer}")
+    total, files = disk_size(model.path)
+    parts = " + ".join(f"{f.name} {human_size(s)}" for f, s in files)
+    print(f"size on disk: {human_size(total)} ({parts})")
+    print("inputs:")
+    rows = []
+    for info in model.inputs.values():
+        if info.name == "audio":
+            default = "required"
+        elif info.name == "mask":
+            default = f"default empty (1, {model.n_codebooks}, 0): build the mask from the parameters"
+        elif info.name in defaults:
+            default = f"default {json.dumps(defaults[info.name])}"
+        else:
+            default = "no default known"
+        rows.append((info.name, type_name(info.type), shape_text(info.shape), default))
+    _print_table(rows)
+    print("outputs:")
+    _print_table([(o.name, type_name(o.type), shape_text(o.shape)) for o in model.outputs.values()])
+    print("metadata:")
+    if not model.metadata:
+        print("  (none)")
+    for key in sorted(model.metadata):
+        print(f"  {key} = {model.metadata[key]}")
+    return 0
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    if not rows:
+        print("  (none)")
+        return
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]) - 1)]
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]
+        print("  " + "  ".join(cells).rstrip())
