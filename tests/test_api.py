@@ -181,23 +181,34 @@ def test_rate_cache_is_per_model_and_thread_count(tmp_path):
 
 def test_second_run_is_estimated_from_the_first(model):
     x = tone(44100, 1.0, 1)
-    first, second = io.StringIO(), io.StringIO()
-    model.vamp(x, 44100, seed=1, progress=Bar("model", first))
-    assert "no estimate" in first.getvalue()
+    first = Bar("model", io.StringIO())
+    r = model.vamp(x, 44100, seed=1, progress=first)
+    assert "no estimate" in first.summary(r.model_s)
     rate = RateCache(model.path, model.threads).get()
     assert rate is not None and rate > 0
-    bar = Bar("model", second)
+    bar = Bar("model", io.StringIO())
     model.vamp(x[:22050], 44100, seed=1, sampling_steps=4, progress=bar)
     units = work_units(0.5, **{**model.defaults(), "sampling_steps": 4})
     assert bar.estimate == pytest.approx(rate * units)
-    line = second.getvalue()
-    assert line.count("\n") == 1 and line.startswith("model: ") and "estimated" in line  # off a terminal: one line
+    assert bar.stream.getvalue() == ""  # off a terminal the bar writes nothing
 
 
-def test_bar_end_line_gives_actual_time_and_error():
-    out = io.StringIO()
-    bar = Bar("model", out)
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_bar_ends_with_the_actual_time_beside_the_estimate():
+    bar = Bar("model", Tty())
     bar.start(10.0)
-    bar(4.0)  # not a terminal: nothing drawn
+    bar(4.0)
+    assert bar.stream.getvalue().endswith("4.0 s elapsed, about 6.0 s left\033[K")
+    bar(12.0)
+    assert "12 s elapsed, 2.0 s over the estimate" in bar.stream.getvalue()
     bar.finish(8.0)
-    assert out.getvalue() == "model: 8.0 s (estimated 10 s, +25 %)\n"
+    assert bar.stream.getvalue().endswith("\r\033[Kmodel: 8.0 s, estimated 10 s, +25 %\n")
+    quiet = Bar("model", Tty(), quiet=True)
+    quiet.start(1.0)
+    quiet(0.5)
+    quiet.finish(1.0)
+    assert quiet.stream.getvalue() == ""

@@ -12,7 +12,8 @@ The first run of a model with a thread count has no estimate (elapsed time only)
 rate for the next. ``benchmarks/eta.py`` measures how far the estimate lands from the actual time.
 
 ``Bar`` draws on stderr when it is a terminal (elapsed, estimated time left, a bar) and ends with
-one line giving the actual time beside the estimate; off a terminal only that line is written.
+one line giving the actual time beside the estimate; off a terminal it writes nothing, and the
+caller ends with one line holding ``Bar.summary`` (`vamp`: its ``elapsed:`` line on stdout).
 """
 from __future__ import annotations
 
@@ -135,15 +136,18 @@ class Bar:
             self.stream.flush()
             self.drawn = False
 
-    def end_line(self, actual: float) -> str:
+    def summary(self, actual: float) -> str:
+        """The actual time beside the estimate: '31.8 s, estimated 32 s, +1 %'."""
         if self.estimate is None:
-            return f"{self.label}: {duration_text(actual)} (no estimate: first run with this model and thread count)"
+            return f"{duration_text(actual)}, no estimate (first run with this model and thread count)"
         off = 100.0 * (self.estimate - actual) / actual if actual > 0 else 0.0
-        return f"{self.label}: {duration_text(actual)} (estimated {duration_text(self.estimate)}, {off:+.0f} %)"
+        return f"{duration_text(actual)}, estimated {duration_text(self.estimate)}, {off:+.0f} %"
 
     def finish(self, actual: float) -> None:
-        if self.quiet:
-            return
-        self.clear()
-        self.stream.write(self.end_line(actual) + "\n")
-        self.stream.flush()
+        """On a terminal the bar becomes one line with the actual time. Off a terminal nothing
+        was drawn and nothing is written: the caller's own last line carries ``summary`` (stderr
+        stays free for a one-line error)."""
+        if self.terminal:
+            self.clear()
+            self.stream.write(f"{self.label}: {self.summary(actual)}\n")
+            self.stream.flush()
