@@ -20,7 +20,6 @@ import soundfile as sf
 
 from vampnet_onnx import demo
 from conftest import runtime_only
-from vampnet_onnx import cli
 from vampnet_onnx.cli import main
 
 RATE = 44100  # the tiny model's (its metadata); the demo writes its clip at the model's rate
@@ -113,7 +112,7 @@ def test_demo_runs_the_vamp_command(capsys, prebuilt, tmp_path):
 
 
 def test_demo_without_matplotlib_skips_the_picture(capsys, prebuilt, monkeypatch):
-    monkeypatch.setattr(cli, "_plot_available", lambda: False)
+    monkeypatch.setattr(demo, "plot_available", lambda: False)
     rc, out, err = run_demo(capsys, prebuilt)
     assert rc == 0, err
     assert not (prebuilt / demo.PLOT_NAME).exists()

@@ -1,4 +1,4 @@
-"""The shipped model runs the same in every runtime the README names.
+"""The shipped model runs the same in every runtime docs/runtimes.md names.
 
 On the tiny model, one clip, seed 7 and three settings (a changed temperature, a changed periodic
 prompt, an explicit mask), each runtime must give `codes_out` (and every other code output)
@@ -163,7 +163,7 @@ def test_openvino_gives_the_same_outputs(tiny, cases, expected):
 
 def test_onnxruntime_test_command_runs_the_model_on_random_inputs(tiny):
     """The command in onnxruntime's wheel fills every input with random values (integers up to
-    1000, floats in [0, 1)); the graph clamps them, so it runs. README shows this command (with
+    1000, floats in [0, 1)); the graph clamps them, so it runs. docs/runtimes.md shows this command (with
     1 s of audio; 0.1 s here: random step, feedback and stretch counts make it up to 8·128 steps)."""
     command = Path(sys.executable).with_name("onnxruntime_test")
     proc = run([str(command), str(tiny.path), "1", "--symbolic_dims", "B=1,S=4410,MB=1,MK=14,MT=0"], timeout=900)

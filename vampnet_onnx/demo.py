@@ -219,6 +219,7 @@ def demo_command(args: argparse.Namespace) -> int:
     argv = ["vamp", str(clip), "-o", str(out), "-m", str(model), f"--seed={seed}"]
     argv += ["--plot", str(png)] if plot else []
     print("running the equivalent of: " + shlex.join(["vampnet-onnx", *argv]))
+    print(f"seed: {seed}")
     vampnet.vamp_file(clip, out, seed=seed, plot=png if plot else None, progress=Bar("model"))
 
     total, _ = disk_size(model)

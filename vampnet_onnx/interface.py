@@ -62,6 +62,8 @@ class Input:
                 raise ValueError(f"must be an integer, got {value!r}") from None
             if v != value and not isinstance(value, str):
                 raise ValueError(f"must be an integer, got {value!r}")
+            if not INT64_MIN <= v <= INT64_MAX:  # every integer input of the model is int64
+                raise ValueError(f"must be a 64-bit integer (-2^63 to 2^63-1), got {value!r}")
         else:
             try:
                 v = float(value)

@@ -119,8 +119,8 @@ def complete_feed(audio: np.ndarray, infos: dict[str, TensorInfo], defaults: dic
     """A value for every input in ``infos`` (in their order): ``values`` where given and not
     None, else ``defaults``; ``mask`` empty (1, n_codebooks, 0) unless given."""
     audio = np.asarray(audio)
-    if audio.ndim != 2 or audio.shape[1] < 1 or audio.shape[0] < 1:
-        raise ModelError(f"audio must have shape (B, S) with B, S >= 1, got {audio.shape}")
+    if audio.ndim != 2:
+        raise ModelError(f"audio must have shape (B, S), got {audio.shape}")
     unknown = [name for name in values if name not in infos]
     if unknown:
         raise ModelError(f"the model has no input named '{unknown[0]}'")
@@ -258,6 +258,8 @@ class Session:
     def feeds(self, audio: np.ndarray, **inputs: Any) -> dict[str, np.ndarray]:
         """The feed dict for ``run``: every model input, the given ones cast to the model's dtypes
         and shapes, the others at their defaults."""
+        if np.ndim(audio) != 2 or min(np.shape(audio)) < 1:
+            raise ModelError(f"audio must have shape (B, S) with B, S >= 1, got {np.shape(audio)}")
         return complete_feed(audio, self.inputs, self.defaults(), self.n_codebooks, inputs)
 
     def run(self, audio: np.ndarray, *, tick: Callable[[float], None] | None = None,
