@@ -30,6 +30,11 @@ DETERMINISTIC_CASES = ["tiny_periodic", "tiny_inpaint_c2f_chunks", "tiny_lora"]
 OUTPUTS = list(OUTPUT_NAMES)  # the model's, in order
 
 
+def app_case(case: str) -> dict:
+    """A golden-app fixture (upstream's app beyond the model: preprocessing, pitch, beats)."""
+    return dict(np.load(FIXTURES / "golden-app" / f"{case}.npz"))
+
+
 def golden(case: str) -> dict:
     data = dict(np.load(GOLDEN / f"{case}.npz"))
     data["meta"] = json.loads(str(data["meta"]))
@@ -141,3 +146,13 @@ def model_path(request) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lora(build_variant) -> Built:
     return build_variant("tiny-lora")
+
+
+def app_output(decoded: np.ndarray, fed: np.ndarray, rate: int = 44100) -> np.ndarray:
+    """Upstream's decoded audio as its app hands it out: `out.normalize(loudness_in)`, the loudness
+    of the audio it was fed (audiotools' meter, tests/numpy_reference.py). The model's `audio_out`
+    is this, so the fixtures' decoded audio is compared after the same gain."""
+    from numpy_reference import loudness
+
+    gain = 10 ** ((loudness(fed, rate) - loudness(decoded, rate)) / 20)
+    return (decoded * gain[:, None]).astype(np.float32)

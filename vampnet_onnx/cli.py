@@ -172,8 +172,8 @@ def _parameter_type(p):
 
 # (input name, argparse type, help) for every parameter of the model except seed, from the table
 PARAM_FLAGS: list[tuple[str, Any, str]] = [
-    (p.name, _parameter_type(p), p.help) for p in PARAMETERS if p.name != "seed"
-]
+    (p.name, _parameter_type(p), p.help) for p in PARAMETERS if p.name not in ("seed", "sample_rate")
+]  # the input file's rate is the model's sample_rate
 
 
 def _flag(name: str) -> str:
@@ -206,11 +206,11 @@ def build_parser() -> ArgumentParser:
         "vamp",
         help="generate new audio from an audio file (onnxruntime only)",
         description=(
-            "Run the model on IN and write OUT. The input (any rate, any channels) is resampled to "
-            "the model's rate (44.1 kHz for VampNet), mixed to mono and normalised to -24 LUFS; the "
-            "output gets the input's sample rate, length (times --time-stretch) and loudness, and "
-            "the mono result is copied to each of the input's channels. Flags left out take the "
-            "model's defaults (from its metadata)."
+            "Run the model on IN and write OUT. The input (any rate, any channels) is mixed to "
+            "mono; the model resamples it to its rate (44.1 kHz for VampNet) and normalises it to "
+            "-24 LUFS, and its output comes back at the input's sample rate, length (times "
+            "--time-stretch) and loudness; the mono result is copied to each of the input's "
+            "channels. Flags left out take the model's defaults (from its metadata)."
         ),
     )
     v.add_argument("input", metavar="IN", help="input audio file (WAV, FLAC, OGG, ...)")
@@ -481,15 +481,16 @@ def plan_outputs(args: argparse.Namespace, inp: Path, model_path: Path) -> tuple
     return mask, audio_paths, extra
 
 
-def model_feeds(args: argparse.Namespace, model: Model, mask: np.ndarray | None, n: int, S: int) -> dict[str, Any]:
+def model_feeds(args: argparse.Namespace, model: Model, mask: np.ndarray | None, n: int, S: int,
+                rate: int) -> dict[str, Any]:
     """The flags as the model's inputs (the mask and step counts checked against this model),
-    with the seed chosen and printed."""
-    feeds: dict[str, Any] = {}
+    with the seed chosen and printed, and the input's sample rate."""
+    feeds: dict[str, Any] = {"sample_rate": rate}
     if mask is not None:
-        T = model.frames_for(S)
+        T = model.frames_for(S, rate)
         if mask.shape[2] != T:
             raise CliError(f"--mask-from has {mask.shape[2]} frames but this input has {T} "
-                           f"(ceil({S} samples at {model.sample_rate} Hz / hop {model.hop}); "
+                           f"({S} samples at {rate} Hz are {T} frames at {model.sample_rate} Hz, hop {model.hop}; "
                            f"with --time-stretch the mask is given before stretching)")
         if mask.shape[1] != model.n_codebooks:
             raise CliError(f"--mask-from has {mask.shape[1]} codebooks, the model {model.n_codebooks}")
@@ -553,13 +554,13 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
     # rate and channels, memory: all before the model runs
     if model is None:
         model = Model(model_path, threads=args.threads or None)
-    prepared = load_audio(inp, model.sample_rate)
+    prepared = load_audio(inp)
     fmt = output_format(args.output)
     subtype = choose_subtype(fmt, prepared.subtype, rate=prepared.sample_rate,
                              channels=prepared.channels, path=args.output)
     S = prepared.samples.shape[0]
-    check_memory(n, S, model_path)
-    feeds = model_feeds(args, model, mask, n, S)
+    check_memory(n, model.frames_for(S, prepared.sample_rate) * model.hop, model_path)  # at the model's rate
+    feeds = model_feeds(args, model, mask, n, S, prepared.sample_rate)
     batch = np.ascontiguousarray(np.broadcast_to(prepared.samples[None, :], (n, S)))
 
     ticker = _Ticker()
