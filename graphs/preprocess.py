@@ -22,12 +22,19 @@ number of taps for any pair of rates (44101 → 44100 has 44100 phases). The out
 chunks of at most TAPS_PER_STEP taps (a Loop), so memory does not grow with the input.
 
 Loudness (`loudness`): audiotools' Meter on CPU: K-weighting (a high shelf, then a high pass, RBJ
-biquads from the rate, filtered exactly as an IIR), 0.4 s blocks every 0.1 s, the end zero-padded
-so every sample lies in a block, absolute gate −70 LUFS, relative gate −10 LU; signals shorter
-than 0.5 s are zero-padded to 0.5 s first; the result is floored at −70 LUFS (silence: −70).
-The IIR runs block-recursively (`all_pole`): each 64-sample block is filtered from a zero state
-with one MatMul, and the state each block starts from comes from a parallel prefix scan over the
-blocks, so the filter is exact (to float32 rounding) without a sample-by-sample Loop.
+biquads, filtered exactly as an IIR), 0.4 s blocks every 0.1 s, the end zero-padded so every
+sample lies in a block, absolute gate −70 LUFS, relative gate −10 LU; signals shorter than 0.5 s
+are zero-padded to 0.5 s first; the result is floored at −70 LUFS (silence: −70). At the common
+rates the filter is upstream's float32 one (a table made at build time), at other rates designed
+in the graph. The IIR runs block-recursively, one pole at a time (`one_pole`): each 64-sample
+block is filtered from rest with one MatMul, and the value each block starts from comes from a
+parallel prefix scan over the blocks, so the filter is exact (to float32 rounding) without a
+sample-by-sample Loop.
+
+Every Loop here carries a single value (a pair is packed into one tensor): onnxscript 0.7.2 lists
+a Loop's outputs in the order of a Python set built separately from the one that orders its
+inputs, so with several carried variables the outputs can come back bound to the wrong names (it
+happened here, depending on the process's string hashing).
 """
 import math
 
@@ -42,6 +49,7 @@ from vampnet_onnx.interface import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 TARGET_LUFS = -24.0  # upstream Interface.loudness
 FLOOR_LUFS = -70.0  # audiotools' MIN_LOUDNESS, also BS.1770's absolute gate
 RELATIVE_GATE = -10.0
+PREPARED_LU = 1e-4  # `prepare` leaves a row this close to −24 LUFS unscaled (normalize_unless_there)
 LUFS_OFFSET = -0.691  # BS.1770: L = −0.691 + 10·log10(mean square)
 DB_PER_LN = 10.0 / math.log(10.0)  # 10·log10(x) = DB_PER_LN · ln(x)
 GAIN_PER_DB = math.log(10.0) / 20.0  # audiotools' GAIN_FACTOR: gain = exp(dB · GAIN_PER_DB)
@@ -73,7 +81,7 @@ LN2 = math.log(2.0)
 @onnxscript.script(vampnet, default_opset=op)
 def gcd(a: INT64, b: INT64) -> INT64:
     """Greatest common divisor of two positive integers (Euclid, a fixed number of steps)."""
-    pair = op.Concat(op.Reshape(a, [1]), op.Reshape(b, [1]), axis=0)  # one loop-carried value (see LOOPS)
+    pair = op.Concat(op.Reshape(a, [1]), op.Reshape(b, [1]), axis=0)  # one loop-carried value (see the module's docstring)
     for step in range(EUCLID_STEPS):
         x = op.Gather(pair, 0)
         y = op.Gather(pair, 1)
@@ -183,7 +191,7 @@ def pole_scan(c: FLOAT[2, "B", "M"], g: FLOAT[2, 1, 1]) -> FLOAT[2, "B", "M"]:
     g^(2^k)·s[m − 2^k]. ceil(log2 M) + 1 steps."""
     M = op.Shape(c, start=2, end=3)
     steps = op.Squeeze(op.Cast(op.Ceil(op.Log(op.Cast(M, to=FLOAT.dtype)) / LN2), to=INT64.dtype) + 1)
-    # g^(2^k) for every step k: one loop-carried value per Loop (see LOOPS)
+    # g^(2^k) for every step k: one loop-carried value per Loop (see the module's docstring)
     powers = op.Identity(g)  # (K, 2, 1, 1)
     powers = op.Unsqueeze(powers, [0])
     for step in range(steps):
@@ -387,6 +395,16 @@ def normalize_loudness(x: FLOAT["B", "L"], rate: INT64, target: FLOAT["B"]) -> F
 
 
 @onnxscript.script(vampnet, default_opset=op)
+def normalize_unless_there(x: FLOAT["B", "L"], rate: INT64, target: FLOAT["B"]) -> FLOAT["B", "L"]:
+    """normalize_loudness, except that a row already within PREPARED_LU of `target` is kept as it
+    is: audio prepared as upstream prepares it passes through unchanged and gives upstream's codes
+    (re-measured, it reads a few 1e-5 LU off, and that gain of 1 ± 3e-6 can change a fine token)."""
+    change = target - loudness(x, rate)
+    gain = op.Where(op.Abs(change) <= PREPARED_LU, op.CastLike(1.0, change), op.Exp(change * GAIN_PER_DB))
+    return x * op.Unsqueeze(gain, [1])
+
+
+@onnxscript.script(vampnet, default_opset=op)
 def ensure_max_of_audio(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
     """Rows whose peak exceeds 1 scaled down to peak 1 (audiotools' ensure_max_of_audio(1.0))."""
     peak = op.ReduceMax(op.Abs(x), [1], keepdims=1)
@@ -415,7 +433,7 @@ def prepare(audio: FLOAT["B", "L"], rate: INT64, model_rate: INT64) -> FLOAT["B"
     (Padding to whole hops is the encoder's.)"""
     x = resample(audio, rate, model_rate)
     target = op.Expand(op.Constant(value_float=TARGET_LUFS), op.Shape(x, start=0, end=1))
-    return ensure_max_of_audio(normalize_loudness(x, model_rate, target))
+    return ensure_max_of_audio(normalize_unless_there(x, model_rate, target))
 
 
 @onnxscript.script(vampnet, default_opset=op)

@@ -148,6 +148,15 @@ def tiny_lora(build_variant) -> Built:
     return build_variant("tiny-lora")
 
 
+def prepared_audio(g: dict) -> np.ndarray:
+    """A fixture's preprocessed audio (B, S) without upstream's zero padding to whole hops: what
+    upstream's `_preprocess` returns for its 44.1 kHz input, at −24 LUFS. The model passes such
+    audio through unchanged (graphs/preprocess.py, normalize_unless_there) and pads it to whole
+    hops itself; the padded array would measure quieter and be scaled."""
+    assert int(g["input_sr"]) == 44100
+    return g["preprocessed_audio"][:, 0, : g["input_audio"].shape[-1]]
+
+
 def app_output(decoded: np.ndarray, fed: np.ndarray, rate: int = 44100) -> np.ndarray:
     """Upstream's decoded audio as its app hands it out: `out.normalize(loudness_in)`, the loudness
     of the audio it was fed (audiotools' meter, tests/numpy_reference.py). The model's `audio_out`

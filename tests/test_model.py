@@ -1,8 +1,9 @@
 """The single model (graphs/model.py assembled by builder/assemble.py), run as a user runs it.
 
-* Deterministic parity with upstream: every deterministic fixture case, fed `preprocessed_audio`,
-  the fixture's mask and sampling settings, gives upstream's codes, coarse and fine tokens exactly,
-  and its audio to the float32 noise floor (tests/tolerances.py). This includes two c2f chunks and
+* Deterministic parity with upstream: every deterministic fixture case, fed its preprocessed audio
+  (conftest.prepared_audio), the fixture's mask and sampling settings, gives upstream's codes,
+  coarse and fine tokens exactly, and its decoded audio at the input's loudness (conftest.app_output)
+  to the float32 noise floor (tests/tolerances.py). This includes two c2f chunks and
   the LoRA variant.
 * Same inputs give the same outputs in two runs and in onnx.reference.ReferenceEvaluator;
   different seeds give different outputs; batch rows are independent.
@@ -22,7 +23,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import CASE_VARIANT, DETERMINISTIC_CASES, OUTPUTS, app_output, fixture_inputs, golden
+from conftest import CASE_VARIANT, DETERMINISTIC_CASES, OUTPUTS, app_output, fixture_inputs, golden, prepared_audio
 from tolerances import assert_audio_close
 from vampnet_onnx import interface
 from vampnet_onnx.model import interface_feeds
@@ -82,13 +83,14 @@ def clip() -> np.ndarray:
 def test_deterministic_parity_with_upstream(build_variant, case):
     g = golden(case)
     built = build_variant(CASE_VARIANT[case])
-    audio = g["preprocessed_audio"][:, 0]
+    audio = prepared_audio(g)
     out = run(built, audio, **fixture_inputs(g))
     np.testing.assert_array_equal(out["codes"], g["codes"], err_msg=f"{case}: codes")
     np.testing.assert_array_equal(out["mask_out"], g["mask"], err_msg=f"{case}: mask")
     np.testing.assert_array_equal(out["coarse_codes"], g["coarse_out"], err_msg=f"{case}: coarse tokens")
     np.testing.assert_array_equal(out["codes_out"], g["fine_out"], err_msg=f"{case}: fine tokens")
-    assert_audio_close(out["audio_out"], app_output(g["audio_out"][:, 0], audio), f"{case}: audio")
+    want = app_output(g["audio_out"][:, 0, : audio.shape[1]], audio)
+    assert_audio_close(out["audio_out"], want, f"{case}: audio")
 
 
 def test_parity_cases_cover_what_the_issue_asks():
@@ -247,6 +249,8 @@ CLAMPED = [
     ("ncc", 99, 14),
     ("upper_codebook_mask", -1, 0),
     ("upper_codebook_mask", 40, 14),
+    ("sample_rate", 10**7, 384000),
+    ("sample_rate", -5, 1000),
 ]
 
 

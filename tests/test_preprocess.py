@@ -148,3 +148,25 @@ def test_output_length_is_the_input_length_times_the_stretch(tiny):
     x = noise(1, 4801)
     out = sess.run(["audio_out"], interface_feeds(x, sample_rate=48000, time_stretch_factor=2))[0]
     assert out.shape == (1, 2 * 4801) and np.isfinite(out).all()
+
+
+def test_non_finite_and_silent_audio_in_the_model(tiny):
+    """NaN and ±inf samples read as 0; a silent input is encoded as silence and its output is set
+    to the floor loudness (−70 LUFS), as upstream's app sets it; nothing is NaN."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tiny.path), providers=["CPUExecutionProvider"])
+    settings = dict(seed=1, sampling_steps=2, c2f_sampling_steps=1, sample_rate=22050)
+    x = noise(1, 11025)
+    bad = x.copy()
+    bad[0, ::50] = np.nan
+    bad[0, 7] = np.inf
+    bad[0, 9] = -np.inf
+    zeroed = np.where(np.isfinite(bad), bad, 0).astype(np.float32)
+    got = dict(zip(OUTPUTS, sess.run(OUTPUTS, interface_feeds(bad, **settings))))
+    want = dict(zip(OUTPUTS, sess.run(OUTPUTS, interface_feeds(zeroed, **settings))))
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    silent = dict(zip(OUTPUTS, sess.run(OUTPUTS, interface_feeds(np.zeros((1, 11025), np.float32), **settings))))
+    assert np.isfinite(silent["audio_out"]).all()
+    assert ref.loudness(silent["audio_out"], 22050)[0] < -69.9
