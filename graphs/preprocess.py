@@ -331,9 +331,10 @@ def k_weighting(x: FLOAT["B", "L"], rate: INT64) -> FLOAT["B", "L"]:
     then its high pass (38 Hz, Q 0.5), normalised by a0 (passband gain 1): upstream's float32
     filter at the COMMON_RATES, designed in the graph at any other rate."""
     rates = op.Constant(value_ints=list(COMMON_RATES))
-    is_rate = rates == rate
-    known = op.ReduceMax(op.Cast(is_rate, to=INT64.dtype), keepdims=0) > 0
-    table = op.Gather(op.Constant(value=COMMON_STAGES_TENSOR), op.ArgMax(op.Cast(is_rate, to=INT64.dtype), keepdims=0))
+    match = op.Cast(rates == rate, to=INT64.dtype)  # (no int64 ArgMax: onnxruntime 1.17 has none)
+    known = op.ReduceSum(match, keepdims=0) > 0
+    index = op.ReduceSum(match * op.Range(0, op.Size(rates), 1), keepdims=0)
+    table = op.Gather(op.Constant(value=COMMON_STAGES_TENSOR), index)
     stages = op.Where(known, table, designed_k_weighting(rate))
     return filter_stage(filter_stage(x, op.Gather(stages, 0)), op.Gather(stages, 1))
 
