@@ -18,6 +18,7 @@ from vampnet_onnx.graphs.masks import build_mask, resolve_mask
 from vampnet_onnx.graphs.onsets import make_onset_detector
 from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.graphs.sampling import MASK_TOKEN
+from vampnet_onnx.graphs.preprocess import clamp_rate, finite, loudness, prepare, restore
 from vampnet_onnx.graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
 from vampnet_onnx.graphs.stages import c2f_stage, coarse_stage, stretch_mask, stretch_time
 from vampnet_onnx.interface import MAX_FEEDBACK_STEPS, MAX_ONSET_WIDTH, MAX_TIME_STRETCH
@@ -74,7 +75,7 @@ class GraphConfig:
 def main_graph(config: GraphConfig):
     """The model function for `config`. Its signature must equal vampnet_onnx.interface.INPUTS
     (names, order, types; the assembler checks); parameters arrive as (1,) tensors."""
-    HOP, N_COARSE = config.hop_length, config.n_coarse
+    HOP, N_COARSE, MODEL_RATE = config.hop_length, config.n_coarse, config.sample_rate
     COARSE_CHUNK, C2F_CHUNK = config.coarse_chunk, config.c2f_chunk
     N_CODEBOOKS, WINDOW, OVERLAP = config.n_codebooks, config.codec_window, config.codec_overlap
     FRAME_RATE = float(np.float32(config.frame_rate))
@@ -83,6 +84,7 @@ def main_graph(config: GraphConfig):
     @onnxscript.script(default_opset=op)
     def vampnet(
         audio: FLOAT["B", "S"],
+        sample_rate: INT64[1],
         seed: INT64[1],
         mask: INT64["MB", "MK", "MT"],
         rand_mask_intensity: FLOAT[1],
@@ -120,11 +122,18 @@ def main_graph(config: GraphConfig):
         batch = op.Shape(audio, start=0, end=1)
         rows = op.Pad(audio, op.Concat([0, 0], op.Max(1 - batch, 0), [0], axis=0))
 
-        input_codes = encode(rows, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
+        # upstream's _preprocess (graphs/preprocess.py): to the codec's rate, −24 LUFS, peak <= 1
+        rate = clamp_rate(scalar(sample_rate))
+        model_rate = op.Constant(value_int=MODEL_RATE)
+        clean = finite(rows)
+        loudness_in = loudness(clean, rate)  # the app gives the output this loudness
+        prepared = prepare(clean, rate, model_rate)
+
+        input_codes = encode(prepared, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
         # upstream detects onsets in its preprocessed signal, which is zero-padded to whole hops
         # like the encoder's input; the prompt only serves a built mask (explicit: detect on nothing)
         n_samples = op.Shape(input_codes, start=2, end=3) * hop
-        hop_padded = op.Pad(rows, op.Concat([0, 0], [0], n_samples - op.Shape(rows, start=1, end=2), axis=0))
+        hop_padded = op.Pad(prepared, op.Concat([0, 0], [0], n_samples - op.Shape(prepared, start=1, end=2), axis=0))
         width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
         built_mask = build_mask(
             input_codes, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
@@ -148,9 +157,11 @@ def main_graph(config: GraphConfig):
             op.Clip(scalar(c2f_sampling_steps), 1, MAX_STEPS), scalar(c2f_temperature),
             scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff),
         )
-        samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S
+        samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S at the input's rate
+        # decode every frame, back to the input's rate, f·S samples, the input's loudness
+        decoded = decode(row_out, op.Shape(row_out, start=2, end=3) * hop, hop, window, overlap)
         # the outputs are named after these variables
-        audio_out = op.Slice(decode(row_out, samples, hop, window, overlap), [0], batch, [0])
+        audio_out = op.Slice(restore(decoded, model_rate, rate, samples, loudness_in), [0], batch, [0])
         codes = op.Slice(row_codes, [0], batch, [0])
         mask_out = op.Slice(row_mask, [0], batch, [0])
         coarse_codes = op.Slice(row_coarse, [0], batch, [0])

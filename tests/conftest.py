@@ -30,6 +30,11 @@ DETERMINISTIC_CASES = ["tiny_periodic", "tiny_inpaint_c2f_chunks", "tiny_lora"]
 OUTPUTS = list(OUTPUT_NAMES)  # the model's, in order
 
 
+def app_case(case: str) -> dict:
+    """A golden-app fixture (upstream's app beyond the model: preprocessing, pitch, beats)."""
+    return dict(np.load(FIXTURES / "golden-app" / f"{case}.npz"))
+
+
 def golden(case: str) -> dict:
     data = dict(np.load(GOLDEN / f"{case}.npz"))
     data["meta"] = json.loads(str(data["meta"]))
@@ -148,3 +153,20 @@ def _rate_cache_in_tmp(tmp_path_factory, monkeypatch):
     """`vamp` records this machine's rate (vampnet_onnx.progress): in a temporary folder, never
     the user's cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+def prepared_audio(g: dict) -> np.ndarray:
+    """A fixture's preprocessed audio (B, S) without upstream's zero padding to whole hops: what
+    upstream's `_preprocess` returns for its 44.1 kHz input, at −24 LUFS. The model passes such
+    audio through unchanged (graphs/preprocess.py, normalize_unless_there) and pads it to whole
+    hops itself; the padded array would measure quieter and be scaled."""
+    assert int(g["input_sr"]) == 44100
+    return g["preprocessed_audio"][:, 0, : g["input_audio"].shape[-1]]
+
+
+def app_output(decoded: np.ndarray, fed: np.ndarray, rate: int = 44100) -> np.ndarray:
+    """Upstream's decoded audio as its app hands it out: `out.normalize(loudness_in)`, the loudness
+    of the audio it was fed (audiotools' meter, tests/numpy_reference.py). The model's `audio_out`
+    is this, so the fixtures' decoded audio is compared after the same gain."""
+    from numpy_reference import loudness
+
+    gain = 10 ** ((loudness(fed, rate) - loudness(decoded, rate)) / 20)
+    return (decoded * gain[:, None]).astype(np.float32)

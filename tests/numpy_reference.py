@@ -9,6 +9,7 @@ Sections:
     1. PRNG          (graphs/prng.py)
     2. Masks         (graphs/masks.py)
     3. Stages        (graphs/stages.py: chunking, time stretch, feedback)
+    4. Preprocessing (graphs/preprocess.py: julius resampling, audiotools loudness)
 """
 from __future__ import annotations
 
@@ -417,3 +418,107 @@ def feedback_coarse(codes, mask, passes: int, stage) -> np.ndarray:
     for p in range(passes):
         z = stage(z, mask, p)
     return z
+
+
+# ============================================================================================
+# 4. Preprocessing (graphs/preprocess.py)
+# ============================================================================================
+
+
+def julius_resample(x: np.ndarray, old_sr: int, new_sr: int, zeros: int = 24, rolloff: float = 0.945) -> np.ndarray:
+    """julius.resample_frac as it computes, in float32: per output phase the full kernel of
+    2w + old taps (built and normalised in float32 like julius), the input replicate-padded by w
+    on the left and w + old on the right, stride old, phases interleaved, floor(new·L/old) samples.
+
+    Written for clarity, output sample by output sample in chunks (the graph gathers only the
+    non-zero taps; this reference computes every one of julius's taps)."""
+    x = np.asarray(x, np.float32)
+    g = math.gcd(old_sr, new_sr)
+    old, new = old_sr // g, new_sr // g
+    if old == new:
+        return x
+    sr = min(old, new) * rolloff
+    w = math.ceil(zeros * old / sr)
+    idx = np.arange(-w, w + old, dtype=np.float32)
+    length = x.shape[-1]
+    n_out = int(new * length / old)
+    padded = np.concatenate([np.repeat(x[..., :1], w, -1), x, np.repeat(x[..., -1:], w + old, -1)], -1)
+    kernels = {}
+    y = np.empty(x.shape[:-1] + (n_out,), np.float32)
+    for j in range(n_out):
+        k, i = divmod(j, new)
+        if i not in kernels:
+            t = (np.float32(-i / new) + idx / np.float32(old)) * np.float32(sr)
+            t = np.clip(t, -zeros, zeros) * np.float32(math.pi)
+            window = np.cos(t / np.float32(zeros) / np.float32(2)) ** 2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sinc = np.where(t == 0, np.float32(1), np.sin(t) / t)
+            kernel = (sinc * window).astype(np.float32)
+            kernels[i] = kernel / kernel.sum(dtype=np.float32)
+            if len(kernels) > 4096:
+                kernels.pop(next(iter(kernels)))
+        y[..., j] = padded[..., k * old:k * old + 2 * w + old] @ kernels[i]
+    return y
+
+
+def k_weighting_coefficients(rate: int):
+    """pyloudnorm's K-weighting biquads at `rate` (float64): [(b, a) high shelf, (b, a) high pass]."""
+    stages = []
+    for gain_db, q, fc, kind in ((4.0, 1 / np.sqrt(2), 1500.0, "high_shelf"), (0.0, 0.5, 38.0, "high_pass")):
+        A = 10 ** (gain_db / 40.0)
+        w0 = 2.0 * np.pi * (fc / rate)
+        alpha = np.sin(w0) / (2.0 * q)
+        if kind == "high_shelf":
+            b = [A * ((A + 1) + (A - 1) * np.cos(w0) + 2 * np.sqrt(A) * alpha),
+                 -2 * A * ((A - 1) + (A + 1) * np.cos(w0)),
+                 A * ((A + 1) + (A - 1) * np.cos(w0) - 2 * np.sqrt(A) * alpha)]
+            a = [(A + 1) - (A - 1) * np.cos(w0) + 2 * np.sqrt(A) * alpha,
+                 2 * ((A - 1) - (A + 1) * np.cos(w0)),
+                 (A + 1) - (A - 1) * np.cos(w0) - 2 * np.sqrt(A) * alpha]
+        else:
+            b = [(1 + np.cos(w0)) / 2, -(1 + np.cos(w0)), (1 + np.cos(w0)) / 2]
+            a = [1 + alpha, -2 * np.cos(w0), 1 - alpha]
+        stages.append((np.array(b) / a[0], np.array(a) / a[0]))
+    return stages
+
+
+def loudness(x: np.ndarray, rate: int, dtype=np.float64, float32_coefficients: bool = False) -> np.ndarray:
+    """audiotools' AudioSignal.loudness() of each row of x (B, L) at `rate`, in `dtype` arithmetic
+    (float64: the exact value; float32: the filter runs in float32 as torchaudio's lfilter does);
+    `float32_coefficients`: the filter's coefficients rounded to float32 first, as upstream's are.
+
+    Shorter than 0.5 s: zero-padded to 0.5 s; K-weighting (scipy lfilter); julius.unfold blocks of
+    int(0.4·rate) every int(0.1·rate), the end zero-padded; gates −70 LUFS and −10 LU; floor −70."""
+    from scipy.signal import lfilter
+
+    x = np.atleast_2d(np.asarray(x, dtype))
+    length = x.shape[1]
+    if length < rate / 2:
+        x = np.pad(x, ((0, 0), (0, (rate - 2 * length) // 2)))
+    for b, a in k_weighting_coefficients(rate):
+        if float32_coefficients:
+            b, a = b.astype(np.float32), a.astype(np.float32)
+        x = lfilter(b.astype(dtype), a.astype(dtype), x, axis=1)
+    kernel, stride = int(0.4 * rate), int(0.4 * rate * 0.25)
+    n_blocks = math.ceil((max(x.shape[1], kernel) - kernel) / stride) + 1
+    x = np.pad(x, ((0, 0), (0, (n_blocks - 1) * stride + kernel - x.shape[1])))
+    z = np.stack([(x[:, j * stride:j * stride + kernel].astype(np.float64) ** 2).sum(1) for j in range(n_blocks)], 1)
+    z = z / (0.4 * rate)
+    out = []
+    for row in z:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            l = -0.691 + 10 * np.log10(row)
+            gated = row[l > -70]
+            gamma = -0.691 + 10 * np.log10(gated.mean()) - 10 if gated.size else np.nan
+            kept = row[(l > -70) & (l > gamma)]
+            value = -0.691 + 10 * np.log10(kept.mean()) if kept.size else -np.inf
+        out.append(max(value, -70.0))
+    return np.array(out)
+
+
+def preprocess(x: np.ndarray, rate: int, model_rate: int = 44100) -> np.ndarray:
+    """Upstream `_preprocess` of mono rows: julius to the model's rate, −24 LUFS, peak <= 1."""
+    y = julius_resample(x, rate, model_rate).astype(np.float64)
+    y = y * 10 ** ((-24.0 - loudness(y, model_rate, float32_coefficients=True))[:, None] / 20)
+    peak = np.abs(y).max(1, keepdims=True)
+    return (y / np.where(peak > 1, peak, 1)).astype(np.float32)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vampnet_onnx.interface import FORMAT_VERSION, PARAMETERS
+from vampnet_onnx.interface import FORMAT_VERSION, INPUTS, PARAMETERS
 
 HOP = 768
 N_CODEBOOKS = 14
@@ -55,11 +55,10 @@ def make_stub_model(*, with_defaults_metadata: bool = True, ballast: int = 0):
         return output
 
     # ---- graph inputs, in the interface's order; each (1,) parameter squeezed to a scalar `<name>_v`
-    graph_inputs = [helper.make_tensor_value_info("audio", F, ["B", "S"]),
-                    helper.make_tensor_value_info("seed", I, [1]),
-                    helper.make_tensor_value_info("mask", I, ["mask_B", "mask_K", "mask_T"])]
-    for name, kind, value in SCALARS[1:]:
-        graph_inputs.append(helper.make_tensor_value_info(name, I if kind == "int" else F, [1]))
+    graph_inputs = []
+    for i in INPUTS:
+        shape = {"audio": ["B", "S"], "mask": ["mask_B", "mask_K", "mask_T"]}.get(i.name, [1])
+        graph_inputs.append(helper.make_tensor_value_info(i.name, I if i.is_int else F, shape))
     for name, _, _ in SCALARS:
         node("Squeeze", [name], f"{name}_v")
 

@@ -1,8 +1,9 @@
 """The single model (graphs/model.py assembled by builder/assemble.py), run as a user runs it.
 
-* Deterministic parity with upstream: every deterministic fixture case, fed `preprocessed_audio`,
-  the fixture's mask and sampling settings, gives upstream's codes, coarse and fine tokens exactly,
-  and its audio to the float32 noise floor (tests/tolerances.py). This includes two c2f chunks and
+* Deterministic parity with upstream: every deterministic fixture case, fed its preprocessed audio
+  (conftest.prepared_audio), the fixture's mask and sampling settings, gives upstream's codes,
+  coarse and fine tokens exactly, and its decoded audio at the input's loudness (conftest.app_output)
+  to the float32 noise floor (tests/tolerances.py). This includes two c2f chunks and
   the LoRA variant.
 * Same inputs give the same outputs in two runs and in onnx.reference.ReferenceEvaluator;
   different seeds give different outputs; batch rows are independent.
@@ -22,7 +23,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import CASE_VARIANT, DETERMINISTIC_CASES, OUTPUTS, fixture_inputs, golden
+from conftest import CASE_VARIANT, DETERMINISTIC_CASES, OUTPUTS, app_output, fixture_inputs, golden, prepared_audio
 from tolerances import assert_audio_close
 from vampnet_onnx import interface
 from vampnet_onnx.session import interface_feeds
@@ -57,8 +58,8 @@ def music(seconds: float, seed: int = 0, rows: int = 1) -> np.ndarray:
     return np.stack([pool[s:s + n] for s in starts]).astype(np.float32)
 
 
-def assert_valid(out: dict, batch: int, samples: int, label: str = "") -> None:
-    frames = math.ceil(samples / HOP)
+def assert_valid(out: dict, batch: int, samples: int, label: str = "", rate: int = SR) -> None:
+    frames = math.ceil(max(samples * SR // rate, 1) / HOP)  # the input resampled to 44.1 kHz
     assert out["audio_out"].shape == (batch, samples), label
     assert out["audio_out"].dtype == np.float32, label
     assert np.isfinite(out["audio_out"]).all(), f"{label}: non-finite audio"
@@ -82,12 +83,14 @@ def clip() -> np.ndarray:
 def test_deterministic_parity_with_upstream(build_variant, case):
     g = golden(case)
     built = build_variant(CASE_VARIANT[case])
-    out = run(built, g["preprocessed_audio"][:, 0], **fixture_inputs(g))
+    audio = prepared_audio(g)
+    out = run(built, audio, **fixture_inputs(g))
     np.testing.assert_array_equal(out["codes"], g["codes"], err_msg=f"{case}: codes")
     np.testing.assert_array_equal(out["mask_out"], g["mask"], err_msg=f"{case}: mask")
     np.testing.assert_array_equal(out["coarse_codes"], g["coarse_out"], err_msg=f"{case}: coarse tokens")
     np.testing.assert_array_equal(out["codes_out"], g["fine_out"], err_msg=f"{case}: fine tokens")
-    assert_audio_close(out["audio_out"], g["audio_out"][:, 0], f"{case}: audio")
+    want = app_output(g["audio_out"][:, 0, : audio.shape[1]], audio)
+    assert_audio_close(out["audio_out"], want, f"{case}: audio")
 
 
 def test_parity_cases_cover_what_the_issue_asks():
@@ -246,6 +249,8 @@ CLAMPED = [
     ("ncc", 99, 14),
     ("upper_codebook_mask", -1, 0),
     ("upper_codebook_mask", 40, 14),
+    ("sample_rate", 10**7, 384000),
+    ("sample_rate", -5, 1000),
 ]
 
 
@@ -257,7 +262,7 @@ def test_out_of_range_inputs_are_clamped(tiny, name, value, acts_as):
         settings.update(upper_codebook_mask=14)  # so that ncc has something to keep
     got = run(tiny, audio, **{**settings, name: value})
     want = run(tiny, audio, **{**settings, name: acts_as})
-    assert_valid(got, 1, audio.shape[1], f"{name}={value}")
+    assert_valid(got, 1, audio.shape[1], f"{name}={value}", rate=acts_as if name == "sample_rate" else SR)
     for key in OUTPUTS:
         np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name}={value} should act as {acts_as}")
 

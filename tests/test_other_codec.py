@@ -42,8 +42,8 @@ def test_metadata_and_chunks_follow_the_codec(model):
 def test_prefix_and_suffix_seconds_use_the_models_frame_rate(model):
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     audio = np.random.default_rng(0).uniform(-0.3, 0.3, (1, 2 * RATE)).astype(np.float32)
-    feeds = interface_feeds(audio, prefix_s=0.5, suffix_s=0.25, periodic_prompt=0, upper_codebook_mask=14,
-                            sampling_steps=2, c2f_sampling_steps=1)
+    feeds = interface_feeds(audio, sample_rate=RATE, prefix_s=0.5, suffix_s=0.25, periodic_prompt=0,
+                            upper_codebook_mask=14, sampling_steps=2, c2f_sampling_steps=1)
     codes, mask = session.run(["codes", "mask_out"], feeds)
     frames = math.ceil(2 * RATE / HOP)
     assert codes.shape == (1, 14, frames)
@@ -52,7 +52,7 @@ def test_prefix_and_suffix_seconds_use_the_models_frame_rate(model):
     np.testing.assert_array_equal(kept, np.r_[0:prefix, frames - suffix:frames])
 
 
-def test_host_resamples_to_the_models_rate_and_checks_masks_in_its_frames(model, tmp_path, capsys):
+def test_the_model_resamples_to_its_rate_and_the_host_checks_masks_in_its_frames(model, tmp_path, capsys):
     wav = tmp_path / "in.wav"
     t = np.arange(44100) / 44100
     sf.write(wav, (0.3 * np.sin(2 * np.pi * 330 * t) * np.exp(-4 * (t % 0.25))).astype(np.float32), 44100)

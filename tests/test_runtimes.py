@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import OUTPUTS, golden
+from conftest import OUTPUTS, app_case, golden
 from node_packages import node, npm_ci, run
 from tolerances import assert_audio_close
 from vampnet_onnx.session import interface_feeds
@@ -47,6 +47,9 @@ def cases(tiny) -> dict[str, dict[str, np.ndarray]]:
         "periodic_prompt": interface_feeds(audio, seed=7, periodic_prompt=3),
         "explicit_mask": interface_feeds(audio, seed=7, mask=mask),
         "other_seed": interface_feeds(audio, seed=8, temperature=0.6),
+        # stereo at 48 kHz mixed to mono: the in-graph resampler and loudness at another rate
+        "rate_48k": interface_feeds(app_case("tiny_prep_48k_stereo")["input_audio"].mean(0, keepdims=True),
+                                    seed=7, temperature=0.6, sample_rate=48000),
     }
 
 
@@ -164,7 +167,8 @@ def test_openvino_gives_the_same_outputs(tiny, cases, expected):
 def test_onnxruntime_test_command_runs_the_model_on_random_inputs(tiny):
     """The command in onnxruntime's wheel fills every input with random values (integers up to
     1000, floats in [0, 1)); the graph clamps them, so it runs. docs/runtimes.md shows this command (with
-    1 s of audio; 0.1 s here: random step, feedback and stretch counts make it up to 8·128 steps)."""
+    1 s of audio; 0.1 s here: random step, feedback and stretch counts make it up to 8·128 steps;
+    its random sample_rate is at most 1000, so 100 samples are 0.1 s at the model's 44.1 kHz)."""
     command = Path(sys.executable).with_name("onnxruntime_test")
-    proc = run([str(command), str(tiny.path), "1", "--symbolic_dims", "B=1,S=4410,MB=1,MK=14,MT=0"], timeout=900)
+    proc = run([str(command), str(tiny.path), "1", "--symbolic_dims", "B=1,S=100,MB=1,MK=14,MT=0"], timeout=900)
     assert "Exception" not in proc.stdout + proc.stderr

@@ -1,9 +1,9 @@
-"""The in-browser page (web/) in headless Chromium, and its JavaScript loudness normaliser.
+"""The in-browser page (web/) in headless Chromium, and its JavaScript audio handling.
 
 One browser (puppeteer-core, tests/web) runs every page scenario once per module: a vamp of a
 short stereo clip with the tiny model served as the demo model, then a bad model file, a bad audio
 file and a model too large for the browser's memory. The page's output codes must equal Python
-onnxruntime's on the page's own preprocessed audio with the inputs the page fed.
+onnxruntime's on the page's own mono mix with the inputs the page fed (its rate included).
 
 Installed on first use: Chromium from Debian's packages (when missing and running as root), the
 test's puppeteer-core into .cache/web-tests, and onnxruntime-web into web/vendor/ by the command
@@ -34,7 +34,8 @@ from conftest import OUTPUTS, runtime_only
 from node_packages import CACHE, chromium, node, npm_ci, run
 from tolerances import assert_audio_close
 from vampnet_onnx import web
-from vampnet_onnx.audio import PreparedAudio, loudness, preprocess, restore
+from numpy_reference import loudness
+from vampnet_onnx.audio import PreparedAudio, restore
 from vampnet_onnx.session import interface_feeds
 
 HERE = Path(__file__).parent / "web"
@@ -43,7 +44,6 @@ SCREENSHOT = os.environ.get("VAMPNET_ONNX_WEB_SCREENSHOT")
 CLIP_S = 1.0
 SAMPLE_RATE = 44100  # the tiny model's rate (web/audio.mjs's SAMPLE_RATE)
 SETTINGS = {"seed": 7, "temperature": 0.6, "sampling_steps": 4}
-LOUDNESS_DB = 0.01  # JS against Python (the issue asks for 0.1 dB; they agree to about 1e-6 dB)
 TOO_LARGE = 5 * 2**30  # bytes of weights: more than wasm32's 4 GiB of memory
 
 
@@ -146,10 +146,12 @@ def test_the_page_vamps_like_python_onnxruntime(page, tiny):
     assert vamp["state"] == "done" and vamp["error"] is None, vamp
     assert "RANDOM weights" in vamp["notice"]  # the demo model says what it is
 
-    # the page's preprocessing is the Python host's (Chromium's 16-bit decoding differs in the last bits)
+    # the page feeds the mean of the channels at the decoded rate (Chromium's 16-bit decoding
+    # differs in the last bits)
     prepared = b64(vamp["prepared"], np.float32)
     stereo, _ = sf.read(page["folder"] / "clip.wav", dtype="float64")
-    np.testing.assert_allclose(prepared, preprocess(stereo.mean(axis=1), SAMPLE_RATE, model_rate=SAMPLE_RATE), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(prepared, stereo.mean(axis=1), rtol=1e-4, atol=1e-7)
+    assert int(vamp["values"]["sample_rate"]) == SAMPLE_RATE
 
     # the page fed every parameter: the model's defaults and the test's settings
     values = {k: int(v) if isinstance(v, str) else v for k, v in vamp["values"].items()}
@@ -173,7 +175,7 @@ def test_the_page_offers_the_output_as_wav_at_the_inputs_shape_and_loudness(page
     assert rate == SAMPLE_RATE and data.shape == clip().shape
     assert np.all(np.isfinite(data)) and np.any(data)
     if np.max(np.abs(data)) < 0.999:  # else the peak limit made it quieter, as in the Python host
-        assert abs(loudness(data, rate) - loudness(clip(), rate)) < 0.1
+        assert abs(loudness(data[None, :, 0], rate)[0] - loudness(clip().mean(axis=1)[None], rate)[0]) < 0.1
 
 
 def test_the_page_draws_codes_and_mask(page):
@@ -232,58 +234,36 @@ def test_the_page_reports_errors_on_one_line(page, scenario, expected):
     assert not [line for line in result["log"] if line.startswith("pageerror")], result["log"]
 
 
-# ------------------------------------------------------------------------------ loudness
+# ------------------------------------------------------------------------------ mono and back
 
 
-def loudness_signals() -> dict[str, np.ndarray]:
-    """(frames, channels) at 44.1 kHz: tones, noise, music-like, quiet and short, stereo, peaky."""
-    sr = SAMPLE_RATE
+def audio_signals() -> dict[str, np.ndarray]:
+    """(frames, channels): mono, stereo, five channels, and one whose restored output peaks above 1."""
     rng = np.random.default_rng(1)
-    t = np.arange(3 * sr) / sr
-    music = sum(0.2 * np.sin(2 * np.pi * f * t) * np.exp(-3 * (t % 0.5)) for f in (220, 277, 330))
-    music += 0.05 * rng.standard_normal(t.size) * (t % 0.25 < 0.03)
-    music[int(1.2 * sr):int(2.0 * sr)] *= 0.001  # a near-silent stretch: the gates matter
-    clicks = np.zeros(2 * sr)  # 1 ms bursts: quiet overall, so the peak limit sets the gain
-    burst = 0.9 * np.sin(2 * np.pi * 3000 * np.arange(sr // 1000) / sr)
-    for start in range(0, clicks.size - burst.size, sr // 2):
-        clicks[start:start + burst.size] = burst
-    short = np.arange(int(0.3 * sr)) / sr
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     return {
-        "tone": 0.5 * np.sin(2 * np.pi * 997 * t[:sr])[:, None],
-        "low tone": 0.8 * np.sin(2 * np.pi * 60 * t[: 2 * sr])[:, None],
-        "noise": 0.1 * rng.standard_normal((2 * sr, 1)),
-        "music-like": music[:, None],
-        "quiet and short": 0.001 * np.sin(2 * np.pi * 1000 * short)[:, None],
+        "mono": 0.1 * rng.standard_normal((SAMPLE_RATE // 2, 1)),
         "stereo": np.stack([0.4 * np.sin(2 * np.pi * 440 * t), 0.05 * rng.standard_normal(t.size)], axis=1),
-        "peaky clicks": clicks[:, None],
+        "five channels": 0.05 * rng.standard_normal((1000, 5)),
+        "loud": 0.9 * np.sin(2 * np.pi * 60 * t)[:, None],
     }
 
 
-def test_js_loudness_matches_the_python_host(tmp_path):
-    signals = loudness_signals()
+def test_js_mono_and_restore_match_the_python_host(tmp_path):
+    signals = audio_signals()
     manifest = []
     for k, (name, x) in enumerate(signals.items()):
         (tmp_path / f"{k}.bin").write_bytes(np.ascontiguousarray(x.T, "<f8").tobytes())
-        manifest.append({"name": name, "rate": SAMPLE_RATE, "channels": x.shape[1], "frames": x.shape[0],
-                         "file": f"{k}.bin"})
+        manifest.append({"name": name, "channels": x.shape[1], "frames": x.shape[0], "file": f"{k}.bin"})
     (tmp_path / "signals.json").write_text(json.dumps(manifest))
-    run([node(), str(HERE / "loudness.mjs"), str(tmp_path)], timeout=120)
-    js = json.loads((tmp_path / "loudness.json").read_text())
-    db = lambda gain: 20 * np.log10(gain)  # noqa: E731
+    run([node(), str(HERE / "mono.mjs"), str(tmp_path)], timeout=120)
+    js = json.loads((tmp_path / "mono.json").read_text())
     for name, x in signals.items():
-        lufs = loudness(x, SAMPLE_RATE)
-        mono = x.mean(axis=1)
-        i = int(np.argmax(np.abs(mono)))
-        model_input = preprocess(mono, SAMPLE_RATE, model_rate=SAMPLE_RATE)
-        gain = model_input[i] / mono[i]
-        ref = PreparedAudio(model_input, SAMPLE_RATE, x.shape[0], x.shape[1], lufs, None, None, Path(name), SAMPLE_RATE)
-        half = model_input / 2
-        j = int(np.flatnonzero(half)[0])
-        restore_gain = restore(half, ref)[j, 0] / half[j]
-        got = js[name]
-        assert abs(got["loudness"] - lufs) < LOUDNESS_DB, (name, got["loudness"], lufs)
-        assert abs(db(got["gain"]) - db(gain)) < LOUDNESS_DB, (name, got["gain"], gain)
-        assert abs(db(got["restore_gain"]) - db(restore_gain)) < LOUDNESS_DB, (name, got["restore_gain"], restore_gain)
+        mono = x.mean(axis=1).astype(np.float32)  # vampnet_onnx.audio.load_audio's mix
+        np.testing.assert_allclose(np.float32(js[name]["mono"]), mono, rtol=1e-6, atol=1e-9, err_msg=name)
+        ref = PreparedAudio(mono, SAMPLE_RATE, x.shape[0], x.shape[1], None, None, Path(name))
+        want = restore(3 * mono, ref)
+        np.testing.assert_allclose(np.float32(js[name]["restored"]).T, want, rtol=1e-6, atol=1e-9, err_msg=name)
 
 
 # ------------------------------------------------------------------------------ the command

@@ -1,33 +1,20 @@
-"""Audio handling around the model: reading, preprocessing, postprocessing, atomic writing.
+"""Audio handling around the model: reading, mixing to mono, writing back, atomic writing.
 
-Runtime-only dependencies: numpy, soundfile, soxr, pyloudnorm (never torch).
+Runtime-only dependencies: numpy, soundfile (never torch).
 
-Pipeline (upstream's Interface._preprocess, and what the app does with the output):
+The model does upstream's preprocessing itself (resampling to its rate, −24 LUFS, peak <= 1) and
+hands its output back at the input's rate and loudness (docs/preprocessing.md). So the host only:
 
 * ``load_audio`` reads any file libsndfile reads (WAV, FLAC, OGG, AIFF, MP3, ...) at any sample
-  rate and channel count (``prepare_audio`` does the same for an array), and returns a
-  :class:`PreparedAudio`: the model's input (at the model's rate, mono =
-  mean of the channels, normalised to -24 LUFS, then scaled down to peak <= 1 if it exceeds it,
-  exactly as upstream ``Interface._preprocess``) together with what is needed to undo it.
-  Upstream preprocesses a second time on the device inside ``encode``; on a CPU that second pass is
-  the identity up to float rounding, so we do it once (item 32).
-* ``restore`` turns the model's mono output back into a file-shaped signal: the input's
-  sample rate, the input's exact length (frames), the input's channel count (the mono result is
-  copied to every channel) and the input's loudness (item 34: upstream renormalises the output to
-  the original input's loudness). Loudness is measured on the file's channels (BS.1770 channel
-  sum) for both input and output, so a loudness meter reads the same value on both; for a mono
-  input this is exactly upstream's measure (upstream measures the mono mix, which differs for
-  multichannel input). If that gain pushes the peak above 1, the signal is scaled down to peak 1
-  so that integer formats never clip (the only case where the output ends up quieter than the
-  input).
+  rate and channel count, and returns a :class:`PreparedAudio`: the mean of the channels (upstream's
+  ``to_mono``) at the file's own rate, which the model takes with ``sample_rate``, plus what
+  ``restore`` needs to give the output the input's shape.
+* ``restore`` copies the model's mono output to every channel of the input, trimmed or padded to
+  the input's length times the stretch, and scales it down to peak 1 if it exceeds it (so that
+  integer formats never clip; the only case where the output ends up quieter than the input).
 * ``atomic_writer`` / ``write_audio`` write outputs through a temporary file in the destination
   folder and ``os.replace``; on any error or KeyboardInterrupt no temporary or half-written file
   is left behind, and a path that is the input file is refused.
-
-Loudness is measured with pyloudnorm's BS.1770 meter (K-weighting, 400 ms blocks, 75 % overlap,
-gates at -70 LUFS and -10 LU) and, like audiotools' ``Meter``, signals shorter than 0.5 s are
-zero-padded to 0.5 s for the measurement, the signal is zero-padded at the end so that every
-sample is covered by a block, and the result is clamped below at -70 LUFS.
 
 All user-facing problems raise :class:`AudioError` with a one-line message.
 """
@@ -36,10 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -47,63 +32,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .errors import AudioError, one_line
-
-TARGET_LUFS = -24.0
-"""Loudness the model's input is normalised to (upstream ``_preprocess``)."""
-MIN_LUFS = -70.0
-"""Loudness floor (audiotools clamps its meter here); an input at or below it counts as silent."""
-MIN_MEASURE_S = 0.5
-"""Signals shorter than this are zero-padded to it for loudness measurement (audiotools)."""
-RESAMPLE_QUALITY = "HQ"
-"""soxr quality used in both directions."""
+from .interface import MAX_SAMPLE_RATE
 
 # Extensions soundfile/libsndfile name differently from their format.
 _EXT_ALIASES = {"AIF": "AIFF", "AIFC": "AIFF", "OGA": "OGG"}
 # Formats that are not self-describing (reading them back needs parameters): never written.
 _NOT_WRITABLE = {"RAW"}
-
-
-# --------------------------------------------------------------------------------------------
-# loudness
-
-
-def loudness(x: np.ndarray, rate: int) -> float:
-    """Integrated loudness (LUFS) of ``x`` ((n,) mono or (n, C)), audiotools-style.
-
-    pyloudnorm's BS.1770 meter with pyloudnorm's channel weights (1, 1, 1, 1.41, 1.41) for up to
-    five channels; more than five channels are measured on their mono mix. Shorter than 0.5 s:
-    zero-padded to 0.5 s; the end is zero-padded so every sample falls in a 400 ms block (hop
-    100 ms); the result is clamped below at ``MIN_LUFS`` (silence gives exactly ``MIN_LUFS``).
-    """
-    import pyloudnorm
-
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 2 and x.shape[1] == 1:
-        x = x[:, 0]
-    elif x.ndim == 2 and x.shape[1] > 5:
-        x = x.mean(axis=1)
-    n = x.shape[0]
-    block = int(round(0.4 * rate))
-    hop = int(round(0.1 * rate))
-    length = max(n, int(math.ceil(MIN_MEASURE_S * rate)), block)
-    n_blocks = int(math.ceil((length - block) / hop)) + 1
-    length = block + (n_blocks - 1) * hop  # every sample covered by a block (audiotools)
-    if length > n:
-        pad = [(0, length - n)] + [(0, 0)] * (x.ndim - 1)
-        x = np.pad(x, pad)
-    if not np.any(x):
-        return MIN_LUFS
-    meter = pyloudnorm.Meter(rate)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        value = float(meter.integrated_loudness(x))
-    if not math.isfinite(value):
-        return MIN_LUFS
-    return max(value, MIN_LUFS)
-
-
-def gain_db_to_linear(db: float) -> float:
-    return float(10.0 ** (db / 20.0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,19 +48,17 @@ def gain_db_to_linear(db: float) -> float:
 class PreparedAudio:
     """The model's input plus what ``restore`` needs to give the output the input's shape.
 
-    ``samples``: float32 (S,) at the model's rate ``model_rate``, mono, -24 LUFS, peak <= 1 (what
-    the model's ``audio`` input expects, one row). The rest describes the input file.
+    ``samples``: float32 (S,), the mean of the file's channels at its own rate ``sample_rate`` (the
+    model's ``audio`` row and ``sample_rate`` input). The rest describes the input file.
     """
 
     samples: np.ndarray
     sample_rate: int
     frames: int
     channels: int
-    loudness: float
     subtype: str | None
     format: str | None
     path: Path | None
-    model_rate: int
 
     @property
     def duration_s(self) -> float:
@@ -158,52 +90,29 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, str | None, st
         ) from e
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(f"input has no samples: {p}")
-    if rate <= 0:
-        raise AudioError(f"input has an invalid sample rate ({rate}): {p}")
+    if rate <= 0 or rate > MAX_SAMPLE_RATE:
+        raise AudioError(f"input has a sample rate of {rate} Hz; the model takes 1 to {MAX_SAMPLE_RATE} Hz "
+                         f"(resample the file first): {p}")
     if not np.all(np.isfinite(data)):
         raise AudioError(f"input contains NaN or infinite samples: {p}")
     return data, int(rate), getattr(info, "subtype", None), getattr(info, "format", None)
 
 
-def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """soxr high-quality resampling along axis 0 (no-op for equal rates)."""
-    if rate_in == rate_out:
-        return x
-    import soxr
+def load_audio(path: str | os.PathLike) -> PreparedAudio:
+    """Read ``path`` and mix it to mono (see ``prepare_audio``).
 
-    return soxr.resample(x, rate_in, rate_out, quality=RESAMPLE_QUALITY)
-
-
-def preprocess(mono: np.ndarray, rate: int, *, model_rate: int, what: str = "input") -> np.ndarray:
-    """Upstream ``_preprocess`` on a mono signal: resample to the model's rate, -24 LUFS, peak <= 1.
-
-    (Mixing to mono before resampling is the same as after: both are linear.) Returns float32.
-    Raises :class:`AudioError` if the signal is silent (at or below -70 LUFS).
-    """
-    x = resample(np.asarray(mono, dtype=np.float64), rate, model_rate)
-    lufs = loudness(x, model_rate)
-    if lufs <= MIN_LUFS:
-        raise AudioError(f"{what} is silent (loudness at or below {MIN_LUFS:g} LUFS)")
-    x = x * gain_db_to_linear(TARGET_LUFS - lufs)
-    peak = float(np.max(np.abs(x)))
-    if peak > 1.0:
-        x = x / peak
-    return x.astype(np.float32)
-
-
-def load_audio(path: str | os.PathLike, model_rate: int) -> PreparedAudio:
-    """Read ``path`` and prepare the model input at ``model_rate`` (see the module docstring).
-
-    Raises :class:`AudioError` for a missing, unreadable, empty, silent or non-finite input.
+    Raises :class:`AudioError` for a missing, unreadable, empty or non-finite input, a sample rate
+    the model does not take, and an input whose mono mix is all zeros (silence: nothing to vamp).
     """
     data, rate, subtype, fmt = read_audio(path)
-    return prepare_audio(data, rate, model_rate, subtype=subtype, format=fmt, path=Path(path))
+    return prepare_audio(data, rate, subtype=subtype, format=fmt, path=Path(path))
 
 
-def prepare_audio(data: np.ndarray, rate: int, model_rate: int, *, subtype: str | None = None,
+def prepare_audio(data: np.ndarray, rate: int, *, subtype: str | None = None,
                   format: str | None = None, path: Path | None = None) -> PreparedAudio:
-    """The model input at ``model_rate`` from ``data`` ((frames,) or (frames, channels) at
-    ``rate``), and what ``restore`` needs to give the output the same shape and loudness."""
+    """The model's input from ``data`` ((frames,) or (frames, channels) at ``rate`` Hz): the mean
+    of the channels (upstream's ``to_mono``) at the input's own rate, which the model resamples and
+    normalises itself; plus what ``restore`` needs to give the output the input's shape."""
     data = np.asarray(data, dtype=np.float64)
     data = data[:, None] if data.ndim == 1 else data
     name = f": {path}" if path is not None else ""
@@ -211,16 +120,14 @@ def prepare_audio(data: np.ndarray, rate: int, model_rate: int, *, subtype: str 
         raise AudioError(f"audio must be (frames,) or (frames, channels) with samples, got shape {data.shape}{name}")
     if not np.all(np.isfinite(data)):
         raise AudioError(f"input contains NaN or infinite samples{name}")
-    if int(rate) <= 0:
-        raise AudioError(f"input has an invalid sample rate ({rate}){name}")
-    lufs_in = loudness(data, rate)
-    if lufs_in <= MIN_LUFS:
-        raise AudioError(f"input is silent (loudness at or below {MIN_LUFS:g} LUFS){name}")
-    what = f"input mixed to mono ({path})" if path is not None else "input mixed to mono"
-    samples = preprocess(data.mean(axis=1), rate, what=what, model_rate=model_rate)
-    return PreparedAudio(samples=samples, sample_rate=int(rate), frames=int(data.shape[0]),
-                         channels=int(data.shape[1]), loudness=lufs_in, subtype=subtype,
-                         format=format, path=path, model_rate=model_rate)
+    if not 0 < int(rate) <= MAX_SAMPLE_RATE:
+        raise AudioError(f"input has a sample rate of {rate} Hz; the model takes 1 to {MAX_SAMPLE_RATE} Hz "
+                         f"(resample it first){name}")
+    mono = data.mean(axis=1)
+    if not np.any(mono):
+        raise AudioError(f"input is silent (its mix to mono is all zeros){name}")
+    return PreparedAudio(samples=mono.astype(np.float32), sample_rate=int(rate), frames=int(data.shape[0]),
+                         channels=int(data.shape[1]), subtype=subtype, format=format, path=path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,26 +135,15 @@ def prepare_audio(data: np.ndarray, rate: int, model_rate: int, *, subtype: str 
 
 
 def restore(out: np.ndarray, ref: PreparedAudio, stretch: int = 1) -> np.ndarray:
-    """Model output (S,) at the model's rate, mono -> float32 (ref.frames·stretch, ref.channels) at
-    ref's rate (`stretch`: the model's time stretch factor; its output is that many times as long).
-
-    Resampled to the input's sample rate, trimmed or zero-padded to the input's exact number of
-    frames times the stretch, copied to each of the input's channels, gain-matched to the input's loudness (as
-    measured on the file's channels), then scaled down to peak 1 if it exceeds it.
-    """
+    """Model output (S,) (already at the input's rate and loudness) -> float32
+    (ref.frames·stretch, ref.channels): trimmed or zero-padded to the input's frames times the
+    stretch, copied to each of the input's channels, scaled down to peak 1 if it exceeds it."""
     y = np.asarray(out, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(y)):
         raise AudioError("the model produced NaN or infinite samples")
-    y = resample(y, ref.model_rate, ref.sample_rate)
     frames = ref.frames * int(stretch)
-    if y.shape[0] >= frames:
-        y = y[:frames]
-    else:
-        y = np.pad(y, (0, frames - y.shape[0]))
+    y = y[:frames] if y.shape[0] >= frames else np.pad(y, (0, frames - y.shape[0]))
     y = np.repeat(y[:, None], ref.channels, axis=1)
-    lufs = loudness(y, ref.sample_rate)
-    if lufs > MIN_LUFS:  # a silent output stays silent
-        y = y * gain_db_to_linear(ref.loudness - lufs)
     peak = float(np.max(np.abs(y))) if y.size else 0.0
     if peak > 1.0:
         y = y / peak

@@ -59,11 +59,11 @@ def build_parser() -> ArgumentParser:
         "vamp",
         help="generate new audio from an audio file (onnxruntime only)",
         description=(
-            "Run the model on IN and write OUT. The input (any rate, any channels) is resampled to "
-            "the model's rate (44.1 kHz for VampNet), mixed to mono and normalised to -24 LUFS; the "
-            "output gets the input's sample rate, length (times --time-stretch) and loudness, and "
-            "the mono result is copied to each of the input's channels. Flags left out take the "
-            "model's defaults (from its metadata)."
+            "Run the model on IN and write OUT. The input (any rate, any channels) is mixed to "
+            "mono; the model resamples it to its rate (44.1 kHz for VampNet) and normalises it to "
+            "-24 LUFS, and its output comes back at the input's sample rate, length (times "
+            "--time-stretch) and loudness; the mono result is copied to each of the input's "
+            "channels. Flags left out take the model's defaults (from its metadata)."
         ),
     )
     v.add_argument("input", metavar="IN", help="input audio file (WAV, FLAC, OGG, ...)")

@@ -100,12 +100,17 @@ MAX_TEMPERATURE = 1.0e6
 MIN_TEMPERATURE = 1.0e-6
 MAX_FEEDBACK_STEPS = 8
 MAX_TIME_STRETCH = 8
+MIN_SAMPLE_RATE = 1000  # Hz; the graph clamps `sample_rate` to this range
+MAX_SAMPLE_RATE = 384000
 MAX_ONSET_WIDTH = 1 << 24  # frames; any width beyond the input keeps all of it anyway
 
 INPUTS: tuple[Input, ...] = (
     Input("audio", "float32", None, None, None,
-          "mono audio at the model's sample rate, loudness-normalised; any length S >= 1",
-          outside="-", shape=("B", "S")),
+          "mono audio at `sample_rate`, any loudness (the model resamples and normalises it as "
+          "upstream's preprocessing does: docs/preprocessing.md); any length S >= 1",
+          outside="NaN and ±inf samples read as 0", shape=("B", "S")),
+    Input("sample_rate", "int64", 44100, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE,
+          "the sample rate of `audio` in Hz; `audio_out` comes back at this rate"),
     Input("seed", "int64", 0, INT64_MIN, INT64_MAX,
           "all randomness in the model derives from it (its low 32 bits)", outside="-"),
     Input("mask", "int64", None, 0, 1,
@@ -163,8 +168,10 @@ INPUTS: tuple[Input, ...] = (
 
 OUTPUTS: tuple[Output, ...] = (
     Output("audio_out", "float32", ("B", "S_out"),
-           "generated audio, S_out = f·S samples (f = time_stretch_factor, clamped)"),
-    Output("codes", "int64", ("B", "K", "T"), "the input's codes, T = f·ceil(S / hop) (stretched)"),
+           "generated audio at `sample_rate` with the input's loudness, S_out = f·S samples "
+           "(f = time_stretch_factor, clamped)"),
+    Output("codes", "int64", ("B", "K", "T"),
+           "the input's codes, T = f·ceil(S' / hop), S' = the input's length at the model's rate (stretched)"),
     Output("mask_out", "int64", ("B", "K", "T"), "the mask that was used (stretched)"),
     Output("coarse_codes", "int64", ("B", "K", "T"), "after the coarse stage (fine codebooks still the input's)"),
     Output("codes_out", "int64", ("B", "K", "T"), "final codes"),
@@ -175,9 +182,9 @@ OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
 BY_NAME = {i.name: i for i in INPUTS}
 PARAMETERS = tuple(i for i in INPUTS if i.is_parameter)
 DEFAULTS: dict[str, int | float] = {p.name: p.default for p in PARAMETERS}
-CONTROLS = tuple(p.name for p in PARAMETERS if p.name != "seed")
+CONTROLS = tuple(p.name for p in PARAMETERS if p.name not in ("seed", "sample_rate"))
 """The parameters that are controls of a run: a flag each, a keyword each of ``Model.vamp``
-(the seed has a flag and a keyword of its own)."""
+(the seed has a flag and a keyword of its own; the sample rate is the input's own)."""
 
 
 def defaults_json() -> str:

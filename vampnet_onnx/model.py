@@ -113,7 +113,7 @@ class Model(Session):
         left on stderr (a ``progress.Bar`` to choose where). ``controls``: the model's parameters.
         """
         controls = check_controls(controls)
-        prepared = prepare_audio(audio, rate, self.sample_rate)
+        prepared = prepare_audio(audio, rate)
         return self._vamp(prepared, seed, variations, mask, progress, controls)
 
     def vamp_file(self, src: str | os.PathLike, dst: str | os.PathLike, *, seed: int | None = None,
@@ -147,7 +147,7 @@ class Model(Session):
                 if same_file(a, b):
                     raise UsageError(f"the same path is given for two outputs: {a}")
 
-        prepared = load_audio(src, self.sample_rate)
+        prepared = load_audio(src)
         fmt = output_format(dst)
         subtype = choose_subtype(fmt, prepared.subtype, rate=prepared.sample_rate,
                                  channels=prepared.channels, path=dst)
@@ -192,14 +192,14 @@ class Model(Session):
               mask: np.ndarray | None, progress: bool | Bar, controls: dict[str, Any]) -> Vamped:
         rows = self._rows(variations, mask)
         S = prepared.samples.shape[0]
-        check_memory(rows, S, self.sample_rate, self.path)
-        feeds: dict[str, Any] = dict(controls)
+        T = self.frames_for(S, prepared.sample_rate)  # frames at the model's rate
+        check_memory(rows, T * self.hop, self.sample_rate, self.path)
+        feeds: dict[str, Any] = {**controls, "sample_rate": prepared.sample_rate}
         if mask is not None:
             mask = check_mask(mask)
-            T = self.frames_for(S)
             if mask.shape[2] != T:
                 raise UsageError(f"the mask has {mask.shape[2]} frames but this input has {T} "
-                                 f"(ceil({S} samples at {self.sample_rate} Hz / hop {self.hop}); "
+                                 f"({S} samples at {prepared.sample_rate} Hz are {T} frames at {self.sample_rate} Hz, hop {self.hop}; "
                                  f"with a time stretch the mask is given before stretching)")
             if mask.shape[1] != self.n_codebooks:
                 raise UsageError(f"the mask has {mask.shape[1]} codebooks, the model {self.n_codebooks}")
@@ -211,7 +211,7 @@ class Model(Session):
         batch = np.ascontiguousarray(np.broadcast_to(prepared.samples[None, :], (rows, S)))
 
         bar = progress if isinstance(progress, Bar) else Bar() if progress else None
-        units = work_units(S / self.sample_rate, rows=rows, **{**self.defaults(), **controls})
+        units = work_units(S / prepared.sample_rate, rows=rows, **{**self.defaults(), **controls})
         cache = RateCache(self.path, self.threads) if bar is not None else None
         if bar is not None:
             rate = cache.get()

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ModelError, one_line
-from .interface import BY_NAME, DEFAULTS
+from .interface import BY_NAME, DEFAULTS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from .paths import model_files
 
 _ORT_TYPES = {
@@ -249,9 +249,15 @@ class Session:
         """The largest step count the model honours (more are clamped in the graph)."""
         return self.numbers["max_sampling_steps"]
 
-    def frames_for(self, n_samples: int) -> int:
-        """T = ceil(S / hop)."""
-        return -(-int(n_samples) // self.hop)
+    def frames_for(self, n_samples: int, rate: int | None = None) -> int:
+        """T = ceil(S' / hop), S' = the length of `n_samples` at `rate` once the model has
+        resampled them to its own rate (graphs/preprocess.py: floor(S·model rate / rate), at least
+        1, the rate clamped as the graph clamps it); no rate: S' = S."""
+        n = int(n_samples)
+        if rate is not None:
+            rate = min(max(int(rate), MIN_SAMPLE_RATE), MAX_SAMPLE_RATE)
+            n = max(n * self.sample_rate // rate, 1)
+        return -(-n // self.hop)
 
     # -- running ----------------------------------------------------------------------------
 

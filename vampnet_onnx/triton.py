@@ -144,8 +144,8 @@ import tritonclient.http as httpclient  # pip install tritonclient[http]
 from tritonclient.utils import np_to_triton_dtype
 
 client = httpclient.InferenceServerClient("localhost:8000")
-# (B, S): B variations of one mono clip at {rate} Hz, loudness-normalised (-24 LUFS), as
-# `vampnet-onnx vamp` prepares it
+# (B, S): B variations of one mono clip (the mean of its channels) at the rate given as
+# "sample_rate", any loudness: the model resamples and normalises it itself
 audio = np.zeros((2, {rate}), np.float32)
 feeds = {{
 {chr(10).join(feeds)}
@@ -157,7 +157,7 @@ for key, value in feeds.items():
     inputs.append(tensor)
 wanted = [httpclient.InferRequestedOutput(n) for n in ({out_names})]
 result = client.infer("{name}", inputs, outputs=wanted)
-audio_out = result.as_numpy("audio_out")  # (B, S) float32 at {rate} Hz
+audio_out = result.as_numpy("audio_out")  # (B, S) float32 at "sample_rate", the input's loudness
 ```
 """
 

@@ -1,4 +1,4 @@
-// The page: opens a model, decodes and prepares audio, runs the model in worker.mjs, shows the
+// The page: opens a model, decodes audio and mixes it to mono, runs the model in worker.mjs, shows the
 // results. Every default comes from the model's metadata ("defaults"); none is written here.
 import { SAMPLE_RATE, encodeWav, prepareAudio, restoreAudio } from "./audio.mjs";
 
@@ -165,19 +165,18 @@ async function openAudio(file) {
   updateRunButton();
   $("audio-status").textContent = `decoding ${file.name} ...`;
   try {
-    // Decoding in a context at the model's rate resamples to it (the browser's resampler).
+    // The browser decodes at its context's rate (audio.mjs: SAMPLE_RATE); the model takes that rate.
     const decoded = await new OfflineAudioContext(1, 1, SAMPLE_RATE).decodeAudioData(await file.arrayBuffer());
     const channels = Array.from({ length: decoded.numberOfChannels }, (_, c) => decoded.getChannelData(c));
-    const prepared = prepareAudio(channels);
-    state.audio = { ...prepared, name: file.name, frames: decoded.length, channels: channels.length };
+    state.audio = { samples: prepareAudio(channels), rate: decoded.sampleRate, name: file.name,
+                    frames: decoded.length, channels: channels.length };
   } catch (e) {
     $("audio-status").textContent = "no audio";
     const why = e?.name === "EncodingError" ? "not an audio file this browser can decode" : firstLine(e);
     return showError(`cannot use ${file.name} as audio: ${why}`);
   }
   const a = state.audio;
-  $("audio-status").textContent = `${file.name}: ${(a.frames / SAMPLE_RATE).toFixed(2)} s, ${a.channels} channel(s), ` +
-    `${a.loudness.toFixed(1)} LUFS`;
+  $("audio-status").textContent = `${file.name}: ${(a.frames / a.rate).toFixed(2)} s, ${a.channels} channel(s)`;
   $("input-audio").src = URL.createObjectURL(file);
   $("input-audio").hidden = false;
   updateRunButton();
@@ -240,6 +239,7 @@ async function vamp() {
     $("run-status").textContent = `running ... ${((performance.now() - started) / 1000).toFixed(1)} s`;
   }, 100);
   try {
+    request.values.sample_rate = String(state.audio.rate); // int64 inputs travel as text
     const { outputs, ms } = await ask({ type: "run", audio: state.audio.samples, ...request });
     state.result = { outputs, values: request.values, rows: request.rows, ms };
     $("run-status").textContent = `done in ${(ms / 1000).toFixed(1)} s`;
@@ -275,8 +275,8 @@ function showResult() {
   const base = state.audio.name.replace(/\.[^.]*$/, "");
   for (let r = 0; r < rows; r++) {
     const mono = audioOut.data.subarray(r * length, (r + 1) * length);
-    const channels = restoreAudio(mono, length, state.audio.channels, state.audio.loudness);
-    const url = URL.createObjectURL(new Blob([encodeWav(channels)], { type: "audio/wav" }));
+    const channels = restoreAudio(mono, length, state.audio.channels);
+    const url = URL.createObjectURL(new Blob([encodeWav(channels, state.audio.rate)], { type: "audio/wav" }));
     state.outputUrls.push(url);
     const row = document.createElement("div");
     row.className = "output";

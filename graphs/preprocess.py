@@ -1,0 +1,447 @@
+"""Upstream's audio preprocessing inside the graph (docs/preprocessing.md): resampling, loudness.
+
+Upstream `Interface._preprocess` (audiotools' AudioSignal methods), and the app's output loudness:
+
+    resample(model rate)     julius.resample_frac: windowed-sinc interpolation, 24 zero crossings,
+                             rolloff 0.945, the rates divided by their gcd
+    normalize(−24 LUFS)      gain 10^((−24 − L)/20), L = the BS.1770 loudness of audiotools' Meter
+    ensure_max_of_audio(1)   rows whose peak exceeds 1 are scaled down to peak 1
+    out.normalize(L_in)      the app gives the generated audio the input's loudness
+
+Every function here takes (B, S) float32 rows and the rate as an int64 scalar tensor (the rate is
+a run-time input of the model), so each can be called on its own; `prepare` and `restore` are the
+model's two ends. Batch rows are independent.
+
+Resampling (`resample`): julius's kernel for output phase i is sinc(t)·cos(t/48)² with
+t = clamp((idx/old − i/new)·min(old, new)·0.945, ±24)·π over input offsets idx, normalised to sum 1;
+the input is replicate-padded; output sample j = n·k + i reads input samples k·old + idx. julius
+convolves each phase with 2w + old taps, most of them outside the ±24 window (exactly the clamped
+value there, which is 1e-23 of the rest): here each output sample gathers only the 2W + 1 taps
+around its own position, W = ceil(24·old / (min(old, new)·0.945)), so the cost is the same small
+number of taps for any pair of rates (44101 → 44100 has 44100 phases). The output is computed in
+chunks of at most TAPS_PER_STEP taps (a Loop), so memory does not grow with the input.
+
+Loudness (`loudness`): audiotools' Meter on CPU: K-weighting (a high shelf, then a high pass, RBJ
+biquads, filtered exactly as an IIR), 0.4 s blocks every 0.1 s, the end zero-padded so every
+sample lies in a block, absolute gate −70 LUFS, relative gate −10 LU; signals shorter than 0.5 s
+are zero-padded to 0.5 s first; the result is floored at −70 LUFS (silence: −70). At the common
+rates the filter is upstream's float32 one (a table made at build time), at other rates designed
+in the graph. The IIR runs block-recursively, one pole at a time (`one_pole`): each 64-sample
+block is filtered from rest with one MatMul, and the value each block starts from comes from a
+parallel prefix scan over the blocks, so the filter is exact (to float32 rounding) without a
+sample-by-sample Loop.
+
+Every Loop here carries a single value (a pair is packed into one tensor): onnxscript 0.7.2 lists
+a Loop's outputs in the order of a Python set built separately from the one that orders its
+inputs, so with several carried variables the outputs can come back bound to the wrong names (it
+happened here, depending on the process's string hashing).
+"""
+import math
+
+import numpy as np
+import onnxscript
+from onnx import numpy_helper
+from onnxscript import BOOL, FLOAT, INT64
+
+from vampnet_onnx.graphs.opsets import op, vampnet
+from vampnet_onnx.interface import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
+TARGET_LUFS = -24.0  # upstream Interface.loudness
+FLOOR_LUFS = -70.0  # audiotools' MIN_LOUDNESS, also BS.1770's absolute gate
+RELATIVE_GATE = -10.0
+PREPARED_LU = 1e-4  # `prepare` leaves a row this close to −24 LUFS unscaled (normalize_unless_there)
+LUFS_OFFSET = -0.691  # BS.1770: L = −0.691 + 10·log10(mean square)
+DB_PER_LN = 10.0 / math.log(10.0)  # 10·log10(x) = DB_PER_LN · ln(x)
+GAIN_PER_DB = math.log(10.0) / 20.0  # audiotools' GAIN_FACTOR: gain = exp(dB · GAIN_PER_DB)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+ZEROS = 24  # julius resample_frac defaults as audiotools calls it
+ROLLOFF = 0.945
+TAPS_PER_STEP = 1 << 21  # resampler taps gathered per Loop iteration (8 MB of float32)
+# Euclid's algorithm needs at most 5 steps per decimal digit of the smaller number (Lamé): 30 for
+# rates below 10^6; more steps leave (gcd, 0) unchanged.
+EUCLID_STEPS = 32
+FILTER_BLOCK_BITS = 6
+FILTER_BLOCK = 1 << FILTER_BLOCK_BITS  # samples per block of the block-recursive IIR
+# K-weighting (pyloudnorm's constants, as audiotools uses them)
+SHELF_A = 10.0 ** (4.0 / 40.0)  # RBJ's A of a +4 dB shelf
+SHELF_Q = 1.0 / math.sqrt(2.0)
+SHELF_HZ = 1500.0
+SHELF_IM_FACTOR = 4.0 - 1.0 / SHELF_Q**2  # the shelf's poles: see k_weighting
+HIGH_PASS_Q = 0.5
+HIGH_PASS_HZ = 38.0
+PI = math.pi
+LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Resampling (julius.resample_frac)
+# --------------------------------------------------------------------------------------------
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def gcd(a: INT64, b: INT64) -> INT64:
+    """Greatest common divisor of two positive integers (Euclid, a fixed number of steps)."""
+    pair = op.Concat(op.Reshape(a, [1]), op.Reshape(b, [1]), axis=0)  # one loop-carried value (see the module's docstring)
+    for step in range(EUCLID_STEPS):
+        x = op.Gather(pair, 0)
+        y = op.Gather(pair, 1)
+        pair = op.Where(y > 0, op.Concat(op.Reshape(y, [1]), op.Reshape(op.Mod(x, op.Max(y, 1)), [1]), axis=0), pair)
+    return op.Gather(pair, 0)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def half_width(old: INT64, new: INT64) -> INT64:
+    """W = ceil(24·old / (min(old, new)·0.945)), exactly: ceil(24000·old / (945·min))."""
+    scaled_min = op.Min(old, new) * 945
+    return (24000 * old + scaled_min - 1) / scaled_min
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def resample_kernel(old: INT64, new: INT64) -> FLOAT["N", "W"]:
+    """julius's kernel for reduced rates old != new, restricted to the taps that can be non-zero:
+    row i (output phase i), column r for input offset idx = floor(i·old/new) + r, r in [−W, W]."""
+    w = half_width(old, new)
+    i = op.Range(0, new, 1)
+    base = i * old / new  # floor(i·old/new): the input sample at or before output phase i
+    idx = op.Unsqueeze(base, [1]) + op.Unsqueeze(op.Range(-w, w + 1, 1), [0])  # (new, 2W + 1)
+    old_f = op.Cast(old, to=FLOAT.dtype)
+    phase = op.Cast(i, to=FLOAT.dtype) / op.Cast(new, to=FLOAT.dtype)
+    t = (op.Cast(idx, to=FLOAT.dtype) / old_f - op.Unsqueeze(phase, [1])) * (
+        op.Cast(op.Min(old, new), to=FLOAT.dtype) * ROLLOFF
+    )
+    t = op.Clip(t, op.CastLike(-ZEROS, t), op.CastLike(ZEROS, t)) * PI
+    window = op.Cos(t / ZEROS / 2.0)
+    is_zero = t == op.CastLike(0.0, t)
+    sinc = op.Where(is_zero, op.CastLike(1.0, t), op.Sin(t) / op.Where(is_zero, op.CastLike(1.0, t), t))
+    kernel = sinc * window * window
+    return kernel / op.ReduceSum(kernel, [1], keepdims=1)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]:
+    """x resampled from rate `old` to `new` (reduced by their gcd, old != new), as julius:
+    M = floor(new·L/old) samples (at least one), sample j = new·k + i read around input k·old + i·old/new."""
+    kernel = resample_kernel(old, new)
+    w = half_width(old, new)
+    taps = op.Range(-w, w + 1, 1)
+    L = op.Squeeze(op.Shape(x, start=1, end=2))
+    total = op.Max(new * L / old, 1)
+    step = op.Max(TAPS_PER_STEP / (2 * w + 1), 1)
+    y = op.Expand(op.CastLike(0.0, x), op.Concat(op.Shape(x, start=0, end=1), [0], axis=0))
+    for c in range(op.Div(total + step - 1, step)):
+        j = op.Range(c * step, op.Min(c * step + step, total), 1)
+        phase = op.Mod(j, new)
+        centre = j / new * old + phase * old / new  # k·old + floor(i·old/new)
+        source = op.Clip(op.Unsqueeze(centre, [1]) + op.Unsqueeze(taps, [0]), 0, L - 1)  # replicate padding
+        piece = op.ReduceSum(op.Gather(x, source, axis=1) * op.Gather(kernel, phase, axis=0), [2], keepdims=0)
+        y = op.Concat(y, piece, axis=1)
+    return y
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def resample(x: FLOAT["B", "L"], old_rate: INT64, new_rate: INT64) -> FLOAT["B", "M"]:
+    """julius.resample_frac(x, old_rate, new_rate, zeros=24, rolloff=0.945); equal rates: x itself."""
+    g = gcd(old_rate, new_rate)
+    old = old_rate / g
+    new = new_rate / g
+    if old == new:
+        y = op.Identity(x)
+    else:
+        y = resample_frac(x, old, new)
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# K-weighting: two biquads, filtered exactly (block-recursive IIR)
+# --------------------------------------------------------------------------------------------
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def delayed(x: FLOAT["B", "L"], d: INT64) -> FLOAT["B", "L"]:
+    """x[n − d] along axis 1 (zeros before the start); d >= 0."""
+    padded = op.Pad(x, op.Concat([0], op.Reshape(d, [1]), [0, 0], axis=0))
+    return op.Slice(padded, [0], op.Shape(x, start=1, end=2), [1])
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def complex_mul(x: FLOAT[2, "N"], y: FLOAT[2, "N"]) -> FLOAT[2, "N"]:
+    """Complex products of (re, im) rows (broadcasting along the other axes)."""
+    x_re = op.Gather(x, 0)
+    x_im = op.Gather(x, 1)
+    y_re = op.Gather(y, 0)
+    y_im = op.Gather(y, 1)
+    return op.Concat(op.Unsqueeze(x_re * y_re - x_im * y_im, [0]), op.Unsqueeze(x_re * y_im + x_im * y_re, [0]), axis=0)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def pole_powers(p: FLOAT[2, 1]) -> FLOAT[2, "N"]:
+    """p^0 .. p^N of a complex p ((re, im) rows), N = FILTER_BLOCK = 2^6, by doubling."""
+    powers = op.Concat(op.Constant(value_floats=[1.0, 0.0]), op.Squeeze(p, [1]), axis=0)
+    powers = op.Transpose(op.Reshape(powers, [2, 2]))  # (2, 2): p^0, p^1
+    for step in range(FILTER_BLOCK_BITS):
+        last = op.Slice(powers, [-1], op.Constant(value_ints=[FILTER_BLOCK + 1]), [1])  # p^n, n = 2^step
+        powers = op.Concat(powers, op.Slice(complex_mul(powers, last), [1], op.Constant(value_ints=[FILTER_BLOCK + 1]), [1]), axis=1)
+    return powers
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def pole_scan(c: FLOAT[2, "B", "M"], g: FLOAT[2, 1, 1]) -> FLOAT[2, "B", "M"]:
+    """s[m] = g·s[m − 1] + c[m] (s[−1] = 0), complex ((re, im) first), along the last axis, by
+    parallel prefix (Hillis–Steele): after step k, s[m] sums the last 2^(k+1) terms; step k adds
+    g^(2^k)·s[m − 2^k]. ceil(log2 M) + 1 steps."""
+    M = op.Shape(c, start=2, end=3)
+    steps = op.Squeeze(op.Cast(op.Ceil(op.Log(op.Cast(M, to=FLOAT.dtype)) / LN2), to=INT64.dtype) + 1)
+    # g^(2^k) for every step k: one loop-carried value per Loop (see the module's docstring)
+    powers = op.Identity(g)  # (K, 2, 1, 1)
+    powers = op.Unsqueeze(powers, [0])
+    for step in range(steps):
+        last = op.Gather(powers, op.Constant(value_ints=[-1]), axis=0)
+        powers = op.Concat(powers, op.Unsqueeze(complex_mul(op.Squeeze(last, [0]), op.Squeeze(last, [0])), [0]), axis=0)
+    s = op.Identity(c)
+    for step in range(steps):
+        d = op.Cast(op.Pow(op.Constant(value_float=2.0), op.Cast(step, to=FLOAT.dtype)), to=INT64.dtype)
+        earlier = op.Slice(op.Pad(s, op.Concat([0, 0], op.Reshape(d, [1]), [0, 0, 0], axis=0)), [0], M, [2])
+        s = s + complex_mul(op.Gather(powers, step, axis=0), earlier)
+    return s
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def one_pole(v: FLOAT[2, "B", "L"], p: FLOAT[2, 1]) -> FLOAT[2, "B", "L"]:
+    """u[n] = p·u[n − 1] + v[n] (u = 0 before the start), complex ((re, im) first), block by block:
+
+    z = each block of N samples filtered from rest: a MatMul with the Toeplitz matrix of p^k;
+    the value s[m] = u[mN − 1] that block m starts from follows s[m + 1] = p^N·s[m] + z[m, N − 1]
+    (`pole_scan`); then u[mN + t] = z[m, t] + p^(t+1)·s[m]. One pole at a time keeps every step
+    well conditioned, also for the high pass's double pole close to 1."""
+    N = op.Constant(value_int=FILTER_BLOCK)
+    powers = pole_powers(p)  # (2, N + 1)
+    lag = op.Unsqueeze(op.Range(0, N, 1), [0]) - op.Unsqueeze(op.Range(0, N, 1), [1])  # [τ, t] = t − τ
+    toeplitz = op.Gather(powers, op.Max(lag, 0), axis=1)  # (2, N, N)
+    toeplitz = op.Where(lag >= 0, toeplitz, op.CastLike(0.0, toeplitz))
+    L = op.Shape(v, start=2, end=3)
+    blocks = (L + N - 1) / N
+    padded = op.Pad(v, op.Concat([0, 0, 0, 0, 0], blocks * N - L, axis=0))
+    x = op.Reshape(padded, op.Concat(op.Shape(v, start=0, end=2), blocks, op.Reshape(N, [1]), axis=0))  # (2, B, M, N)
+    t_re = op.Gather(toeplitz, 0)
+    t_im = op.Gather(toeplitz, 1)
+    x_re = op.Gather(x, 0)
+    x_im = op.Gather(x, 1)
+    z = op.Concat(op.Unsqueeze(op.MatMul(x_re, t_re) - op.MatMul(x_im, t_im), [0]),
+                  op.Unsqueeze(op.MatMul(x_re, t_im) + op.MatMul(x_im, t_re), [0]), axis=0)  # (2, B, M, N)
+    ends = op.Gather(z, op.Constant(value_int=FILTER_BLOCK - 1), axis=3)  # (2, B, M)
+    entering = op.Slice(op.Pad(ends, [0, 0, 1, 0, 0, 0]), [0], blocks, [2])  # z[m − 1, N − 1]
+    block_power = op.Reshape(op.Gather(powers, op.Constant(value_ints=[FILTER_BLOCK]), axis=1), [2, 1, 1])
+    s = op.Unsqueeze(pole_scan(entering, block_power), [3])  # (2, B, M, 1)
+    later = op.Reshape(op.Slice(powers, [1], op.Constant(value_ints=[FILTER_BLOCK + 1]), [1]), op.Constant(value_ints=[2, 1, 1, FILTER_BLOCK]))  # p^(t+1)
+    u = z + complex_mul(s, later)
+    return op.Slice(op.Reshape(u, op.Shape(padded)), [0], L, [2])
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def biquad(x: FLOAT["B", "L"], b: FLOAT[3], p: FLOAT[2, 1], q: FLOAT[2, 1]) -> FLOAT["B", "L"]:
+    """lfilter(b, a, x) for a = (1 − p·z⁻¹)(1 − q·z⁻¹), p and q complex ((re, im)): the zeros first
+    (as torchaudio), then one pole after the other (complex poles: a conjugate pair, whose output is
+    real)."""
+    one = op.Constant(value_int=1)
+    v = op.Gather(b, 0) * x + op.Gather(b, 1) * delayed(x, one) + op.Gather(b, 2) * delayed(x, one + one)
+    v = op.Concat(op.Unsqueeze(v, [0]), op.Unsqueeze(op.Mul(v, op.CastLike(0.0, v)), [0]), axis=0)
+    return op.Gather(one_pole(one_pole(v, p), q), 0)
+
+
+def k_weighting_stages(rate: int) -> np.ndarray:
+    """Upstream's K-weighting at `rate` as it filters: pyloudnorm's float64 coefficients rounded to
+    float32 (torchaudio's lfilter takes them as float32), as (2 stages, 7): b0, b1, b2 and the two
+    poles (re, im) of 1 + a1·z⁻¹ + a2·z⁻², found in float64 from the rounded a1, a2. The rounding
+    matters: it splits the high pass's double pole (by about 3 % of its distance from 1 at 44.1 kHz),
+    which moves the loudness by about 1e-4 LU, enough to change a fine codebook's token."""
+    stages = []
+    for gain_db, q, fc, kind in ((4.0, SHELF_Q, SHELF_HZ, "high_shelf"), (0.0, HIGH_PASS_Q, HIGH_PASS_HZ, "high_pass")):
+        A = 10 ** (gain_db / 40.0)
+        w0 = 2.0 * np.pi * (fc / rate)
+        alpha = np.sin(w0) / (2.0 * q)
+        c = np.cos(w0)
+        if kind == "high_shelf":
+            b = [A * ((A + 1) + (A - 1) * c + 2 * np.sqrt(A) * alpha), -2 * A * ((A - 1) + (A + 1) * c),
+                 A * ((A + 1) + (A - 1) * c - 2 * np.sqrt(A) * alpha)]
+            a = [(A + 1) - (A - 1) * c + 2 * np.sqrt(A) * alpha, 2 * ((A - 1) - (A + 1) * c),
+                 (A + 1) - (A - 1) * c - 2 * np.sqrt(A) * alpha]
+        else:
+            b = [(1 + c) / 2, -(1 + c), (1 + c) / 2]
+            a = [1 + alpha, -2 * c, 1 - alpha]
+        b32 = (np.array(b) / a[0]).astype(np.float32)
+        a32 = (np.array(a) / a[0]).astype(np.float32).astype(np.float64)
+        poles = np.sort_complex(np.roots(a32))
+        stages.append([*b32, poles[0].real, poles[0].imag, poles[1].real, poles[1].imag])
+    return np.array(stages, np.float32)
+
+
+# Rates whose K-weighting is upstream's exactly (float32 coefficients, k_weighting_stages); at other
+# rates the graph designs the filter itself (`designed_k_weighting`).
+COMMON_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000, 352800, 384000)
+COMMON_STAGES_TENSOR = numpy_helper.from_array(np.stack([k_weighting_stages(r) for r in COMMON_RATES]),
+                                               "k_weighting_stages")  # (R, 2, 7)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def designed_k_weighting(rate: INT64) -> FLOAT[2, 7]:
+    """The K-weighting's two stages at any rate, designed in the graph (float32; layout of
+    k_weighting_stages). The poles come from the design in closed form (the shelf's are a conjugate
+    pair; the high pass has a double pole, a1² = 4·a2 when Q = 1/2), not from the coefficients,
+    where a double root would lose half its digits."""
+    rate_f = op.Cast(rate, to=FLOAT.dtype)
+    A = op.Constant(value_float=SHELF_A)
+    root_A = op.Sqrt(A)
+    w0 = (2.0 * PI * SHELF_HZ) / rate_f
+    cos_w = op.Cos(w0)
+    sin_w = op.Sin(w0)
+    alpha = sin_w / (2.0 * SHELF_Q)
+    a0 = (A + 1.0) - (A - 1.0) * cos_w + 2.0 * root_A * alpha
+    b0 = A * ((A + 1.0) + (A - 1.0) * cos_w + 2.0 * root_A * alpha) / a0
+    b1 = -2.0 * A * ((A - 1.0) + (A + 1.0) * cos_w) / a0
+    b2 = A * ((A + 1.0) + (A - 1.0) * cos_w - 2.0 * root_A * alpha) / a0
+    # roots of a0·z² + a1·z + a2: ((A + 1)·cos − (A − 1) ± i·sin·√(A·(4 − 1/Q²))) / a0
+    p_re = ((A + 1.0) * cos_w - (A - 1.0)) / a0
+    p_im = sin_w * op.Sqrt(A * SHELF_IM_FACTOR) / a0
+    shelf = op.Concat(op.Reshape(b0, [1]), op.Reshape(b1, [1]), op.Reshape(b2, [1]), op.Reshape(p_re, [1]),
+                      op.Reshape(p_im, [1]), op.Reshape(p_re, [1]), op.Reshape(-p_im, [1]), axis=0)
+
+    w0 = (2.0 * PI * HIGH_PASS_HZ) / rate_f
+    cos_w = op.Cos(w0)
+    a0 = 1.0 + op.Sin(w0) / (2.0 * HIGH_PASS_Q)
+    edge = (1.0 + cos_w) / 2.0 / a0
+    pole = cos_w / a0
+    no_im = op.CastLike(0.0, pole)
+    high_pass = op.Concat(op.Reshape(edge, [1]), op.Reshape(-2.0 * edge, [1]), op.Reshape(edge, [1]),
+                          op.Reshape(pole, [1]), op.Reshape(no_im, [1]), op.Reshape(pole, [1]),
+                          op.Reshape(no_im, [1]), axis=0)
+    return op.Concat(op.Unsqueeze(shelf, [0]), op.Unsqueeze(high_pass, [0]), axis=0)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def filter_stage(x: FLOAT["B", "L"], stage: FLOAT[7]) -> FLOAT["B", "L"]:
+    b = op.Slice(stage, [0], [3])
+    p = op.Reshape(op.Slice(stage, [3], [5]), [2, 1])
+    q = op.Reshape(op.Slice(stage, [5], [7]), [2, 1])
+    return biquad(x, b, p, q)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def k_weighting(x: FLOAT["B", "L"], rate: INT64) -> FLOAT["B", "L"]:
+    """BS.1770's K-weighting at `rate`: pyloudnorm's RBJ high shelf (+4 dB above 1500 Hz, Q 1/√2),
+    then its high pass (38 Hz, Q 0.5), normalised by a0 (passband gain 1): upstream's float32
+    filter at the COMMON_RATES, designed in the graph at any other rate."""
+    rates = op.Constant(value_ints=list(COMMON_RATES))
+    match = op.Cast(rates == rate, to=INT64.dtype)  # (no int64 ArgMax: onnxruntime 1.17 has none)
+    known = op.ReduceSum(match, keepdims=0) > 0
+    index = op.ReduceSum(match * op.Range(0, op.Size(rates), 1), keepdims=0)
+    table = op.Gather(op.Constant(value=COMMON_STAGES_TENSOR), index)
+    stages = op.Where(known, table, designed_k_weighting(rate))
+    return filter_stage(filter_stage(x, op.Gather(stages, 0)), op.Gather(stages, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Loudness (audiotools Meter, BS.1770) and the gains
+# --------------------------------------------------------------------------------------------
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def to_lufs(mean_square: FLOAT["B", "J"]) -> FLOAT["B", "J"]:
+    return LUFS_OFFSET + DB_PER_LN * op.Log(mean_square)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def gated_mean(z: FLOAT["B", "J"], kept: BOOL["B", "J"]) -> FLOAT["B", 1]:
+    """Mean of z over the kept blocks (0 where none is kept)."""
+    total = op.ReduceSum(op.Where(kept, z, op.CastLike(0.0, z)), [1], keepdims=1)
+    return total / op.Max(op.ReduceSum(op.Cast(kept, to=FLOAT.dtype), [1], keepdims=1), op.CastLike(1.0, z))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def loudness(x: FLOAT["B", "L"], rate: INT64) -> FLOAT["B"]:
+    """Integrated loudness (LUFS) of each row at `rate`, as audiotools' AudioSignal.loudness().
+
+    Blocks of K = floor(0.4·rate) samples every S = floor(0.1·rate) (K = 4S + q, q < 4): each block
+    is four chunks of S plus the first q samples of the fifth, so the squares are summed per chunk
+    once."""
+    L = op.Shape(x, start=1, end=2)
+    measured = op.Max(L, op.Reshape(rate / 2, [1]))  # shorter than 0.5 s: zero-padded to 0.5 s
+    y = k_weighting(op.Pad(x, op.Concat([0, 0, 0], measured - L, axis=0)), rate)
+    K = 2 * rate / 5
+    S = rate / 10
+    n_blocks = (op.Max(measured, op.Reshape(K, [1])) - K + S - 1) / S + 1
+    chunks = n_blocks + 4  # covers (n_blocks − 1)·S + K samples
+    square = op.Pad(y * y, op.Concat([0, 0, 0], chunks * S - measured, axis=0))
+    square = op.Reshape(square, op.Concat(op.Shape(x, start=0, end=1), chunks, op.Reshape(S, [1]), axis=0))
+    chunk_sum = op.ReduceSum(square, [2], keepdims=0)  # (B, chunks)
+    head = op.Slice(square, [0], [4], [2])  # the first 4 samples of each chunk (S >= 100)
+    in_head = op.Range(0, 4, 1) < K - 4 * S
+    head_sum = op.ReduceSum(op.Where(in_head, head, op.CastLike(0.0, head)), [2], keepdims=0)
+    block_sum = (op.Slice(chunk_sum, [0], n_blocks, [1]) + op.Slice(chunk_sum, [1], n_blocks + 1, [1])
+                 + op.Slice(chunk_sum, [2], n_blocks + 2, [1]) + op.Slice(chunk_sum, [3], n_blocks + 3, [1])
+                 + op.Slice(head_sum, [4], n_blocks + 4, [1]))
+    z = block_sum / (op.Cast(rate, to=FLOAT.dtype) * 0.4)  # mean square per block
+    l = to_lufs(z)  # −inf for a silent block
+    above_absolute = l > FLOOR_LUFS
+    relative_gate = to_lufs(gated_mean(z, above_absolute)) + RELATIVE_GATE
+    kept = op.And(above_absolute, l > relative_gate)
+    mean_square = op.Min(gated_mean(z, kept), op.CastLike(FLOAT32_MAX, z))  # audiotools: inf -> max
+    return op.Max(op.Squeeze(to_lufs(mean_square), [1]), op.CastLike(FLOOR_LUFS, z))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def normalize_loudness(x: FLOAT["B", "L"], rate: INT64, target: FLOAT["B"]) -> FLOAT["B", "L"]:
+    """audiotools' normalize(target): each row times 10^((target − loudness)/20)."""
+    gain = op.Exp((target - loudness(x, rate)) * GAIN_PER_DB)
+    return x * op.Unsqueeze(gain, [1])
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def normalize_unless_there(x: FLOAT["B", "L"], rate: INT64, target: FLOAT["B"]) -> FLOAT["B", "L"]:
+    """normalize_loudness, except that a row already within PREPARED_LU of `target` is kept as it
+    is: audio prepared as upstream prepares it passes through unchanged and gives upstream's codes
+    (re-measured, it reads a few 1e-5 LU off, and that gain of 1 ± 3e-6 can change a fine token)."""
+    change = target - loudness(x, rate)
+    gain = op.Where(op.Abs(change) <= PREPARED_LU, op.CastLike(1.0, change), op.Exp(change * GAIN_PER_DB))
+    return x * op.Unsqueeze(gain, [1])
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def ensure_max_of_audio(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
+    """Rows whose peak exceeds 1 scaled down to peak 1 (audiotools' ensure_max_of_audio(1.0))."""
+    peak = op.ReduceMax(op.Abs(x), [1], keepdims=1)
+    return x * op.Where(peak > 1.0, 1.0 / op.Max(peak, op.CastLike(1.0, peak)), op.CastLike(1.0, peak))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def finite(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
+    """NaN and ±inf samples read as 0."""
+    return op.Where(op.Or(op.IsNaN(x), op.IsInf(x)), op.CastLike(0.0, x), x)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def clamp_rate(sample_rate: INT64) -> INT64:
+    return op.Clip(sample_rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
+
+
+# --------------------------------------------------------------------------------------------
+# The model's two ends
+# --------------------------------------------------------------------------------------------
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def prepare(audio: FLOAT["B", "L"], rate: INT64, model_rate: INT64) -> FLOAT["B", "M"]:
+    """Upstream `_preprocess` of mono rows at `rate`: at `model_rate`, −24 LUFS, peak <= 1.
+    (Padding to whole hops is the encoder's.)"""
+    x = resample(audio, rate, model_rate)
+    target = op.Expand(op.Constant(value_float=TARGET_LUFS), op.Shape(x, start=0, end=1))
+    return ensure_max_of_audio(normalize_unless_there(x, model_rate, target))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def restore(out: FLOAT["B", "M"], model_rate: INT64, rate: INT64, samples: INT64[1],
+            target: FLOAT["B"]) -> FLOAT["B", "S"]:
+    """The generated audio at the input's `rate`, `samples` long (cut, or zero-padded at the end),
+    at the input's loudness `target` (the app's out.normalize(loudness_in), measured at `rate`)."""
+    y = resample(out, model_rate, rate)
+    y = op.Pad(y, op.Concat([0, 0, 0], op.Max(samples - op.Shape(y, start=1, end=2), 0), axis=0))
+    return normalize_loudness(op.Slice(y, [0], samples, [1]), rate, target)
