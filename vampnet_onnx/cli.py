@@ -49,7 +49,7 @@ from .audio import (
     same_file,
     write_audio_file,
 )
-from .interface import BY_NAME, PARAMETERS, WEIGHTS
+from .interface import BY_NAME, PARAMETERS, PRESETS, WEIGHTS, preset_values
 from .model import (
     Model,
     ModelError,
@@ -170,10 +170,24 @@ def _parameter_type(p):
     return _float_range(p.low, p.high)
 
 
-# (input name, argparse type, help) for every parameter of the model except seed, from the table
+# (input name, argparse type, help) for every parameter of the model from the table, except seed
+# (its own flag) and mask_only (what the `mask` command sets)
 PARAM_FLAGS: list[tuple[str, Any, str]] = [
-    (p.name, _parameter_type(p), p.help) for p in PARAMETERS if p.name != "seed"
+    (p.name, _parameter_type(p), p.help) for p in PARAMETERS if p.name not in ("seed", "mask_only")
 ]
+
+
+def _preset(name: str) -> str:
+    if name not in PRESETS:
+        raise argparse.ArgumentTypeError(
+            f"unknown preset {name!r}; the presets are: {', '.join(repr(n) for n in PRESETS)}")
+    return name
+
+
+def presets_text(presets: dict[str, dict] = PRESETS) -> str:
+    """One line per preset: its name and the inputs it sets."""
+    return "\n".join(f"  {name}: " + ", ".join(f"{k} {v:g}" for k, v in values.items())
+                     for name, values in presets.items())
 
 
 def _flag(name: str) -> str:
@@ -187,6 +201,10 @@ FLAG_ALIASES: dict[str, tuple[str, ...]] = {"time_stretch_factor": ("--time-stre
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """The mask and sampling flags (one per model input); shared by `vamp` and `batch`."""
     g = parser.add_argument_group("mask and sampling (model inputs)")
+    g.add_argument("--preset", type=_preset, default=None, metavar="NAME",
+                   help="upstream's app presets (quote the name); explicit flags win over it; a "
+                        "model without beat_mask_ms ignores that value: " + "; ".join(
+                            f"'{n}'" for n in PRESETS))
     for name, typ, text in PARAM_FLAGS:
         metavar = "N" if BY_NAME[name].is_int else "X"
         g.add_argument(*FLAG_ALIASES.get(name, ()), _flag(name), dest=name, type=typ, default=None,
@@ -197,6 +215,9 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
         description="VampNet as one ONNX model: audio in, new audio out.",
+        epilog="presets (vamp/mask/batch --preset NAME; a model without beat_mask_ms ignores it):\n"
+               + presets_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
@@ -246,6 +267,21 @@ def build_parser() -> ArgumentParser:
     i.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help=f"the .onnx model (default: {DEFAULT_MODEL}, else the demo's model)")
     i.set_defaults(func=cmd_info)
+
+    # ---- mask
+    k = sub.add_parser(
+        "mask", help="picture the mask `vamp` would use, without generating (onnxruntime only)",
+        description="Run the model with mask_only (no codec, no generation: well under a second) on "
+                    "IN with the flags of `vamp`, and draw the mask it would use: codebooks over "
+                    "time, kept and generated tokens, note onsets and beats. Give `vamp` the same "
+                    "--seed and flags to generate with this mask.")
+    k.add_argument("input", metavar="IN", help="input audio file (WAV, FLAC, OGG, ...)")
+    k.add_argument("--plot", metavar="FILE.png", required=True, help="where to write the picture")
+    k.add_argument("-m", "--model", metavar="MODEL", default=None, help="the .onnx model (as for `vamp`)")
+    k.add_argument("--seed", type=_int_range(INT64_MIN, INT64_MAX), default=None, metavar="N",
+                   help="random seed (default: a random one, printed: pass it to `vamp`)")
+    add_model_flags(k)
+    k.set_defaults(func=cmd_mask)
 
     # ---- build
     b = sub.add_parser(
@@ -498,6 +534,8 @@ def model_feeds(args: argparse.Namespace, model: Model, mask: np.ndarray | None,
         value = getattr(args, name)
         if value is not None and value > model.max_sampling_steps:
             raise CliError(f"{_flag(name)} {value}: this model runs at most {model.max_sampling_steps} steps")
+    if getattr(args, "preset", None):
+        feeds.update(preset_values(args.preset, model.inputs))
     for name, _, _ in PARAM_FLAGS:
         value = getattr(args, name)
         if value is not None:
@@ -589,6 +627,35 @@ def cmd_vamp(args: argparse.Namespace, model: Model | None = None) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# mask
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    """`mask`: the preview of vampnet_onnx.preview, drawn to --plot."""
+    from .preview import mask_preview, write_preview
+
+    inp, plot = Path(args.input), Path(args.plot)
+    model_path = resolve_model(args.model)
+    if not _plot_available():
+        raise CliError("`mask` needs matplotlib, which is not installed: pip install matplotlib "
+                       "(or pip install -e .[plot])")
+    check_output_path(plot, inputs=[("the input audio", inp)] + [("the model", f) for f in model_files(model_path)])
+    model = Model(model_path)
+    if "mask_only" not in model.inputs:
+        raise CliError(f"{model_path} has no mask_only input: rebuild it with this version for `mask`")
+    prepared = load_audio(inp, model.sample_rate)
+    feeds = model_feeds(args, model, None, 1, prepared.samples.shape[0])
+    preview = mask_preview(model, prepared.samples, feeds)
+    title = f"{inp.name}  seed {feeds['seed']}" + (f"  preset '{args.preset}'" if args.preset else "")
+    with AtomicOutputs() as w:
+        w.add(plot, lambda tmp: write_preview(tmp, preview, title))
+    print(f"kept {1 - preview.mask.mean():.0%} of the tokens, {len(preview.onsets)} onsets, "
+          f"{len(preview.beats)} beats, {preview.seconds:.2f} s")
+    print(f"wrote {plot}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # info
 
 
@@ -616,6 +683,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     _print_table(rows)
     print("outputs:")
     _print_table([(o.name, type_name(o.type), shape_text(o.shape)) for o in model.outputs.values()])
+    try:
+        presets = json.loads(model.metadata["presets"])
+    except (KeyError, ValueError):
+        presets = {}
+    print("presets (vamp --preset NAME):" if presets else "presets: none in this model's metadata")
+    if presets:
+        print(presets_text({n: {k: v for k, v in values.items() if k in model.inputs}
+                            for n, values in presets.items()}))
+        ignored = sorted({k for values in presets.values() for k in values} - set(model.inputs))
+        if ignored:
+            print(f"  (not inputs of this model, so its presets leave them out: {', '.join(ignored)})")
     print("metadata:")
     if not model.metadata:
         print("  (none)")
