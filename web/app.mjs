@@ -365,9 +365,12 @@ async function preview() {
   }
   const serial = ++state.previews;
   document.body.dataset.preview = "running";
-  const started = performance.now();
-  const maskOf = async (extra) => (await ask({ type: "run", audio: state.audio.samples, rows: 1,
-    values: { ...values, ...extra, mask_only: 1 } })).outputs.mask_out;
+  let ms = 0; // the worker's time for the preview's runs (not the wait behind a vamp)
+  const maskOf = async (extra) => {
+    const reply = await ask({ type: "run", audio: state.audio.samples, rows: 1, values: { ...values, ...extra, mask_only: 1 } });
+    ms += reply.ms;
+    return reply.outputs.mask_out;
+  };
   const K = Number(state.model.metadata.n_codebooks), hop = Number(state.model.metadata.hop_length);
   const isolated = { rand_mask_intensity: 1, prefix_s: 0, suffix_s: 0, periodic_prompt: 0, dropout: 0, ncc: 0,
     upper_codebook_mask: K, onset_mask_width: 0, beat_mask_ms: 0, time_stretch_factor: 1 };
@@ -384,7 +387,6 @@ async function preview() {
       beats = runs.flatMap(([a, b]) => Array.from({ length: b - a + 1 }, (_, i) => (a + i) * stretch));
     }
     if (serial !== state.previews) return; // a newer preview is on its way
-    const ms = performance.now() - started;
     state.preview = { mask, onsets, beats, values, ms, serial };
     const kept = drawPreview($("mask-preview"), mask, onsets, beats, SAMPLE_RATE / hop);
     $("preview-status").textContent = `${Math.round(100 * kept)} % of the tokens kept, ${onsets.length} onsets, ` +
