@@ -1,8 +1,8 @@
-"""Benchmark: the mask preview (`mask_only`, docs/mask-preview.md) against a full run.
+"""Benchmark: the mask preview (`generate` 0, docs/mask-preview.md) against a full run.
 
     python -m benchmarks.preview MODEL [--seconds 10] [--threads 2] [--reps 5] [--full]
 
-Times, on the benchmarks' test clip, one `mask_only` run with the default flags, one with the
+Times, on the benchmarks' test clip, one `generate` 0 run with the default flags, one with the
 onset prompt, and `vampnet_onnx.preview.mask_preview` with the onset prompt (what `vampnet-onnx
 mask` runs: the mask plus the run that reads the onsets back); medians of --reps after a warm-up.
 `--full` also times one full run of the same model, for scale. A preview touches no weights, so
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": str(args.model), "seconds": args.seconds, "threads": args.threads,
         "load_average": os.getloadavg()[0],
-        "mask_only_s": median_seconds(lambda: model.run(row, seed=0, mask_only=1), args.reps),
-        "mask_only_onsets_s": median_seconds(lambda: model.run(row, mask_only=1, **onsets), args.reps),
+        "mask_s": median_seconds(lambda: model.run(row, seed=0, generate=0), args.reps),
+        "mask_onsets_s": median_seconds(lambda: model.run(row, generate=0, **onsets), args.reps),
         "mask_preview_onsets_s": median_seconds(lambda: mask_preview(model, audio, onsets), args.reps),
     }
     if args.full:

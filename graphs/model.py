@@ -106,7 +106,7 @@ def main_graph(config: GraphConfig):
         feedback_steps: INT64[1],
         time_stretch_factor: INT64[1],
         onset_mask_width: INT64[1],
-        mask_only: INT64[1],
+        generate: INT64[1],
     ) -> tuple[
         FLOAT["B", "S_out"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"]
     ]:
@@ -122,7 +122,7 @@ def main_graph(config: GraphConfig):
         rows = op.Pad(audio, op.Concat([0, 0], op.Max(1 - batch, 0), [0], axis=0))
 
         # the mask needs only the codes' shape, (B, K, T) with T = ceil(S / hop) (at least 1, as
-        # `encode` pads), so it is built before, and without, the codec: a preview (mask_only)
+        # `encode` pads), so it is built before, and without, the codec: a preview (generate 0)
         # costs the mask builders and the onset detector, no codec and no generation
         frames = op.Max(op.Div(op.Shape(rows, start=1, end=2) + hop - 1, hop), 1)
         grid = op.Expand(op.Constant(value_int=0), op.Concat(op.Shape(rows, start=0, end=1), op.Constant(value_ints=[N_CODEBOOKS]), frames, axis=0))
@@ -141,7 +141,7 @@ def main_graph(config: GraphConfig):
         stretch = op.Clip(scalar(time_stretch_factor), 1, MAX_TIME_STRETCH)
         row_mask = stretch_mask(input_mask, stretch)
         samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S
-        if scalar(mask_only) == 0:
+        if scalar(generate) != 0:
             input_codes = encode(rows, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
             row_codes = stretch_time(input_codes, stretch)
             row_coarse = coarse_stage(

@@ -392,7 +392,7 @@ CODE_KEYS = ("codes", "mask_out", "coarse_codes", "codes_out")
 
 
 def test_flag_table_covers_every_scalar_input():
-    assert set(FLAG_VALUES) | {"seed"} == set(DESIGN_DEFAULTS)
+    assert set(FLAG_VALUES) | {"seed", "generate"} == set(DESIGN_DEFAULTS)  # generate: `mask` (test_presets.py)
     assert [n for n, _, _ in cli.PARAM_FLAGS] == list(FLAG_VALUES)
     assert sorted(MASK_FLAGS + COARSE_FLAGS + C2F_FLAGS + OWN_TEST_FLAGS) == sorted(FLAG_VALUES)
 

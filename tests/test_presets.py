@@ -1,4 +1,4 @@
-"""Upstream's app presets (vampnet_onnx/interface.py, PRESETS) and the mask preview (`mask_only`,
+"""Upstream's app presets (vampnet_onnx/interface.py, PRESETS) and the mask preview (`generate` 0,
 vampnet_onnx/preview.py, `vampnet-onnx mask`), on the tiny model.
 
 A preset's run must show its own flags in `mask_out`; the preview's mask must be the full run's
@@ -153,7 +153,7 @@ def test_help_and_info_list_the_presets(model_path):
 def test_the_preview_is_the_full_runs_mask_without_generating(model, flags):
     inputs = preset_values(flags.pop("preset"), model.inputs) if "preset" in flags else flags
     full = run(model, seed=5, **inputs)
-    preview = run(model, seed=5, mask_only=1, **inputs)
+    preview = run(model, seed=5, generate=0, **inputs)
     np.testing.assert_array_equal(preview["mask_out"], full["mask_out"])
     for name in ("codes", "coarse_codes", "codes_out"):  # no codec, no generation: placeholders
         assert preview[name].shape == full[name].shape and (preview[name] == VOCAB).all(), name
@@ -165,7 +165,7 @@ def test_the_previews_onsets_are_the_ones_the_mask_keeps(model):
     audio = notes()
     preview = mask_preview(model, audio, {"seed": 0, "onset_mask_width": 3})
     assert len(preview.onsets) >= 6 and preview.beats == []  # eight notes, some merged or at frame 0
-    only = model.run(audio[None], mask_only=1, onset_mask_width=3, periodic_prompt=0,
+    only = model.run(audio[None], generate=0, onset_mask_width=3, periodic_prompt=0,
                      upper_codebook_mask=CODEBOOKS)["mask_out"][0, 0]
     T = only.size
     rebuilt = np.ones(T, np.int64)

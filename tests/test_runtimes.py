@@ -1,7 +1,7 @@
 """The shipped model runs the same in every runtime the README names.
 
 On the tiny model, one clip, seed 7 and four settings (a changed temperature, a changed periodic
-prompt, an explicit mask, a mask preview with `mask_only`), each runtime must give `codes_out` (and every other code output)
+prompt, an explicit mask, a mask preview with `generate` 0), each runtime must give `codes_out` (and every other code output)
 identical to onnxruntime in Python, and audio within the project's float32 noise floor:
 
 * onnxruntime, the oldest supported version (1.17.3), in its own virtual environment;
@@ -46,7 +46,7 @@ def cases(tiny) -> dict[str, dict[str, np.ndarray]]:
         "temperature": interface_feeds(audio, seed=7, temperature=0.6),
         "periodic_prompt": interface_feeds(audio, seed=7, periodic_prompt=3),
         "explicit_mask": interface_feeds(audio, seed=7, mask=mask),
-        "mask_only": interface_feeds(audio, seed=7, periodic_prompt=3, onset_mask_width=2, dropout=0.2, mask_only=1),
+        "mask_preview": interface_feeds(audio, seed=7, periodic_prompt=3, onset_mask_width=2, dropout=0.2, generate=0),
         "other_seed": interface_feeds(audio, seed=8, temperature=0.6),
     }
 

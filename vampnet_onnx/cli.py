@@ -171,9 +171,9 @@ def _parameter_type(p):
 
 
 # (input name, argparse type, help) for every parameter of the model from the table, except seed
-# (its own flag) and mask_only (what the `mask` command sets)
+# (its own flag) and generate (what the `mask` command sets)
 PARAM_FLAGS: list[tuple[str, Any, str]] = [
-    (p.name, _parameter_type(p), p.help) for p in PARAMETERS if p.name not in ("seed", "mask_only")
+    (p.name, _parameter_type(p), p.help) for p in PARAMETERS if p.name not in ("seed", "generate")
 ]
 
 
@@ -271,7 +271,7 @@ def build_parser() -> ArgumentParser:
     # ---- mask
     k = sub.add_parser(
         "mask", help="picture the mask `vamp` would use, without generating (onnxruntime only)",
-        description="Run the model with mask_only (no codec, no generation: well under a second) on "
+        description="Run the model with generate 0 (no codec, no generation: well under a second) on "
                     "IN with the flags of `vamp`, and draw the mask it would use: codebooks over "
                     "time, kept and generated tokens, note onsets and beats. Give `vamp` the same "
                     "--seed and flags to generate with this mask.")
@@ -641,8 +641,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
                        "(or pip install -e .[plot])")
     check_output_path(plot, inputs=[("the input audio", inp)] + [("the model", f) for f in model_files(model_path)])
     model = Model(model_path)
-    if "mask_only" not in model.inputs:
-        raise CliError(f"{model_path} has no mask_only input: rebuild it with this version for `mask`")
+    if "generate" not in model.inputs:
+        raise CliError(f"{model_path} has no `generate` input: rebuild it with this version for `mask`")
     prepared = load_audio(inp, model.sample_rate)
     feeds = model_feeds(args, model, None, 1, prepared.samples.shape[0])
     preview = mask_preview(model, prepared.samples, feeds)

@@ -122,9 +122,9 @@ INPUTS: tuple[Input, ...] = (
     Input("onset_mask_width", "int64", 0, 0, MAX_ONSET_WIDTH,
           "keep the frames [o − W, o + W) around every note onset o of `audio` (0 = off; "
           "ignored with an explicit mask)"),
-    Input("mask_only", "int64", 0, 0, 1,
-          "1: only build the mask, for a preview: `mask_out` as a full run's; the codec and both "
-          "generation stages are skipped, so `codes`, `coarse_codes` and `codes_out` hold the mask "
+    Input("generate", "int64", 1, 0, 1,
+          "0: only build the mask, a preview: `mask_out` as a full run's, the codec and both "
+          "generation stages skipped: `codes`, `coarse_codes` and `codes_out` hold the mask "
           "token (vocab_size) and `audio_out` is silence, each of a full run's shape",
           outside="any value other than 0 acts as 1"),
 )

@@ -1,6 +1,6 @@
-"""The mask preview: the mask `vamp` would use, from the model's `mask_only` run, and its picture.
+"""The mask preview: the mask `vamp` would use, from the model's run with `generate` 0, and its picture.
 
-`mask_preview(model, audio, feeds)` runs the model with `mask_only` = 1 (the graph builds the mask
+`mask_preview(model, audio, feeds)` runs the model with `generate` = 0 (the graph builds the mask
 and skips the codec and generation: milliseconds, at any model size) with the feeds `vamp` would
 use, and returns the mask with the note onsets and beats it was built around. The model has no
 output for those, so they are read back from two more mask-only runs that isolate one prompt each
@@ -45,7 +45,7 @@ def _isolated(model, feeds: dict, values: dict) -> dict:
     generated, unstretched."""
     off = {"rand_mask_intensity": 1.0, "prefix_s": 0.0, "suffix_s": 0.0, "periodic_prompt": 0,
            "dropout": 0.0, "ncc": 0, "upper_codebook_mask": model.n_codebooks, "onset_mask_width": 0,
-           "beat_mask_ms": 0.0, "time_stretch_factor": 1, "mask": None, "mask_only": 1}
+           "beat_mask_ms": 0.0, "time_stretch_factor": 1, "mask": None, "generate": 0}
     return {k: v for k, v in {**feeds, **off, **values}.items() if k in model.inputs}
 
 
@@ -61,7 +61,7 @@ def mask_preview(model, audio: np.ndarray, feeds: dict) -> Preview:
     prepared as for `vamp`), and the onset and beat frames it was built around."""
     row = np.asarray(audio, np.float32)[None]
     used = {**model.defaults(), **{k: v for k, v in feeds.items() if v is not None}}
-    mask = model.run(row, **{**feeds, "mask_only": 1})["mask_out"][0]
+    mask = model.run(row, **{**feeds, "generate": 0})["mask_out"][0]
     stretch = mask.shape[1] // max(model.frames_for(row.shape[1]), 1)
     onsets, beats = [], []
     if used.get("onset_mask_width", 0) > 0 and "mask" not in feeds:

@@ -328,7 +328,7 @@ function showResult() {
 
 // ---------------------------------------------------------------------------------- the mask preview
 
-// The mask Vamp would use, from the model's mask_only run (no codec, no generation: milliseconds),
+// The mask Vamp would use, from the model's run with generate 0 (no codec, no generation: milliseconds),
 // with the onsets and beats read back from mask-only runs that isolate one prompt each, as
 // vampnet_onnx/preview.py does (docs/mask-preview.md says why that is exact).
 const KEPT = "#1f5fa8", GENERATED = "#f2b25c", ONSET = "#111111", BEAT = "#c0231b";
@@ -354,7 +354,7 @@ function keptRuns(mask) {
 
 async function preview() {
   const box = $("preview-box");
-  box.hidden = !(state.model && state.audio && hasInput("mask_only"));
+  box.hidden = !(state.model && state.audio && hasInput("generate"));
   if (box.hidden) return;
   let values;
   try {
@@ -367,7 +367,7 @@ async function preview() {
   document.body.dataset.preview = "running";
   let ms = 0; // the worker's time for the preview's runs (not the wait behind a vamp)
   const maskOf = async (extra) => {
-    const reply = await ask({ type: "run", audio: state.audio.samples, rows: 1, values: { ...values, ...extra, mask_only: 1 } });
+    const reply = await ask({ type: "run", audio: state.audio.samples, rows: 1, values: { ...values, ...extra, generate: 0 } });
     ms += reply.ms;
     return reply.outputs.mask_out;
   };
