@@ -646,7 +646,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
     prepared = load_audio(inp, model.sample_rate)
     feeds = model_feeds(args, model, None, 1, prepared.samples.shape[0])
     preview = mask_preview(model, prepared.samples, feeds)
-    title = f"{inp.name}  seed {feeds['seed']}" + (f"  preset '{args.preset}'" if args.preset else "")
+    flags = [f"{_flag(name)} {getattr(args, name):g}" for name, _, _ in PARAM_FLAGS if getattr(args, name) is not None]
+    title = "  ".join([inp.name, f"seed {feeds['seed']}"] + ([f"preset '{args.preset}'"] if args.preset else []) + flags)
     with AtomicOutputs() as w:
         w.add(plot, lambda tmp: write_preview(tmp, preview, title))
     print(f"kept {1 - preview.mask.mean():.0%} of the tokens, {len(preview.onsets)} onsets, "

@@ -83,7 +83,8 @@ def write_preview(path, preview: Preview, title: str = "") -> None:
     from matplotlib.patches import Patch
 
     K, T = preview.mask.shape
-    fig = Figure(figsize=(min(16.0, max(7.0, 3.0 + preview.seconds)), 3.6))
+    # about 1.5 pixels per frame (at 100 dpi), so that a single kept frame stays visible
+    fig = Figure(figsize=(min(40.0, max(8.0, 2.5 + 0.015 * T)), 3.6))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.imshow(preview.mask, aspect="auto", origin="lower", interpolation="nearest",
