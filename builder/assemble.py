@@ -226,6 +226,7 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         "weights": weights,
         **({"requires": f"opset {INT8_OPSET} (onnxruntime >= 1.18)"} if quantized else {}),
         "defaults": interface.defaults_json(),
+        "presets": interface.presets_json(),
         **(metadata or {}),
     }
     if noise_inputs:

@@ -79,6 +79,7 @@ def main_graph(config: GraphConfig):
     COARSE_CHUNK, C2F_CHUNK = config.coarse_chunk, config.c2f_chunk
     N_CODEBOOKS, WINDOW, OVERLAP = config.n_codebooks, config.codec_window, config.codec_overlap
     FRAME_RATE = float(np.float32(config.frame_rate))
+    MASK = config.vocab_size  # the mask token (graphs/sampling.py)
     onset_mask = make_onset_detector(config.sample_rate, config.hop_length).onset_mask
 
     @onnxscript.script(default_opset=op)
@@ -108,6 +109,7 @@ def main_graph(config: GraphConfig):
         feedback_steps: INT64[1],
         time_stretch_factor: INT64[1],
         onset_mask_width: INT64[1],
+        generate: INT64[1],
     ) -> tuple[
         FLOAT["B", "S_out"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"]
     ]:
@@ -129,39 +131,51 @@ def main_graph(config: GraphConfig):
         loudness_in = loudness(clean, rate)  # the app gives the output this loudness
         prepared = prepare(clean, rate, model_rate)
 
-        input_codes = encode(prepared, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
+        # the mask needs only the codes' shape, (B, K, T) with T = ceil(S / hop) (at least 1, as
+        # `encode` pads), so it is built before, and without, the codec: a preview (generate 0)
+        # costs the preprocessing, the mask builders and the onset detector, no codec, no generation
+        frames = op.Max(op.Div(op.Shape(prepared, start=1, end=2) + hop - 1, hop), 1)
+        grid = op.Expand(op.Constant(value_int=0), op.Concat(op.Shape(prepared, start=0, end=1), op.Constant(value_ints=[N_CODEBOOKS]), frames, axis=0))
         # upstream detects onsets in its preprocessed signal, which is zero-padded to whole hops
         # like the encoder's input; the prompt only serves a built mask (explicit: detect on nothing)
-        n_samples = op.Shape(input_codes, start=2, end=3) * hop
-        hop_padded = op.Pad(prepared, op.Concat([0, 0], [0], n_samples - op.Shape(prepared, start=1, end=2), axis=0))
+        hop_padded = op.Pad(prepared, op.Concat([0, 0], [0], frames * hop - op.Shape(prepared, start=1, end=2), axis=0))
         width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
         built_mask = build_mask(
-            input_codes, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
+            grid, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
             scalar(suffix_s), scalar(periodic_prompt), scalar(periodic_prompt_width), scalar(dropout),
             scalar(ncc), scalar(upper_codebook_mask), op.Constant(value_float=FRAME_RATE),
-            onset_mask(input_codes, hop_padded, width),
+            onset_mask(grid, hop_padded, width),
         )
         input_mask = resolve_mask(mask, built_mask)
         # time stretch (upstream Interface.vamp): f× the frames, the added ones generated
         stretch = op.Clip(scalar(time_stretch_factor), 1, MAX_TIME_STRETCH)
-        row_codes = stretch_time(input_codes, stretch)
         row_mask = stretch_mask(input_mask, stretch)
-        row_coarse = coarse_stage(
-            row_codes, row_mask, derive_key(root, STREAM_COARSE), derive_key(root, STREAM_FEEDBACK),
-            op.Clip(scalar(feedback_steps), 1, MAX_FEEDBACK_STEPS), op.Constant(value_int=COARSE_CHUNK), n_coarse,
-            op.Clip(scalar(sampling_steps), 1, MAX_STEPS), scalar(temperature), scalar(mask_temperature),
-            scalar(top_p), scalar(sample_cutoff),
-        )
-        row_out = c2f_stage(
-            row_coarse, row_mask, derive_key(root, STREAM_C2F), op.Constant(value_int=C2F_CHUNK), n_coarse,
-            op.Clip(scalar(c2f_sampling_steps), 1, MAX_STEPS), scalar(c2f_temperature),
-            scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff),
-        )
         samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S at the input's rate
-        # decode every frame, back to the input's rate, f·S samples, the input's loudness
-        decoded = decode(row_out, op.Shape(row_out, start=2, end=3) * hop, hop, window, overlap)
+        if scalar(generate) != 0:
+            input_codes = encode(prepared, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
+            row_codes = stretch_time(input_codes, stretch)
+            row_coarse = coarse_stage(
+                row_codes, row_mask, derive_key(root, STREAM_COARSE), derive_key(root, STREAM_FEEDBACK),
+                op.Clip(scalar(feedback_steps), 1, MAX_FEEDBACK_STEPS), op.Constant(value_int=COARSE_CHUNK),
+                n_coarse, op.Clip(scalar(sampling_steps), 1, MAX_STEPS), scalar(temperature),
+                scalar(mask_temperature), scalar(top_p), scalar(sample_cutoff),
+            )
+            row_out = c2f_stage(
+                row_coarse, row_mask, derive_key(root, STREAM_C2F), op.Constant(value_int=C2F_CHUNK), n_coarse,
+                op.Clip(scalar(c2f_sampling_steps), 1, MAX_STEPS), scalar(c2f_temperature),
+                scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff),
+            )
+            # decode every frame, back to the input's rate, f·S samples, the input's loudness
+            decoded = decode(row_out, op.Shape(row_out, start=2, end=3) * hop, hop, window, overlap)
+            row_audio = restore(decoded, model_rate, rate, samples, loudness_in)
+        else:
+            # the mask preview: placeholders of a full run's shapes, no codec, no generation
+            row_codes = op.Expand(op.Constant(value_int=MASK), op.Shape(row_mask))
+            row_coarse = op.Identity(row_codes)
+            row_out = op.Identity(row_codes)
+            row_audio = op.Expand(op.Constant(value_float=0.0), op.Concat(op.Shape(rows, start=0, end=1), samples, axis=0))
         # the outputs are named after these variables
-        audio_out = op.Slice(restore(decoded, model_rate, rate, samples, loudness_in), [0], batch, [0])
+        audio_out = op.Slice(row_audio, [0], batch, [0])
         codes = op.Slice(row_codes, [0], batch, [0])
         mask_out = op.Slice(row_mask, [0], batch, [0])
         coarse_codes = op.Slice(row_coarse, [0], batch, [0])

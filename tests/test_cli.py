@@ -387,7 +387,7 @@ CODE_KEYS = ("codes", "mask_out", "coarse_codes", "codes_out")
 
 
 def test_flag_table_covers_every_scalar_input():
-    assert set(FLAG_VALUES) | {"seed", "sample_rate"} == set(DESIGN_DEFAULTS)  # the file gives the rate
+    assert set(FLAG_VALUES) | {"seed", "sample_rate", "generate"} == set(DESIGN_DEFAULTS)  # the file gives the rate; `mask` sets generate
     assert list(CONTROLS) == list(FLAG_VALUES)
     assert sorted(MASK_FLAGS + COARSE_FLAGS + C2F_FLAGS + OWN_TEST_FLAGS) == sorted(FLAG_VALUES)
 
@@ -884,7 +884,7 @@ def test_help_exits_zero(capsys):
     out = capsys.readouterr().out
     assert "--c2f-sample-cutoff" in out and "default: 10.5" in out
     for name in DESIGN_DEFAULTS:
-        assert ("--" + name.replace("_", "-") in out) == (name != "sample_rate")  # the file gives the rate
+        assert ("--" + name.replace("_", "-") in out) == (name not in ("sample_rate", "generate"))
 
 
 # --------------------------------------------------------------------------------------------

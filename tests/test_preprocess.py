@@ -19,7 +19,7 @@ import numpy_reference as ref
 from conftest import OUTPUTS, app_case
 from graph_helpers import run_function
 from vampnet_onnx.graphs import preprocess as P
-from vampnet_onnx.model import interface_feeds
+from vampnet_onnx.session import interface_feeds
 
 SR = 44100
 PREP_CASES = ("tiny_prep_48k_stereo", "tiny_prep_22k_quiet")

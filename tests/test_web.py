@@ -36,6 +36,9 @@ from tolerances import assert_audio_close
 from vampnet_onnx import web
 from numpy_reference import loudness
 from vampnet_onnx.audio import PreparedAudio, restore
+from vampnet_onnx.interface import preset_values
+from vampnet_onnx.model import Model
+from vampnet_onnx.preview import mask_preview
 from vampnet_onnx.session import interface_feeds
 
 HERE = Path(__file__).parent / "web"
@@ -45,6 +48,14 @@ CLIP_S = 1.0
 SAMPLE_RATE = 44100  # the tiny model's rate (web/audio.mjs's SAMPLE_RATE)
 SETTINGS = {"seed": 7, "temperature": 0.6, "sampling_steps": 4}
 TOO_LARGE = 5 * 2**30  # bytes of weights: more than wasm32's 4 GiB of memory
+PREVIEW_PRESET = "timbre transfer"
+PREVIEW_VALUES = {"seed": 5, "upper_codebook_mask": 2, "onset_mask_width": 2}  # typed over the preset
+
+
+def preview_expected(model: Path) -> dict:
+    """The values the page's preview must end with: the preset's (those the model has), then the typed ones."""
+    inputs = {i.name for i in ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()}
+    return {**preset_values(PREVIEW_PRESET, inputs), **PREVIEW_VALUES}
 
 
 def vendored_runtime() -> None:
@@ -123,6 +134,8 @@ def page(served, tiny, build_variant, tmp_path_factory):
         {"name": "vamp", "audio": str(folder / "clip.wav"), "values": SETTINGS, "run": True,
          "screenshot": str(folder / "page.png")},
         {"name": "cancel", "audio": str(folder / "clip.wav"), "cancel": True},
+        {"name": "preview", "audio": str(folder / "clip.wav"), "preview": {
+            "preset": PREVIEW_PRESET, "values": PREVIEW_VALUES, "expect": preview_expected(tiny.path)}},
         {"name": "external data", "model": [str(p) for p in with_external_data(tiny.path, folder)]},
         {"name": "int8", "model": [str(build_variant("tiny:int8").path)], "audio": str(folder / "clip.wav"),
          "values": SETTINGS, "run": True},
@@ -184,6 +197,31 @@ def test_the_page_draws_codes_and_mask(page):
     assert canvas["colours"] > 50 and canvas["inked"] > 0.5, canvas  # three filled panels
     if SCREENSHOT:
         shutil.copy(page["folder"] / "page.png", SCREENSHOT)
+
+
+def test_the_page_previews_the_mask_live_from_the_preset_and_the_controls(page, tiny):
+    """The preview re-ran after the preset and the typed values (debounced, in the worker), and
+    shows the mask a full run uses, with the onsets the Python preview finds."""
+    result = page["preview"]
+    assert result["error"] is None and "previews" in result, result
+    preview = result["preview"]
+    assert preview["serial"] > result["previews"]["first"] >= 1  # a first preview, then a live one
+    controls = result["previews"]["controls"]
+    assert controls["input-periodic_prompt"] == "2" and controls["input-upper_codebook_mask"] == "2"
+
+    values = {k: int(v) if isinstance(v, str) else v for k, v in preview["values"].items()}
+    prepared = b64(preview["prepared"], np.float32)
+    session = ort.InferenceSession(str(tiny.path), providers=["CPUExecutionProvider"])
+    full = dict(zip(OUTPUTS, session.run(OUTPUTS, interface_feeds(prepared[None, :], **values))))
+    mask = b64(preview["mask"]["data"], np.int64).reshape(preview["mask"]["dims"])
+    np.testing.assert_array_equal(mask, full["mask_out"])
+    assert (mask[0, 2:] == 1).all() and (mask[0, :2] == 0).any()
+
+    python = mask_preview(Model(tiny.path), prepared, values)
+    assert preview["onsets"] == python.onsets and preview["beats"] == python.beats
+    assert preview["kept_pixels"] > 0 and preview["generated_pixels"] > preview["kept_pixels"]
+    assert (preview["onset_pixels"] > 0) == bool(python.onsets)
+    assert "% of the tokens kept" in preview["status"]
 
 
 def test_cancel_stops_the_run_and_reloads_the_model(page):

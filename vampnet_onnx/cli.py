@@ -50,6 +50,9 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
         description="VampNet as one ONNX model: audio in, new audio out.",
+        epilog="presets (vamp/mask/batch --preset NAME; a model without beat_mask_ms ignores it):\n"
+               + presets_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
@@ -98,6 +101,21 @@ def build_parser() -> ArgumentParser:
     i.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help=f"the .onnx model (default: {DEFAULT_MODEL}, else the demo's model)")
     i.set_defaults(func=info.cmd_info)
+
+    # ---- mask
+    k = sub.add_parser(
+        "mask", help="picture the mask `vamp` would use, without generating (onnxruntime only)",
+        description="Run the model with generate 0 (no codec, no generation: well under a second) on "
+                    "IN with the flags of `vamp`, and draw the mask it would use: codebooks over "
+                    "time, kept and generated tokens, note onsets and beats. Give `vamp` the same "
+                    "--seed and flags to generate with this mask.")
+    k.add_argument("input", metavar="IN", help="input audio file (WAV, FLAC, OGG, ...)")
+    k.add_argument("--plot", metavar="FILE.png", required=True, help="where to write the picture")
+    k.add_argument("-m", "--model", metavar="MODEL", default=None, help="the .onnx model (as for `vamp`)")
+    k.add_argument("--seed", type=_int_range(INT64_MIN, INT64_MAX), default=None, metavar="N",
+                   help="random seed (default: a random one, printed: pass it to `vamp`)")
+    add_model_flags(k)
+    k.set_defaults(func=cmd_mask)
 
     # ---- build
     b = sub.add_parser(

@@ -164,6 +164,11 @@ INPUTS: tuple[Input, ...] = (
     Input("onset_mask_width", "int64", 0, 0, MAX_ONSET_WIDTH,
           "keep the frames [o − W, o + W) around every note onset o of `audio` (0 = off; "
           "ignored with an explicit mask)"),
+    Input("generate", "int64", 1, 0, 1,
+          "0: only build the mask, a preview: `mask_out` as a full run's, the codec and both "
+          "generation stages skipped: `codes`, `coarse_codes` and `codes_out` hold the mask "
+          "token (vocab_size) and `audio_out` is silence, each of a full run's shape",
+          outside="any value other than 0 acts as 1"),
 )
 
 OUTPUTS: tuple[Output, ...] = (
@@ -182,14 +187,54 @@ OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
 BY_NAME = {i.name: i for i in INPUTS}
 PARAMETERS = tuple(i for i in INPUTS if i.is_parameter)
 DEFAULTS: dict[str, int | float] = {p.name: p.default for p in PARAMETERS}
-CONTROLS = tuple(p.name for p in PARAMETERS if p.name not in ("seed", "sample_rate"))
+CONTROLS = tuple(p.name for p in PARAMETERS if p.name not in ("seed", "sample_rate", "generate"))
 """The parameters that are controls of a run: a flag each, a keyword each of ``Model.vamp``
-(the seed has a flag and a keyword of its own; the sample rate is the input's own)."""
+(the seed has a flag and a keyword of its own; the sample rate is the input's own; `generate`
+is the preview's switch, set by `vampnet-onnx mask` and `Model.mask`)."""
 
 
 def defaults_json() -> str:
     """The parameters' defaults as the model's "defaults" metadata (JSON, name -> value)."""
     return json.dumps(DEFAULTS)
+
+
+# Upstream's app presets (app.py, change_preset): name -> the inputs each one sets. A model
+# without one of these inputs (beat_mask_ms came later) ignores that value (`preset_values`).
+PRESET_INPUTS = ("periodic_prompt", "upper_codebook_mask", "onset_mask_width", "dropout", "beat_mask_ms")
+PRESETS: dict[str, dict[str, int | float]] = {
+    name: dict(zip(PRESET_INPUTS, values)) for name, values in (
+        ("timbre transfer", (2, 1, 0, 0.0, 0.0)),
+        ("small variation", (5, 4, 0, 0.0, 0.0)),
+        ("small variation (follow beat)", (7, 4, 0, 0.0, 50.0)),
+        ("medium variation", (7, 4, 0, 0.0, 0.0)),
+        ("medium variation (follow beat)", (13, 4, 0, 0.0, 50.0)),
+        ("large variation", (13, 4, 0, 0.2, 0.0)),
+        ("large variation (follow beat)", (0, 4, 0, 0.0, 80.0)),
+        ("unconditional", (0, 1, 0, 0.0, 0.0)),
+    )
+}
+
+
+def preset_values(name: str, inputs=None) -> dict[str, int | float]:
+    """The inputs preset `name` sets, only those in `inputs` (a model's input names) when given.
+    An unknown name raises ValueError with a one-line message that lists the presets."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(map(repr, PRESETS))}")
+    return {k: v for k, v in PRESETS[name].items() if inputs is None or k in inputs}
+
+
+def presets_json() -> str:
+    """The presets as the model's "presets" metadata (JSON, name -> {input: value})."""
+    return json.dumps(PRESETS)
+
+
+def presets_markdown() -> str:
+    """The README's preset table (a test checks that the README holds exactly this)."""
+    rows = ["| preset | " + " | ".join(f"`{k}`" for k in PRESET_INPUTS) + " |",
+            "|---" * (len(PRESET_INPUTS) + 1) + "|"]
+    for name, values in PRESETS.items():
+        rows.append(f"| {name} | " + " | ".join(f"{values[k]:g}" for k in PRESET_INPUTS) + " |")
+    return "\n".join(rows)
 
 
 def _shape_text(shape: tuple) -> str:
@@ -220,3 +265,5 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":
     print(markdown_table())
+    print()
+    print(presets_markdown())

@@ -9,13 +9,19 @@ const DEMO_MODEL = new URL("../artifacts/demo/vampnet-tiny.onnx", location.href)
 const WASM_MEMORY_LIMIT = 4 * 2 ** 30;
 const CONTROLS = [
   ["seed", "seed"], ["periodic_prompt", "periodic prompt"], ["upper_codebook_mask", "upper codebook mask"],
+  ["onset_mask_width", "onset mask width"], ["beat_mask_ms", "beat mask (ms)"], ["dropout", "dropout"],
   ["prefix_s", "prefix (s)"], ["suffix_s", "suffix (s)"], ["sampling_steps", "sampling steps"],
   ["temperature", "temperature"], ["top_p", "top-p"],
 ];
+// The controls that change the mask: the preview runs again when one of them changes.
+const MASK_CONTROLS = new Set(["seed", "periodic_prompt", "upper_codebook_mask", "onset_mask_width",
+  "beat_mask_ms", "dropout", "prefix_s", "suffix_s"]);
+const PREVIEW_DELAY_MS = 250; // wait for a pause in typing
 const MAX_VARIATIONS = 16;
 
 const $ = (id) => document.getElementById(id);
-const state = { worker: null, source: null, model: null, audio: null, result: null, outputUrls: [] };
+const state = { worker: null, queue: Promise.resolve(), source: null, model: null, audio: null, result: null,
+  outputUrls: [], preview: null, previews: 0 };
 
 function setState(name) {
   document.body.dataset.state = name;
@@ -38,6 +44,7 @@ const firstLine = (e) => String(e?.message ?? e).split("\n").find((s) => s.trim(
 
 function startWorker() {
   state.worker?.terminate();
+  state.queue = Promise.resolve();
   state.worker = new Worker(new URL("./worker.mjs", import.meta.url), { type: "module" });
   state.worker.onerror = (event) => {
     event.preventDefault();
@@ -47,12 +54,17 @@ function startWorker() {
   return state.worker;
 }
 
-// One request to the worker; resolves with its reply, rejects with its error.
+// One request to the worker; resolves with its reply, rejects with its error. Requests wait for
+// the one before (a preview and a vamp share the worker).
 function ask(message, transfer = []) {
-  return new Promise((resolve, reject) => {
-    state.worker.onmessage = ({ data }) => (data.type === "error" ? reject(data) : resolve(data));
-    state.worker.postMessage(message, transfer);
-  });
+  const worker = state.worker;
+  const reply = state.queue.catch(() => {}).then(() => new Promise((resolve, reject) => {
+    if (worker !== state.worker) return reject({ stage: "cancelled", message: "cancelled" });
+    worker.onmessage = ({ data }) => (data.type === "error" ? reject(data) : resolve(data));
+    worker.postMessage(message, transfer);
+  }));
+  state.queue = reply;
+  return reply;
 }
 
 function memoryText(size) {
@@ -125,6 +137,7 @@ async function loadModel(source) {
   buildControls();
   setState("ready");
   updateRunButton();
+  schedulePreview();
 }
 
 function buildControls() {
@@ -136,7 +149,26 @@ function buildControls() {
     box.append(control(name, label, state.model.defaults[name]));
   }
   box.append(control("variations", "variations", 1));
+  let presets = {};
+  try {
+    presets = JSON.parse(state.model.metadata.presets ?? "{}");
+  } catch {}
+  const select = $("preset");
+  select.replaceChildren(new Option("(none)", ""), ...Object.keys(presets).map((name) => new Option(name, name)));
+  state.model.presets = presets;
 }
+
+// A preset fills the controls it names that this model has (one without beat_mask_ms ignores it).
+$("preset").addEventListener("change", (event) => {
+  for (const [name, value] of Object.entries(state.model?.presets[event.target.value] ?? {})) {
+    const input = $(`input-${name}`);
+    if (input) input.value = String(value);
+  }
+  schedulePreview();
+});
+$("controls").addEventListener("input", (event) => {
+  if (MASK_CONTROLS.has(event.target.id.slice("input-".length))) schedulePreview();
+});
 
 function control(name, label, value) {
   const wrap = document.createElement("label");
@@ -180,6 +212,7 @@ async function openAudio(file) {
   $("input-audio").src = URL.createObjectURL(file);
   $("input-audio").hidden = false;
   updateRunButton();
+  schedulePreview();
 }
 
 $("audio-file").addEventListener("change", (event) => event.target.files[0] && openAudio(event.target.files[0]));
@@ -293,6 +326,149 @@ function showResult() {
   drawCodes($("codes"), outputs.codes, outputs.mask_out, outputs.codes_out, rows > 1 ? " (variation 1)" : "");
 }
 
+// ---------------------------------------------------------------------------------- the mask preview
+
+// The mask Vamp would use, from the model's run with generate 0 (no codec, no generation: milliseconds),
+// with the onsets and beats read back from mask-only runs that isolate one prompt each, as
+// vampnet_onnx/preview.py does (docs/mask-preview.md says why that is exact).
+const KEPT = "#1f5fa8", GENERATED = "#f2b25c", ONSET = "#111111", BEAT = "#c0231b";
+const hasInput = (name) => state.model.inputs.some((i) => i.name === name);
+
+function schedulePreview() {
+  clearTimeout(state.previewTimer);
+  state.previewTimer = setTimeout(() => preview().catch(() => {}), PREVIEW_DELAY_MS);
+}
+
+/** Runs [a, b] (b inclusive) of kept frames (0) in codebook 0 of a (1, K, T) mask. */
+function keptRuns(mask) {
+  const row = mask.data.subarray(0, mask.dims[2]);
+  const runs = [];
+  for (let t = 0; t < row.length; t++) {
+    if (row[t] !== 0n) continue;
+    const a = t;
+    while (t + 1 < row.length && row[t + 1] === 0n) t++;
+    runs.push([a, t]);
+  }
+  return runs;
+}
+
+async function preview() {
+  const box = $("preview-box");
+  box.hidden = !(state.model && state.audio && hasInput("generate"));
+  if (box.hidden) return;
+  let values;
+  try {
+    ({ values } = readValues());
+  } catch (e) {
+    $("preview-status").textContent = `no preview: ${firstLine(e)}`;
+    return;
+  }
+  const serial = ++state.previews;
+  document.body.dataset.preview = "running";
+  let ms = 0; // the worker's time for the preview's runs (not the wait behind a vamp)
+  const maskOf = async (extra) => {
+    const reply = await ask({ type: "run", audio: state.audio.samples, rows: 1, values: { ...values, ...extra, generate: 0 } });
+    ms += reply.ms;
+    return reply.outputs.mask_out;
+  };
+  const K = Number(state.model.metadata.n_codebooks), hop = Number(state.model.metadata.hop_length);
+  const isolated = { rand_mask_intensity: 1, prefix_s: 0, suffix_s: 0, periodic_prompt: 0, dropout: 0, ncc: 0,
+    upper_codebook_mask: K, onset_mask_width: 0, beat_mask_ms: 0, time_stretch_factor: 1 };
+  try {
+    const mask = await maskOf({});
+    const stretch = Math.round(mask.dims[2] / Math.max(1, Math.ceil(state.audio.samples.length / hop)));
+    let onsets = [], beats = [];
+    if (Number(values.onset_mask_width) > 0) {
+      const runs = keptRuns(await maskOf({ ...isolated, onset_mask_width: 1 }));
+      onsets = runs.flatMap(([a, b]) => Array.from({ length: (b - a + 1) >> 1 }, (_, i) => (a + 1 + 2 * i) * stretch));
+    }
+    if (hasInput("beat_mask_ms") && Number(values.beat_mask_ms) > 0) {
+      const runs = keptRuns(await maskOf({ ...isolated, beat_mask_ms: (500 * hop) / SAMPLE_RATE }));
+      beats = runs.flatMap(([a, b]) => Array.from({ length: b - a + 1 }, (_, i) => (a + i) * stretch));
+    }
+    if (serial !== state.previews) return; // a newer preview is on its way
+    state.preview = { mask, onsets, beats, values, ms, serial };
+    const kept = drawPreview($("mask-preview"), mask, onsets, beats, SAMPLE_RATE / hop);
+    $("preview-status").textContent = `${Math.round(100 * kept)} % of the tokens kept, ${onsets.length} onsets, ` +
+      `${beats.length} beats (previewed in ${Math.round(ms)} ms)`;
+    document.body.dataset.preview = "shown";
+  } catch (e) {
+    if (e.stage === "cancelled" || serial !== state.previews) return;
+    $("preview-status").textContent = `no preview: ${e.message ?? firstLine(e)}`;
+    document.body.dataset.preview = "error";
+  }
+}
+
+/** Codebooks over time in seconds: kept and generated tokens, onsets (dashed) and beats; returns
+ * the fraction kept. */
+function drawPreview(canvas, mask, onsets, beats, frameRate) {
+  const [, K, T] = mask.dims;
+  const left = 28, rowH = 10, plotW = 760, top = 6, axisH = 30, legendH = 20;
+  canvas.width = left + plotW + 12;
+  canvas.height = top + K * rowH + axisH + legendH;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const x = (frame) => left + (frame / T) * plotW;
+  let keptCount = 0;
+  for (let k = 0; k < K; k++) {
+    const y = top + (K - 1 - k) * rowH; // codebook 0 at the bottom
+    for (let t = 0; t < T;) {
+      const value = mask.data[k * T + t];
+      let end = t + 1;
+      while (end < T && mask.data[k * T + end] === value) end++;
+      if (value === 0n) keptCount += end - t;
+      ctx.fillStyle = value === 0n ? KEPT : GENERATED;
+      ctx.fillRect(x(t), y, x(end) - x(t), rowH);
+      t = end;
+    }
+  }
+  const bottom = top + K * rowH;
+  const lines = (frames, colour, dash) => {
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = 1.5;
+    ctx.setLineDash(dash);
+    for (const f of frames) {
+      ctx.beginPath();
+      ctx.moveTo(Math.round(x(f)) + 0.5, top);
+      ctx.lineTo(Math.round(x(f)) + 0.5, bottom);
+      ctx.stroke();
+    }
+    ctx.setLineDash([]);
+  };
+  lines(onsets, ONSET, [4, 3]);
+  lines(beats, BEAT, []);
+  // axes: codebooks on the left, seconds below
+  ctx.fillStyle = "#222";
+  ctx.font = "10px sans-serif";
+  ctx.textAlign = "right";
+  for (let k = 0; k < K; k += K > 8 ? 2 : 1) ctx.fillText(String(k), left - 4, top + (K - k) * rowH - 1);
+  ctx.textAlign = "center";
+  const seconds = T / frameRate;
+  const step = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60, 120].find((s) => seconds / s <= 12) ?? 300;
+  for (let s = 0; s <= seconds + 1e-9; s += step) {
+    const px = x(s * frameRate);
+    ctx.fillRect(px, bottom, 1, 4);
+    ctx.fillText(`${Number(s.toFixed(1))}`, px, bottom + 14);
+  }
+  ctx.fillText("time (s)", left + plotW / 2, bottom + 26);
+  // legend
+  const kept = keptCount / (K * T);
+  const items = [[KEPT, `kept from the input (${Math.round(100 * kept)} %)`], [GENERATED, "generated"],
+    ...(onsets.length ? [[ONSET, "note onset (dashed)"]] : []), ...(beats.length ? [[BEAT, "beat"]] : [])];
+  ctx.textAlign = "left";
+  let lx = left;
+  const ly = bottom + axisH + 4;
+  for (const [colour, label] of items) {
+    ctx.fillStyle = colour;
+    ctx.fillRect(lx, ly, 12, 10);
+    ctx.fillStyle = "#222";
+    ctx.fillText(label, lx + 16, ly + 9);
+    lx += 24 + ctx.measureText(label).width;
+  }
+  return kept;
+}
+
 // ---------------------------------------------------------------------------------- the picture
 
 // A viridis-like ramp from dark blue through green to yellow.
@@ -346,6 +522,7 @@ window.vampnet = {
   get prepared() { return state.audio?.samples ?? null; },
   get result() { return state.result; },
   get outputUrls() { return state.outputUrls; },
+  get preview() { return state.preview; },
 };
 
 setState("starting");

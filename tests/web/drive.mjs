@@ -4,8 +4,10 @@
 //   node drive.mjs CHROMIUM URL SCENARIOS.json RESULTS.json
 //
 // A scenario: {name, model?: [files], audio?: file, values?: {input: value}, run?: bool,
-// cancel?: bool (start a run and cancel it), screenshot?: file, idle_ms?: wait before picking the
-// model, timeout_s?: for each step (300)}. Its result: the page's state, error and notice lines,
+// cancel?: bool (start a run and cancel it), preview?: {preset?, values?, expect} (wait for the
+// first mask preview, pick the preset, type the values, wait for the preview whose values include
+// `expect`), screenshot?: file, idle_ms?: wait before picking the model, timeout_s?: for each
+// step (300)}. Its result: the page's state, error and notice lines,
 // the times (ms since the epoch) at which each step began and ended, and after a run the page's
 // preprocessed audio, its outputs, the downloaded WAV and the canvas's pixels in numbers. A model
 // that does not open ends the scenario there (its error line is the result).
@@ -55,6 +57,25 @@ async function runScenario(page, scenario) {
   for (const [name, value] of Object.entries(opened ? scenario.values ?? {} : {})) {
     await page.$eval(`#input-${name}`, (e, v) => { e.value = v; }, String(value));
   }
+  let previews = null;
+  if (scenario.preview && opened) {
+    const shown = (want) => page.waitForFunction((w) => {
+      const p = window.vampnet.preview;
+      return document.body.dataset.preview === "shown" && p &&
+        Object.entries(w).every(([k, v]) => String(p.values[k]) === String(v));
+    }, { timeout, polling: 100 }, want);
+    await shown({});
+    const first = await page.evaluate(() => window.vampnet.preview.serial);
+    if (scenario.preview.preset) await page.select("#preset", scenario.preview.preset);
+    for (const [name, value] of Object.entries(scenario.preview.values ?? {})) {
+      await page.$eval(`#input-${name}`, (e, v) => {
+        e.value = v;
+        e.dispatchEvent(new Event("input", { bubbles: true }));
+      }, String(value));
+    }
+    await shown(scenario.preview.expect);
+    previews = { first, controls: await page.$$eval("#controls input", (es) => Object.fromEntries(es.map((e) => [e.id, e.value]))) };
+  }
   let ticks = [];
   if (scenario.run && opened) {
     times.run = Date.now();
@@ -86,6 +107,21 @@ async function runScenario(page, scenario) {
     const out = { state: document.body.dataset.state, error: text("error"), notice: text("notice"),
       model: text("model-status"),
       bodyText: document.body.innerText.length };
+    const p = window.vampnet.preview;
+    if (p) {
+      const canvas = document.getElementById("mask-preview");
+      const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      const count = (rgb) => {
+        let n = 0;
+        for (let i = 0; i < pixels.length; i += 4) n += pixels[i] === rgb[0] && pixels[i + 1] === rgb[1] && pixels[i + 2] === rgb[2];
+        return n;
+      };
+      out.preview = { mask: { dims: p.mask.dims, data: b64(p.mask.data) }, onsets: p.onsets, beats: p.beats,
+        values: p.values, serial: p.serial, ms: p.ms, prepared: b64(window.vampnet.prepared),
+        status: document.getElementById("preview-status").textContent,
+        kept_pixels: count([0x1f, 0x5f, 0xa8]), generated_pixels: count([0xf2, 0xb2, 0x5c]),
+        onset_pixels: count([0x11, 0x11, 0x11]) };
+    }
     const r = window.vampnet.result;
     if (r) {
       out.prepared = b64(window.vampnet.prepared);
@@ -108,6 +144,7 @@ async function runScenario(page, scenario) {
   });
   result.times = times;
   result.ticks = ticks;
+  if (previews) result.previews = previews;
   result.log = log;
   if (scenario.screenshot) {
     await page.setViewport({ width: 1000, height: 1000 });
