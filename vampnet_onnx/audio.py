@@ -22,6 +22,7 @@ All user-facing problems raise :class:`AudioError` with a one-line message.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import tempfile
@@ -245,6 +246,23 @@ def check_writable_folder(folder: str | os.PathLike) -> None:
         os.unlink(tmp)
 
 
+def os_error_text(err: OSError) -> str:
+    """An OSError in words; a full disk (or quota) says what to do about it."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{err.strerror or 'no space left on device'} (free some space or write elsewhere)"
+    return err.strerror or one_line(err)
+
+
+def flush_to_disk(path: Path) -> None:
+    """fsync ``path``: a disk that fills up while the data is flushed (delayed allocation, network
+    file systems) raises here, before the file is renamed into place, not after."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -272,7 +290,11 @@ class AtomicOutputs:
         os.close(fd)
         tmp_path = Path(tmp)
         self._pending.append((tmp_path, dest))
-        write(tmp_path)
+        try:
+            write(tmp_path)
+            flush_to_disk(tmp_path)
+        except OSError as e:
+            raise AudioError(f"cannot write {dest}: {os_error_text(e)}") from e
         with contextlib.suppress(OSError):
             os.chmod(tmp_path, 0o666 & ~_umask())
         return dest
@@ -321,14 +343,24 @@ def atomic_writer() -> Iterator[AtomicOutputs]:
 
 def write_audio_file(tmp: Path, data: np.ndarray, rate: int, fmt: str, subtype: str,
                      dest: Path | None = None) -> None:
-    """Write ``data`` (frames, channels) to ``tmp`` with an explicit format; AudioError on failure."""
+    """Write ``data`` (frames, channels) to ``tmp`` with an explicit format; AudioError on failure.
+
+    The file is encoded in memory and then written with Python's I/O: libsndfile reports a failed
+    write (a full disk) only as "System error.", Python with its reason.
+    """
     import soundfile as sf
 
+    name = dest if dest is not None else tmp
+    encoded = io.BytesIO()
     try:
-        sf.write(str(tmp), data, rate, format=fmt, subtype=subtype)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as e:
-        name = dest if dest is not None else tmp
+        sf.write(encoded, data, rate, format=fmt, subtype=subtype)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioError(f"cannot write {name} ({fmt}/{subtype}, {rate} Hz): {one_line(e)}") from e
+    try:
+        with open(tmp, "wb") as f:
+            f.write(encoded.getbuffer())
+    except OSError as e:
+        raise AudioError(f"cannot write {name}: {os_error_text(e)}") from e
 
 
 def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, *,

@@ -18,7 +18,7 @@ writes the same bytes (onnxruntime's float results depend on its thread count).
 Workers. Ray actors (the single model is stateless and self-contained, so any Ray worker can run
 any file): each loads one onnxruntime session once, with ``--threads`` intra-op threads (default
 1), and reserves that many CPUs. Without ``--ray`` a local Ray is started on this machine and shut
-down at the end; ``--ray ADDRESS`` joins an existing cluster (IN_DIR, OUT_DIR and the model must
+down at the end, also when the driver is killed (``watch_local_ray``); ``--ray ADDRESS`` joins an existing cluster (IN_DIR, OUT_DIR and the model must
 then be at the same paths on every node, e.g. a shared file system, and vampnet-onnx installed
 there). Ray is the optional ``cluster`` extra and is imported only here, only when ``batch`` runs.
 
@@ -191,19 +191,79 @@ def import_ray():
     return ray
 
 
-def start_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address``, or start a local Ray on this machine; quietly."""
+def start_ray(address: str | None, num_cpus: int | None = None) -> str | None:
+    """Join the cluster at ``address``, or start a local Ray on this machine; quietly. Returns the
+    session folder of the local Ray it started (None when it joined a cluster)."""
     ray = import_ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     try:
         if address:
             ray.init(address=address, **quiet)
-        else:
-            ray.init(address="local", num_cpus=num_cpus, **quiet)
+            return None
+        context = ray.init(address="local", num_cpus=num_cpus, **quiet)
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise UsageError(f"cannot start or join {where}: {one_line(e)}") from e
+    return context.address_info.get("session_dir")
+
+
+# The local Ray that `batch` starts lives and dies with it: never reused by a later run. Ray ties
+# its GCS, raylet and workers to the driver (they die with it, even on kill -9), but not the
+# raylet's agents, which linger a minute or more after a killed driver. So a watchdog process,
+# in its own session (a Ctrl-C to the terminal does not reach it), waits for the driver's end,
+# however it came, and then kills every process that still holds a file of that Ray's session
+# folder open.
+_WATCHDOG = """
+import sys
+sys.stdin.buffer.read()  # returns at EOF: the driver has exited, or was killed
+from vampnet_onnx.batch import kill_processes_using
+kill_processes_using(sys.argv[1])
+"""
+
+
+def watch_local_ray(session_dir: str | None) -> None:
+    """Start the watchdog for the local Ray whose session folder is ``session_dir`` (Linux: it
+    reads /proc; elsewhere it does nothing)."""
+    import subprocess
+
+    if not session_dir or not Path("/proc/self/fd").is_dir():
+        return
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, session_dir], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    _WATCHDOGS.append(watchdog)  # its stdin stays open until this process ends
+
+
+_WATCHDOGS: list = []
+
+
+def kill_processes_using(folder: str) -> list[int]:
+    """SIGKILL every other process (of those this user may inspect) with an open file, or its
+    working folder, inside ``folder``; returns their PIDs."""
+    import signal
+
+    prefix = os.path.join(os.path.realpath(folder), "")
+    killed = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and any(
+                os.path.join(path, "").startswith(prefix) for path in _open_paths(int(entry))):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+    return killed
+
+
+def _open_paths(pid: int) -> list[str]:
+    """The working folder and the targets of the open file descriptors of process ``pid``."""
+    links = [f"/proc/{pid}/cwd"]
+    with contextlib.suppress(OSError):
+        links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+    paths = []
+    for link in links:
+        with contextlib.suppress(OSError):
+            paths.append(os.readlink(link))
+    return paths
 
 
 def run(jobs: list[Job], *, model: str, threads: int, workers: int | None, options: dict[str, Any] | None = None,
@@ -381,7 +441,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         started = not ray.is_initialized()
         if started:
             want = (args.workers or 0) * args.threads
-            start_ray(args.ray, num_cpus=max(os.cpu_count() or 1, want) if not args.ray else None)
+            watch_local_ray(start_ray(args.ray, num_cpus=max(os.cpu_count() or 1, want) if not args.ray else None))
         n_workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads)
         progress = Progress(todo, RateCache(args.model, args.threads).get(), min(n_workers, len(todo)))
         options = {"variations": args.variations, **controls(args)}

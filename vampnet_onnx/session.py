@@ -169,11 +169,13 @@ class Session:
     """An onnxruntime session on a vampnet-onnx model: its interface, metadata and ``run``.
 
     ``threads``: intra-op threads (None or 0: onnxruntime's default). ``providers``: execution
-    providers (default CPU only).
+    providers (default CPU only). ``release_memory``: hand onnxruntime's CPU memory arena back
+    to the system at the end of every run, instead of keeping it at the peak of the largest run
+    for the next one (docs/reliability.md measures both).
     """
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, release_memory: bool = False) -> None:
         import onnxruntime as ort
 
         p = Path(path)
@@ -195,6 +197,7 @@ class Session:
             raise ModelError(f"cannot load model {p}: {one_line(e)}") from e
         self.path = p
         self.threads = int(threads or 0)
+        self.release_memory = release_memory
         self.inputs = {i.name: TensorInfo(i.name, i.type, tuple(i.shape)) for i in self.session.get_inputs()}
         self.outputs = {o.name: TensorInfo(o.name, o.type, tuple(o.shape)) for o in self.session.get_outputs()}
         meta = self.session.get_modelmeta()
@@ -282,6 +285,8 @@ class Session:
         feed = self.feeds(audio, **inputs)
         run_options = ort.RunOptions()
         run_options.log_severity_level = 4  # a terminated run is reported once, by the caller
+        if self.release_memory:
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         result: dict[str, Any] = {}
         done = threading.Event()
 
