@@ -52,13 +52,22 @@ SAMPLE_RATE = 44100  # VampNet's codec rate
 MAX_SEMITONES = 12  # upstream's UI range, −12 … +12
 LOWPASS_WIDTH = 6  # torchaudio Resample defaults: zero crossings of the sinc, and roll-off
 ROLLOFF = 0.99
-PHASE_BITS = 32  # fixed point of the phase accumulation: 2^-32 rad, |phase| < 2^31 rad
+# Integer arithmetic stays OpenVINO-safe: its CPU plugin holds int64 as int32 (wrapping at 2^31)
+# and divides integers through float32 (exact below 2^24). So every integer here stays below 2^31,
+# and a division has a dividend below 2^24 or an exact multiple of the divisor (a power of two).
+PHASE_LIMBS = (11, 11)  # the phase sum (units 2^-24 rad) in limbs of 11, 11 and the remaining bits
 # torch's float32 arange computes vectorised chunks of ARANGE_LANES values from a float32 base
 # (and the tail past the last whole pair of chunks one by one); measured equal to torch 2.13's
 # CPU arange bit for bit (tests/test_pitch.py checks it).
 ARANGE_LANES = 8
-# rates r = k·2^-53 with k < 2^54, split as k = hi·2^27 + lo so that step·hi and step·lo fit int64
-RATE_SHIFT = 27
+DIGIT_BITS = 10  # exact products i·r as 8 base-2^10 digits of i·r·2^53 (r·2^53 is a 54-bit integer)
+DIGITS = 8
+MAX_STEPS = 1 << 19
+_LAST_CARRY = [DIGITS - 1]
+_DIGIT_SCALES = [2.0 ** (-DIGIT_BITS * j) for j in range(DIGITS - 2)]  # the 6 digits of a 45-bit float
+_POWERS_1_20 = [1 << b for b in range(1, 21)]  # ⌊log2 q⌋ for q < 2^21 by comparisons
+_POWERS_0_22 = [1 << b for b in range(23)]
+_ULPS = [2.0 ** (b - 24) for b in range(23)]  # time steps (≈ 2 min of audio at +12) up to which the digit and limb sums are exact
 PI, HALF_PI, TWO_PI = math.pi, math.pi / 2, 2 * math.pi
 
 
@@ -92,10 +101,11 @@ def phase_advance(hop: int, n_freq: int) -> np.ndarray:
 class ShiftTable:
     """Per-semitone constants, row n + 12 for n in [−12, 12] (row 12, n = 0, is never used)."""
 
-    rate_hi: np.ndarray  # int64: stretch rate · 2^53 = hi · 2^27 + lo
-    rate_lo: np.ndarray
+    rate_digits: np.ndarray  # int64 (25, DIGITS): stretch rate · 2^53 in base 2^10, least significant first
     orig: np.ndarray  # int64: resampling rates over their gcd
     new: np.ndarray
+    orig_256: np.ndarray  # int64 (25, 2): ⌊256·orig / new⌋ and 256·orig mod new
+    new_256: np.ndarray  # int64 (25, 2): ⌊256·new / orig⌋ and 256·new mod orig
     time_scale: np.ndarray  # float32: sinc time per unit of (j·new − n·orig)
     weight_scale: np.ndarray  # float32: base_freq / orig, torchaudio's kernel scale
     taps: tuple[int, int]  # input offsets [first, last] around ⌊n·orig/new⌋ that can have a weight
@@ -110,11 +120,13 @@ class ShiftTable:
         # output sample m sits at input position m·orig/new; weights are non-zero within
         # LOWPASS_WIDTH·orig/base input samples of it
         reach = max(LOWPASS_WIDTH * o / b for (o, w), b in zip(pairs, base))
+        assert max(max(o, w) for o, w in pairs) < 2**17  # the resampler's products stay below 2^31
         return cls(
-            rate_hi=np.array([kk >> RATE_SHIFT for kk in k], np.int64),
-            rate_lo=np.array([kk & ((1 << RATE_SHIFT) - 1) for kk in k], np.int64),
+            rate_digits=np.array([[kk >> (DIGIT_BITS * d) & ((1 << DIGIT_BITS) - 1) for d in range(DIGITS)] for kk in k], np.int64),
             orig=np.array([o for o, w in pairs], np.int64),
             new=np.array([w for o, w in pairs], np.int64),
+            orig_256=np.array([divmod(256 * o, w) for o, w in pairs], np.int64),
+            new_256=np.array([divmod(256 * w, o) for o, w in pairs], np.int64),
             time_scale=np.array([b / (o * w) for (o, w), b in zip(pairs, base)], np.float32),
             weight_scale=np.array([b / o for (o, w), b in zip(pairs, base)], np.float32),
             taps=(-math.floor(reach), math.floor(reach) + 1),
@@ -127,38 +139,120 @@ class ShiftTable:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def round_fixed(whole: INT64["N"], sticky: INT64["N"]) -> FLOAT["N"]:
-    """float32(v) for v = whole·2^-26 + ε, 0 <= ε < 2^-26 (sticky = 1 iff ε > 0), correctly rounded.
-
-    Valid for v = 0 or v >= 0.5: there float32's grid and its midpoints are multiples of 2^-25, so
-    2·whole + sticky (units of 2^-27) rounds to the same float as v; the int64 → float32 Cast
-    rounds to nearest even, and the scaling by 2^-27 is exact.
-    """
-    return op.Cast(whole * 2 + sticky, to=FLOAT.dtype) * op.Constant(value_float=2.0**-27)
+def floor_div(x: INT64["N"], y: INT64) -> INT64["N"]:
+    """⌊x / y⌋ for 0 <= x < 2^31, 0 < y, quotient < 2^23: a float32 estimate corrected by one step
+    with exact products (int64 Div goes through float32 in OpenVINO, inexact above 2^24)."""
+    q = op.Cast(op.Floor(op.Cast(x, to=FLOAT.dtype) / op.Cast(y, to=FLOAT.dtype)), to=INT64.dtype)
+    r = x - q * y
+    return q - op.Cast(r < 0, to=INT64.dtype) + op.Cast(r >= y, to=INT64.dtype)
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def time_steps(frames: INT64, rate_hi: INT64, rate_lo: INT64) -> FLOAT["T"]:
-    """torch.arange(0, frames, r, dtype=float32) on CPU, bit for bit, for r = (hi·2^27 + lo)·2^-53.
+def carry_once(c: INT64["N", "D"]) -> INT64["N", "D"]:
+    """One carry pass over base-2^10 digits (least significant first); keeps the value."""
+    low = op.BitwiseAnd(c, op.Constant(value_int=1023))
+    carry = (c - low) / 1024  # an exact multiple of 1024
+    return low + op.Pad(op.Slice(carry, [0], _LAST_CARRY, [1]), op.Constant(value_ints=[0, 1, 0, 0]))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def carry_4(c: INT64["N", "D"]) -> INT64["N", "D"]:
+    return carry_once(carry_once(carry_once(carry_once(c))))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def normalise_digits(c: INT64["N", "D"]) -> INT64["N", "D"]:
+    """Digits in [0, 1024): 3 passes bring digits below 2^30 to at most 1025, then a carry can
+    ripple through at most DIGITS positions (16 passes in all)."""
+    return carry_4(carry_4(carry_4(carry_4(c))))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def rate_multiples(count: INT64["N"], rate_digits: INT64["D"]) -> INT64["N", "D"]:
+    """Digits (not normalised) of count·r·2^53 for count < 2^20: each product is below 2^30."""
+    return op.Unsqueeze(count, [1]) * op.Unsqueeze(rate_digits, [0])
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def float_digits(x: FLOAT["N"]) -> INT64["N", "D"]:
+    """Digits of x·2^53 for a float32 x in [0, 2^21) that is a multiple of 2^-24 (x >= 0.5 or 0).
+
+    v = x·2^24 is an integer below 2^45, exact in float32; its base-2^10 digits are
+    ⌊v / 2^10j⌋ − 1024·⌊v / 2^10(j+1)⌋, exact float32 operations (powers of two, Floor, and a
+    subtraction of two values within a factor of two). x·2^53 = v·2^29 = Σ_j (512·digit_j)·2^10(j+2).
+    """
+    v = op.Unsqueeze(x * op.Constant(value_float=2.0**24), [1])
+    whole = op.Floor(v * op.Constant(value_floats=_DIGIT_SCALES))
+    digits = whole - op.Floor(whole * op.Constant(value_float=1 / 1024)) * op.Constant(value_float=1024.0)
+    return op.Pad(op.Cast(digits * op.Constant(value_float=512.0), to=INT64.dtype), op.Constant(value_ints=[0, 2, 0, 0]))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def whole_part(p: INT64["N", "D"]) -> INT64["N"]:
+    """⌊P·2^-53⌋ of normalised digits P: bit 53 is bit 3 of digit 5."""
+    return (
+        op.Gather(p, 5, axis=1) / 8
+        + op.Gather(p, 6, axis=1) * op.Constant(value_int=128)
+        + op.Gather(p, 7, axis=1) * op.Constant(value_int=131072)
+    )
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def round_digits(c: INT64["N", "D"]) -> FLOAT["N"]:
+    """float32(P·2^-53), correctly rounded (to nearest, ties to even), for P·2^-53 = 0 or in
+    [0.5, 2^21) given as base-2^10 digits (any digits below 2^30).
+
+    x = q + f with q = ⌊x⌋ < 2^21. For q >= 1, float32 keeps 23 − e fraction bits (e = ⌊log2 q⌋):
+    the 24 fraction bits f24 = ⌊f·2^24⌋ lose their s = e + 1 lowest, rounded by those bits and
+    a sticky bit for everything below 2^-24. q + kept·2^(e−23) has at most 24 significant bits,
+    so the final float32 sum is exact. For q = 0 (x in [0.5, 1)) all 24 bits stay, rounded by
+    the bit 2^-25 and the sticky bit below it.
+    """
+    p = normalise_digits(c)
+    p0 = op.Gather(p, 0, axis=1)
+    p1 = op.Gather(p, 1, axis=1)
+    p2 = op.Gather(p, 2, axis=1)
+    p3 = op.Gather(p, 3, axis=1)
+    p4 = op.Gather(p, 4, axis=1)
+    q = whole_part(p)
+    f24 = op.BitwiseAnd(op.Gather(p, 5, axis=1), op.Constant(value_int=7)) * op.Constant(value_int=2097152) + p4 * 2048 + p3 * 2 + p2 / 512
+    sticky24 = op.BitwiseAnd(p2, op.Constant(value_int=511)) + p1 + p0 > 0
+    thresholds = op.Constant(value_ints=_POWERS_1_20)
+    e = op.ReduceSum(op.Cast(op.Unsqueeze(q, [1]) >= op.Unsqueeze(thresholds, [0]), to=INT64.dtype), [1], keepdims=0)
+    step = op.Gather(op.Constant(value_ints=_POWERS_0_22), e + 1)  # 2^s
+    kept = f24 / step
+    rest = f24 - kept * step
+    half = step / 2
+    odd = op.BitwiseAnd(kept, op.Constant(value_int=1)) == 1
+    up = op.Or(rest > half, op.And(rest == half, op.Or(sticky24, odd)))
+    ulp = op.Gather(op.Constant(value_floats=_ULPS), e + 1)  # 2^(e − 23)
+    large = op.Cast(q, to=FLOAT.dtype) + op.Cast(kept + op.Cast(up, to=INT64.dtype), to=FLOAT.dtype) * ulp
+    guard = op.BitwiseAnd(p2 / 256, op.Constant(value_int=1)) == 1
+    sticky25 = op.BitwiseAnd(p2, op.Constant(value_int=255)) + p1 + p0 > 0
+    up_small = op.And(guard, op.Or(sticky25, op.BitwiseAnd(f24, op.Constant(value_int=1)) == 1))
+    small = op.Cast(f24 + op.Cast(up_small, to=INT64.dtype), to=FLOAT.dtype) * op.Constant(value_float=2.0**-24)
+    return op.Where(q > 0, large, small)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def time_steps(frames: INT64, rate_digits: INT64["D"]) -> FLOAT["T"]:
+    """torch.arange(0, frames, r, dtype=float32) on CPU, bit for bit, for r = Σ digit_d·2^(10d − 53).
 
     torch computes chunks of ARANGE_LANES values as float32(base + k·r) from base = float32(i0·r)
     (i0 the chunk's first index, k < ARANGE_LANES), and the values past the last whole pair of
-    chunks as float32(i·r). Every product is exact here: i·r·2^26 = i·hi + i·lo·2^-27, split into
-    its integer part and a sticky bit, then rounded once (round_fixed).
+    chunks as float32(i·r). Both are exact digit sums rounded once (round_digits); the count is
+    the number of i with ⌊i·r⌋ < frames (torch: ceil(frames / r)). Exact for frames < 2^19.
     """
-    scale = op.Constant(value_int=1 << RATE_SHIFT)
-    # count: the i >= 0 with i·r < frames (torch: ceil(frames / r)); r >= 1/2, so i < 2·frames + 2
+    # r >= 1/2, so i < 2·frames + 2
     candidates = op.Range(op.Constant(value_int=0), frames * 2 + 2, op.Constant(value_int=1))
-    floor26 = candidates * rate_hi + candidates * rate_lo / scale  # ⌊i·r·2^26⌋
-    count = op.ReduceSum(op.Cast(floor26 < frames * op.Constant(value_int=1 << 26), to=INT64.dtype), keepdims=0)
+    whole = whole_part(normalise_digits(rate_multiples(candidates, rate_digits)))
+    count = op.ReduceSum(op.Cast(whole < frames, to=INT64.dtype), keepdims=0)
     i = op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1))
     lanes = op.Constant(value_int=ARANGE_LANES)
     vectorised = count / (lanes * 2) * (lanes * 2)
     first = op.Where(i < vectorised, i / lanes * lanes, i)
-    base = round_fixed(first * rate_hi + first * rate_lo / scale, op.Cast(op.Mod(first * rate_lo, scale) > 0, to=INT64.dtype))
-    k = i - first
-    whole = op.Cast(base * op.Constant(value_float=2.0**26), to=INT64.dtype) + k * rate_hi + k * rate_lo / scale
-    return round_fixed(whole, op.Cast(op.Mod(k * rate_lo, scale) > 0, to=INT64.dtype))
+    base = round_digits(rate_multiples(first, rate_digits))
+    return round_digits(float_digits(base) + rate_multiples(i - first, rate_digits))
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -177,14 +271,43 @@ def angle(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "T",
 
 
 @onnxscript.script(vampnet, default_opset=op)
+def phase_limbs(x: FLOAT["B", "T", "K"]) -> (INT64["B", "T", "K"], INT64["B", "T", "K"], INT64["B", "T", "K"]):
+    """u = round(x·2^24) (|x| < 128, so |u| < 2^31) as u = top·2^22 + mid·2^11 + low, with
+    0 <= mid, low < 2^11; every float32 step is exact (powers of two, Floor, and subtractions whose
+    result has at most 23 significant bits)."""
+    u = op.Round(x * op.Constant(value_float=2.0**24))
+    top = op.Floor(u * op.Constant(value_float=2.0**-22))
+    rest = u - top * op.Constant(value_float=2.0**22)
+    mid = op.Floor(rest * op.Constant(value_float=2.0**-11))
+    low = rest - mid * op.Constant(value_float=2.0**11)
+    return op.Cast(top, to=INT64.dtype), op.Cast(mid, to=INT64.dtype), op.Cast(low, to=INT64.dtype)
+
+
+@onnxscript.script(vampnet, default_opset=op)
 def accumulate_phase(first: FLOAT["B", 1, "K"], increments: FLOAT["B", "T", "K"]) -> FLOAT["B", "T", "K"]:
-    """phase[t] = first + Σ_{u<t} increments[u], summed exactly in int64 fixed point (2^-32 rad)
-    and rounded once to float32, as torch's CPU cumsum (double accumulator) does."""
-    up = op.Constant(value_float=float(2**PHASE_BITS))
-    fixed_first = op.Cast(op.Round(first * up), to=INT64.dtype)
-    fixed = op.Cast(op.Round(increments * up), to=INT64.dtype)
-    total = op.CumSum(fixed, op.Constant(value_int=1), exclusive=1) + fixed_first
-    return op.Cast(total, to=FLOAT.dtype) * op.Constant(value_float=2.0**-PHASE_BITS)
+    """phase[t] = first + Σ_{u<t} increments[u], as torch's CPU cumsum (float32 summed in double,
+    each output rounded once to float32), from increments quantised to 2^-24 rad.
+
+    The quantised values are summed exactly in three integer limbs (each partial sum below 2^31
+    for fewer than 2^19 steps), carried, and rounded once: top·2^-2 is exact while the phase is
+    below 2^22 rad and mid·2^-13 + low·2^-24 has 22 bits, so the float32 sum of the two rounds
+    the exact total. A float32 CumSum instead drifts by many ulps over thousands of frames.
+    """
+    f_top, f_mid, f_low = phase_limbs(first)
+    top, mid, low = phase_limbs(increments)
+    axis = op.Constant(value_int=1)
+    low = op.CumSum(low, axis, exclusive=1) + f_low
+    mid = op.CumSum(mid, axis, exclusive=1) + f_mid
+    top = op.CumSum(top, axis, exclusive=1) + f_top
+    mask = op.Constant(value_int=2047)
+    low_bits = op.BitwiseAnd(low, mask)
+    mid = mid + (low - low_bits) / 2048  # exact multiples of 2^11
+    mid_bits = op.BitwiseAnd(mid, mask)
+    top = top + (mid - mid_bits) / 2048
+    fraction = op.Cast(mid_bits, to=FLOAT.dtype) * op.Constant(value_float=2.0**-13) + op.Cast(low_bits, to=FLOAT.dtype) * op.Constant(
+        value_float=2.0**-24
+    )
+    return op.Cast(top, to=FLOAT.dtype) * op.Constant(value_float=0.25) + fraction
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,10 +349,11 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
     inv_sin_table = _tensor("pitch_inv_sin_table", (2 * np.sin(2 * np.pi * m / n_fft) / n_fft).astype(np.float32))
     inv_weight = _tensor("pitch_inv_weight", np.array([1.0] + [2.0] * half, np.float32)[:, None])
     advance = _tensor("pitch_phase_advance", phase_advance(hop, n_freq))
-    rate_hi = _tensor("pitch_rate_hi", table.rate_hi)
-    rate_lo = _tensor("pitch_rate_lo", table.rate_lo)
+    rate_digits = _tensor("pitch_rate_digits", table.rate_digits)
     orig_rate = _tensor("pitch_orig_rate", table.orig)
     new_rate = _tensor("pitch_new_rate", table.new)
+    orig_256 = _tensor("pitch_orig_256", table.orig_256)
+    new_256 = _tensor("pitch_new_256", table.new_256)
     time_scale = _tensor("pitch_time_scale", table.time_scale)
     weight_scale = _tensor("pitch_weight_scale", table.weight_scale)
 
@@ -303,7 +427,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
     def phase_vocoder(re: FLOAT["B", "F", "K"], im: FLOAT["B", "F", "K"], row: INT64) -> (FLOAT["B", "T", "K"], FLOAT["B", "T", "K"]):
         """torchaudio.functional.phase_vocoder(spec, rate, phase_advance) for table row `row`."""
         F = op.Shape(re, start=1, end=2)
-        steps = time_steps(op.Squeeze(F), op.Gather(op.Constant(value=rate_hi), row), op.Gather(op.Constant(value=rate_lo), row))
+        steps = time_steps(op.Squeeze(F), op.Gather(op.Constant(value=rate_digits), row, axis=0))
         whole = op.Floor(steps)
         alpha = op.Unsqueeze(steps - whole, [1])  # (T, 1)
         index = op.Cast(whole, to=INT64.dtype)
@@ -336,11 +460,29 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         orig = op.Gather(op.Constant(value=orig_rate), row)
         new = op.Gather(op.Constant(value=new_rate), row)
         L = op.Squeeze(op.Shape(audio, start=1, end=2))
-        produced = (new * L + orig - 1) / orig
+        # produced = ceil(new·L / orig), and for output m = a·new + p (p < new) the input position
+        # m·orig/new = a·orig + (p·orig)/new. p·orig and (L mod orig)·new can pass 2^31 (OpenVINO
+        # holds int64 as int32), so they are split at 256: 256·orig = c·new + r from the table.
+        whole = L / orig
+        rest = op.Reshape(L - whole * orig, [1])
+        n_quot = op.Gather(op.Gather(op.Constant(value=new_256), row, axis=0), 0)
+        n_rem = op.Gather(op.Gather(op.Constant(value=new_256), row, axis=0), 1)
+        rest_high = rest / 256
+        partial = rest_high * n_rem + (rest - rest_high * 256) * new  # < 2^26
+        produced = whole * new + rest_high * n_quot + floor_div(partial + orig - 1, orig)
         m = op.Range(0, out_length, 1)  # (S,)
-        centre = op.Unsqueeze(m * orig / new, [1])
-        j = centre + op.Unsqueeze(op.Range(first_tap, last_tap + 1, 1), [0])  # (S, taps)
-        offset = j * new - op.Unsqueeze(m * orig, [1])  # exact; |offset| < 2^24 where the weight is non-zero
+        a = m / new
+        p = m - a * new
+        o_quot = op.Gather(op.Gather(op.Constant(value=orig_256), row, axis=0), 0)
+        o_rem = op.Gather(op.Gather(op.Constant(value=orig_256), row, axis=0), 1)
+        p_high = p / 256
+        partial_p = p_high * o_rem + (p - p_high * 256) * orig  # < 2^27
+        k = floor_div(partial_p, new)
+        c = p_high * o_quot + k  # ⌊p·orig / new⌋
+        residual = partial_p - k * new  # p·orig − c·new, in [0, new)
+        d = op.Unsqueeze(op.Range(first_tap, last_tap + 1, 1), [0])  # (1, taps)
+        j = op.Unsqueeze(a * orig + c, [1]) + d  # (S, taps): input samples around m·orig/new
+        offset = d * new - op.Unsqueeze(residual, [1])  # = j·new − m·orig, exact
         t = op.Cast(offset, to=FLOAT.dtype) * op.Gather(op.Constant(value=time_scale), row)
         zero = op.Constant(value_float=0.0)
         pi_t = t * op.Constant(value_float=PI)
