@@ -29,14 +29,21 @@ How each step is written, and why:
 - The time steps reproduce torch's float32 arange bit for bit (see `time_steps`): an ulp of t_i
   moves α by up to 2^-10 at t ≈ 5000.
 - angle() is atan2 built from Atan (ONNX has none), with the quadrant fixed by the signs.
-- The phase accumulation is an exact int64 sum of the float32 increments in fixed point
-  (2^-32 rad), rounded once to float32, like torch's CPU cumsum (float32 summed in double). A
-  float32 CumSum drifts by many ulps over thousands of frames, and the phases reach ~10^5 rad,
-  where one float32 ulp is 0.008 rad.
+- The phase accumulation sums the float32 increments, quantised to 2^-24 rad, exactly in integer
+  limbs and rounds once to float32, like torch's CPU cumsum (float32 summed in double). A float32
+  CumSum drifts by many ulps over thousands of frames, and the phases reach ~10^5 rad, where one
+  float32 ulp is 0.008 rad.
 - The resampler gathers, for each output sample, the input samples whose sinc weight is non-zero
   (at most 26 at these rates) instead of torchaudio's (new × (2·width + orig)) convolution kernel,
   which is gigabytes for some shifts. Weights are computed in the graph in float32 from an exact
   integer time offset; the 25 rate pairs are a build-time table indexed by the semitone.
+- Integers stay OpenVINO-exact: its CPU plugin holds int64 as int32 and divides through float32.
+  So no integer passes 2^31 and no division has a dividend above 2^24 unless it is an exact
+  multiple of a power-of-two divisor; products that would pass 2^31 are done in base-2^10 digits
+  (time steps), 11-bit limbs (phase) or split at 256 (resampler). Limits: the time steps are exact
+  for fewer than 2^19 frames (S < 11 million samples, 4 minutes); the phase sum is exact below
+  2^22 rad (the top bin passes it after ~15 s at +12 semitones, ~60 s at −12) and within one
+  float32 ulp beyond, where that ulp is already 0.5 rad in torch's own float32 phase.
 """
 import math
 from dataclasses import dataclass
@@ -62,7 +69,6 @@ PHASE_LIMBS = (11, 11)  # the phase sum (units 2^-24 rad) in limbs of 11, 11 and
 ARANGE_LANES = 8
 DIGIT_BITS = 10  # exact products i·r as 8 base-2^10 digits of i·r·2^53 (r·2^53 is a 54-bit integer)
 DIGITS = 8
-MAX_STEPS = 1 << 19
 _LAST_CARRY = [DIGITS - 1]
 _DIGIT_SCALES = [2.0 ** (-DIGIT_BITS * j) for j in range(DIGITS - 2)]  # the 6 digits of a 45-bit float
 _POWERS_1_20 = [1 << b for b in range(1, 21)]  # ⌊log2 q⌋ for q < 2^21 by comparisons
@@ -291,7 +297,8 @@ def accumulate_phase(first: FLOAT["B", 1, "K"], increments: FLOAT["B", "T", "K"]
     The quantised values are summed exactly in three integer limbs (each partial sum below 2^31
     for fewer than 2^19 steps), carried, and rounded once: top·2^-2 is exact while the phase is
     below 2^22 rad and mid·2^-13 + low·2^-24 has 22 bits, so the float32 sum of the two rounds
-    the exact total. A float32 CumSum instead drifts by many ulps over thousands of frames.
+    the exact total (beyond 2^22 rad, within one ulp). A float32 CumSum instead drifts by many
+    ulps over thousands of frames.
     """
     f_top, f_mid, f_low = phase_limbs(first)
     top, mid, low = phase_limbs(increments)
