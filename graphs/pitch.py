@@ -154,6 +154,16 @@ def floor_div(x: INT64["N"], y: INT64) -> INT64["N"]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
+def dft_index(first_row: INT64, end_row: INT64, columns: INT64, n: INT64) -> INT64["R", "C"]:
+    """(r·c) mod n for rows r in [first_row, end_row) and columns c in [0, columns): the indices of
+    a DFT basis in a table of n values. (Reshape rather than Unsqueeze: ONNX shape inference's data
+    propagation gives the product of two Unsqueezed constant Ranges a wrong rank.)"""
+    rows = op.Reshape(op.Range(first_row, end_row, op.Constant(value_int=1)), op.Constant(value_ints=[-1, 1]))
+    cols = op.Reshape(op.Range(op.Constant(value_int=0), columns, op.Constant(value_int=1)), op.Constant(value_ints=[1, -1]))
+    return op.Mod(rows * cols, n)
+
+
+@onnxscript.script(vampnet, default_opset=op)
 def carry_once(c: INT64["N", "D"]) -> INT64["N", "D"]:
     """One carry pass over base-2^10 digits (least significant first); keeps the value."""
     low = op.BitwiseAnd(c, op.Constant(value_int=1023))
@@ -382,10 +392,8 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         tail = op.Slice(framed, op.Constant(value_ints=[n_fft - 1]), op.Constant(value_ints=[half]), [2], [-1])
         u = head + op.Pad(tail, op.Constant(value_ints=[0, 0, 1, 0, 0, 0]))
         v = op.Slice(head, [1], op.Constant(value_ints=[n_freq]), [2]) - tail  # (B, F, half)
-        k = op.Range(0, n_freq, 1)
-        cos_basis = op.Gather(op.Constant(value=cos_table), op.Mod(op.Unsqueeze(k, [1]) * op.Unsqueeze(k, [0]), n_fft), axis=0)
-        sin_index = op.Mod(op.Unsqueeze(op.Range(1, n_freq, 1), [1]) * op.Unsqueeze(k, [0]), n_fft)
-        sin_basis = op.Gather(op.Constant(value=neg_sin_table), sin_index, axis=0)  # (half, K)
+        cos_basis = op.Gather(op.Constant(value=cos_table), dft_index(0, n_freq, n_freq, n_fft), axis=0)  # (K, K)
+        sin_basis = op.Gather(op.Constant(value=neg_sin_table), dft_index(1, n_freq, n_freq, n_fft), axis=0)  # (half, K)
         return op.MatMul(u, cos_basis), op.MatMul(v, sin_basis)
 
     @onnxscript.script(vampnet, default_opset=op)
@@ -410,11 +418,10 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
     @onnxscript.script(vampnet, default_opset=op)
     def istft(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "L"]:
         """torch.istft(spec, n_fft, hop) (rectangular window, centred, no length): (B, hop·(T − 1) + 1)."""
-        k = op.Range(0, n_freq, 1)
-        cos_index = op.Mod(op.Unsqueeze(k, [1]) * op.Unsqueeze(k, [0]), n_fft)
-        cos_basis = op.Gather(op.Constant(value=inv_cos_table), cos_index, axis=0) * op.Constant(value=inv_weight)
-        pos = op.Range(1, n_freq, 1)
-        sin_basis = op.Gather(op.Constant(value=inv_sin_table), op.Mod(op.Unsqueeze(pos, [1]) * op.Unsqueeze(pos, [0]), n_fft), axis=0)
+        cos_basis = op.Gather(op.Constant(value=inv_cos_table), dft_index(0, n_freq, n_freq, n_fft), axis=0) * op.Constant(value=inv_weight)
+        # rows k = 1 .. half, columns m = 1 .. half: the (half + 1)-column grid without column 0
+        sin_index = op.Slice(dft_index(1, n_freq, n_freq, n_fft), [1], op.Constant(value_ints=[n_freq]), [1])
+        sin_basis = op.Gather(op.Constant(value=inv_sin_table), sin_index, axis=0)
         c = op.MatMul(re, cos_basis)  # (B, T, K): the cosine half of x[m] = x[N − m], m = 0 .. half
         s = op.MatMul(op.Slice(im, [1], op.Constant(value_ints=[n_freq]), [2]), sin_basis)  # (B, T, half), m >= 1
         front = c - op.Pad(s, op.Constant(value_ints=[0, 0, 1, 0, 0, 0]))  # x[0 .. half]

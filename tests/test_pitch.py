@@ -205,3 +205,17 @@ def test_openvino_matches_onnxruntime():
     for semitones in (5, -11, 12):
         got = compiled({"in0": audio, "in1": np.array(semitones, np.int64)})[compiled.outputs[0]]
         assert np.abs(got - shift(audio, semitones)).max() <= ATOL
+
+
+def test_inlined_model_passes_strict_shape_inference():
+    """The shipped model is inlined and typed by ONNX shape inference with data propagation
+    (graphs/portable.py: ship); an error there would leave the If's outputs untyped."""
+    import onnx
+    import onnx.inliner
+
+    from tests.graph_helpers import function_model
+    from vampnet_onnx.graphs.portable import make_portable
+
+    audio = test_signal(1, 2000, seed=8)
+    model = onnx.inliner.inline_local_functions(make_portable(function_model(P.pitch_shift, audio, np.int64(5))))
+    onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
