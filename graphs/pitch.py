@@ -62,7 +62,6 @@ ROLLOFF = 0.99
 # Integer arithmetic stays OpenVINO-safe: its CPU plugin holds int64 as int32 (wrapping at 2^31)
 # and divides integers through float32 (exact below 2^24). So every integer here stays below 2^31,
 # and a division has a dividend below 2^24 or an exact multiple of the divisor (a power of two).
-PHASE_LIMBS = (11, 11)  # the phase sum (units 2^-24 rad) in limbs of 11, 11 and the remaining bits
 # torch's float32 arange computes vectorised chunks of ARANGE_LANES values from a float32 base
 # (and the tail past the last whole pair of chunks one by one); measured equal to torch 2.13's
 # CPU arange bit for bit (tests/test_pitch.py checks it).
@@ -72,8 +71,8 @@ DIGITS = 8
 _LAST_CARRY = [DIGITS - 1]
 _DIGIT_SCALES = [2.0 ** (-DIGIT_BITS * j) for j in range(DIGITS - 2)]  # the 6 digits of a 45-bit float
 _POWERS_1_20 = [1 << b for b in range(1, 21)]  # ⌊log2 q⌋ for q < 2^21 by comparisons
-_POWERS_0_22 = [1 << b for b in range(23)]
-_ULPS = [2.0 ** (b - 24) for b in range(23)]  # time steps (≈ 2 min of audio at +12) up to which the digit and limb sums are exact
+_POWERS_0_22 = [1 << b for b in range(23)]  # 2^s, the low bits dropped from the fraction
+_ULPS = [2.0 ** (b - 24) for b in range(23)]  # float32 ulp 2^(e − 23) at index e + 1
 PI, HALF_PI, TWO_PI = math.pi, math.pi / 2, 2 * math.pi
 
 
@@ -128,7 +127,7 @@ class ShiftTable:
         reach = max(LOWPASS_WIDTH * o / b for (o, w), b in zip(pairs, base))
         assert max(max(o, w) for o, w in pairs) < 2**17  # the resampler's products stay below 2^31
         return cls(
-            rate_digits=np.array([[kk >> (DIGIT_BITS * d) & ((1 << DIGIT_BITS) - 1) for d in range(DIGITS)] for kk in k], np.int64),
+            rate_digits=np.array([[kk >> (DIGIT_BITS * d) & 1023 for d in range(DIGITS)] for kk in k], np.int64),
             orig=np.array([o for o, w in pairs], np.int64),
             new=np.array([w for o, w in pairs], np.int64),
             orig_256=np.array([divmod(256 * o, w) for o, w in pairs], np.int64),
@@ -158,8 +157,9 @@ def dft_index(first_row: INT64, end_row: INT64, columns: INT64, n: INT64) -> INT
     """(r·c) mod n for rows r in [first_row, end_row) and columns c in [0, columns): the indices of
     a DFT basis in a table of n values. (Reshape rather than Unsqueeze: ONNX shape inference's data
     propagation gives the product of two Unsqueezed constant Ranges a wrong rank.)"""
-    rows = op.Reshape(op.Range(first_row, end_row, op.Constant(value_int=1)), op.Constant(value_ints=[-1, 1]))
-    cols = op.Reshape(op.Range(op.Constant(value_int=0), columns, op.Constant(value_int=1)), op.Constant(value_ints=[1, -1]))
+    one = op.Constant(value_int=1)
+    rows = op.Reshape(op.Range(first_row, end_row, one), op.Constant(value_ints=[-1, 1]))
+    cols = op.Reshape(op.Range(op.Constant(value_int=0), columns, one), op.Constant(value_ints=[1, -1]))
     return op.Mod(rows * cols, n)
 
 
@@ -200,7 +200,8 @@ def float_digits(x: FLOAT["N"]) -> INT64["N", "D"]:
     v = op.Unsqueeze(x * op.Constant(value_float=2.0**24), [1])
     whole = op.Floor(v * op.Constant(value_floats=_DIGIT_SCALES))
     digits = whole - op.Floor(whole * op.Constant(value_float=1 / 1024)) * op.Constant(value_float=1024.0)
-    return op.Pad(op.Cast(digits * op.Constant(value_float=512.0), to=INT64.dtype), op.Constant(value_ints=[0, 2, 0, 0]))
+    shifted = op.Cast(digits * op.Constant(value_float=512.0), to=INT64.dtype)
+    return op.Pad(shifted, op.Constant(value_ints=[0, 2, 0, 0]))
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -231,7 +232,8 @@ def round_digits(c: INT64["N", "D"]) -> FLOAT["N"]:
     p3 = op.Gather(p, 3, axis=1)
     p4 = op.Gather(p, 4, axis=1)
     q = whole_part(p)
-    f24 = op.BitwiseAnd(op.Gather(p, 5, axis=1), op.Constant(value_int=7)) * op.Constant(value_int=2097152) + p4 * 2048 + p3 * 2 + p2 / 512
+    p5_low = op.BitwiseAnd(op.Gather(p, 5, axis=1), op.Constant(value_int=7))
+    f24 = p5_low * op.Constant(value_int=2097152) + p4 * 2048 + p3 * 2 + p2 / 512
     sticky24 = op.BitwiseAnd(p2, op.Constant(value_int=511)) + p1 + p0 > 0
     thresholds = op.Constant(value_ints=_POWERS_1_20)
     e = op.ReduceSum(op.Cast(op.Unsqueeze(q, [1]) >= op.Unsqueeze(thresholds, [0]), to=INT64.dtype), [1], keepdims=0)
@@ -321,9 +323,8 @@ def accumulate_phase(first: FLOAT["B", 1, "K"], increments: FLOAT["B", "T", "K"]
     mid = mid + (low - low_bits) / 2048  # exact multiples of 2^11
     mid_bits = op.BitwiseAnd(mid, mask)
     top = top + (mid - mid_bits) / 2048
-    fraction = op.Cast(mid_bits, to=FLOAT.dtype) * op.Constant(value_float=2.0**-13) + op.Cast(low_bits, to=FLOAT.dtype) * op.Constant(
-        value_float=2.0**-24
-    )
+    fraction = op.Cast(mid_bits, to=FLOAT.dtype) * op.Constant(value_float=2.0**-13)
+    fraction = fraction + op.Cast(low_bits, to=FLOAT.dtype) * op.Constant(value_float=2.0**-24)
     return op.Cast(top, to=FLOAT.dtype) * op.Constant(value_float=0.25) + fraction
 
 
@@ -386,14 +387,16 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         t = op.Unsqueeze(op.Range(0, op.Squeeze(F), 1), [1])
         index = t + op.Unsqueeze(op.Range(0, blocks, 1), [0])  # (F, blocks)
         framed = op.Gather(op.Reshape(x, shape), index, axis=1)  # (B, F, blocks, hop)
-        framed = op.Reshape(framed, op.Concat(op.Shape(framed, start=0, end=2), op.Constant(value_ints=[blocks * hop]), axis=0))
+        frames_shape = op.Concat(op.Shape(framed, start=0, end=2), op.Constant(value_ints=[blocks * hop]), axis=0)
+        framed = op.Reshape(framed, frames_shape)
         # folded DFT: u = [y0, y1 + y(N−1), ..., y(half) + y(half+1)], v[m] = y[m] − y[N − m]
         head = op.Slice(framed, [0], op.Constant(value_ints=[n_freq]), [2])  # y[0 .. half]
         tail = op.Slice(framed, op.Constant(value_ints=[n_fft - 1]), op.Constant(value_ints=[half]), [2], [-1])
         u = head + op.Pad(tail, op.Constant(value_ints=[0, 0, 1, 0, 0, 0]))
         v = op.Slice(head, [1], op.Constant(value_ints=[n_freq]), [2]) - tail  # (B, F, half)
         cos_basis = op.Gather(op.Constant(value=cos_table), dft_index(0, n_freq, n_freq, n_fft), axis=0)  # (K, K)
-        sin_basis = op.Gather(op.Constant(value=neg_sin_table), dft_index(1, n_freq, n_freq, n_fft), axis=0)  # (half, K)
+        sin_index = dft_index(1, n_freq, n_freq, n_fft)
+        sin_basis = op.Gather(op.Constant(value=neg_sin_table), sin_index, axis=0)  # (half, K)
         return op.MatMul(u, cos_basis), op.MatMul(v, sin_basis)
 
     @onnxscript.script(vampnet, default_opset=op)
@@ -412,13 +415,15 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         x = op.Pad(x, op.Constant(value_ints=[0, 0, 0, 0, 0, 0, blocks, 0]))  # (B, blocks, T + blocks, hop)
         x = op.Reshape(x, op.Concat(B, op.Constant(value_ints=[-1, hop]), axis=0))
         x = op.Slice(x, [0], (T + blocks - 1) * blocks, [1])
-        x = op.Reshape(x, op.Concat(B, op.Constant(value_ints=[blocks]), T + blocks - 1, op.Constant(value_ints=[hop]), axis=0))
+        skewed = op.Concat(B, op.Constant(value_ints=[blocks]), T + blocks - 1, op.Constant(value_ints=[hop]), axis=0)
+        x = op.Reshape(x, skewed)
         return op.Reshape(op.ReduceSum(x, [1], keepdims=0), op.Concat(B, op.Constant(value_ints=[-1]), axis=0))
 
     @onnxscript.script(vampnet, default_opset=op)
     def istft(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "L"]:
         """torch.istft(spec, n_fft, hop) (rectangular window, centred, no length): (B, hop·(T − 1) + 1)."""
-        cos_basis = op.Gather(op.Constant(value=inv_cos_table), dft_index(0, n_freq, n_freq, n_fft), axis=0) * op.Constant(value=inv_weight)
+        cos_basis = op.Gather(op.Constant(value=inv_cos_table), dft_index(0, n_freq, n_freq, n_fft), axis=0)
+        cos_basis = cos_basis * op.Constant(value=inv_weight)
         # rows k = 1 .. half, columns m = 1 .. half: the (half + 1)-column grid without column 0
         sin_index = op.Slice(dft_index(1, n_freq, n_freq, n_fft), [1], op.Constant(value_ints=[n_freq]), [1])
         sin_basis = op.Gather(op.Constant(value=inv_sin_table), sin_index, axis=0)
@@ -438,7 +443,9 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         return op.Slice(y, op.Constant(value_ints=[half]), length + half, [1]) / envelope
 
     @onnxscript.script(vampnet, default_opset=op)
-    def phase_vocoder(re: FLOAT["B", "F", "K"], im: FLOAT["B", "F", "K"], row: INT64) -> (FLOAT["B", "T", "K"], FLOAT["B", "T", "K"]):
+    def phase_vocoder(
+        re: FLOAT["B", "F", "K"], im: FLOAT["B", "F", "K"], row: INT64
+    ) -> (FLOAT["B", "T", "K"], FLOAT["B", "T", "K"]):
         """torchaudio.functional.phase_vocoder(spec, rate, phase_advance) for table row `row`."""
         F = op.Shape(re, start=1, end=2)
         steps = time_steps(op.Squeeze(F), op.Gather(op.Constant(value=rate_digits), row, axis=0))
@@ -459,7 +466,8 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         phase = phase + advance_k
         acc = accumulate_phase(op.Slice(phases, [0], [1], [1]), phase)
         one = op.Constant(value_float=1.0)
-        mag = alpha * op.Gather(norms_padded, index + 1, axis=1) + (one - alpha) * op.Gather(norms_padded, index, axis=1)
+        norm_0 = op.Gather(norms_padded, index, axis=1)
+        mag = alpha * op.Gather(norms_padded, index + 1, axis=1) + (one - alpha) * norm_0
         return mag * op.Cos(acc), mag * op.Sin(acc)
 
     @onnxscript.script(vampnet, default_opset=op)
@@ -500,7 +508,8 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         t = op.Cast(offset, to=FLOAT.dtype) * op.Gather(op.Constant(value=time_scale), row)
         zero = op.Constant(value_float=0.0)
         pi_t = t * op.Constant(value_float=PI)
-        sinc = op.Where(t == zero, op.Constant(value_float=1.0), op.Sin(pi_t) / op.Where(t == zero, op.Constant(value_float=1.0), pi_t))
+        one = op.Constant(value_float=1.0)
+        sinc = op.Where(t == zero, one, op.Sin(pi_t) / op.Where(t == zero, one, pi_t))
         window = op.Cos(t * op.Constant(value_float=window_rate))
         weight = sinc * window * window * op.Gather(op.Constant(value=weight_scale), row)
         inside = op.And(op.And(op.Abs(t) < op.Constant(value_float=float(LOWPASS_WIDTH)), j >= 0), j < L)

@@ -201,7 +201,8 @@ def test_openvino_matches_onnxruntime():
     audio = test_signal(2, 20000, seed=7)
     model = onnx.inliner.inline_local_functions(function_model(P.pitch_shift, audio, np.int64(5)))
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    read = core.read_model(model.SerializeToString(), b"")
+    compiled = core.compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     for semitones in (5, -11, 12):
         got = compiled({"in0": audio, "in1": np.array(semitones, np.int64)})[compiled.outputs[0]]
         assert np.abs(got - shift(audio, semitones)).max() <= ATOL
