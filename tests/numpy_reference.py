@@ -10,6 +10,7 @@ Sections:
     2. Masks         (graphs/masks.py)
     3. Stages        (graphs/stages.py: chunking, time stretch, feedback)
     4. Preprocessing (graphs/preprocess.py: julius resampling, audiotools loudness)
+    5. Pitch shift   (graphs/pitch.py: torch-pitch-shift's pitch_shift, in numpy float32)
 """
 from __future__ import annotations
 
@@ -522,3 +523,100 @@ def preprocess(x: np.ndarray, rate: int, model_rate: int = 44100) -> np.ndarray:
     y = y * 10 ** ((-24.0 - loudness(y, model_rate, float32_coefficients=True))[:, None] / 20)
     peak = np.abs(y).max(1, keepdims=True)
     return (y / np.where(peak > 1, peak, 1)).astype(np.float32)
+# 5. Pitch shift (graphs/pitch.py): torch-pitch-shift 1.2.5's pitch_shift, step by step as torch
+#    and torchaudio compute it (np.fft in place of torch's FFT, float64 resampling kernel)
+# ============================================================================================
+
+
+def torch_arange_f32(end: int, step: float, lanes: int = 8) -> np.ndarray:
+    """torch.arange(0, end, step, dtype=float32) on CPU: chunks of `lanes` values computed as
+    float32(float32(i0·step) + k·step), the tail past the last whole pair of chunks as float32(i·step)."""
+    count = math.ceil(end / step)
+    i = np.arange(count, dtype=np.int64)
+    first = np.where(i < count // (2 * lanes) * (2 * lanes), i // lanes * lanes, i)
+    base = (first * step).astype(np.float32).astype(np.float64)
+    return (base + (i - first) * step).astype(np.float32)
+
+
+def torch_linspace_f32(end: float, steps: int) -> np.ndarray:
+    """torch.linspace(0, end, steps) in float32 (CPU): each value rounded once from the float32 step."""
+    end32 = np.float32(end)
+    step = np.float64(np.float32(end32 / np.float32(steps - 1)))
+    i = np.arange(steps)
+    return np.where(i < steps // 2, i * step, np.float64(end32) - step * (steps - 1 - i)).astype(np.float32)
+
+
+def phase_vocoder(spec: np.ndarray, rate: float, advance: np.ndarray) -> np.ndarray:
+    """torchaudio.functional.phase_vocoder on (B, K, F) complex64, accumulating in float64 like
+    torch's CPU cumsum."""
+    steps = torch_arange_f32(spec.shape[-1], rate)
+    alphas = np.fmod(steps, np.float32(1.0))
+    phase_0 = np.angle(spec[..., :1])
+    spec = np.pad(spec, ((0, 0), (0, 0), (0, 2)))
+    index = steps.astype(np.int64)
+    s0, s1 = spec[..., index], spec[..., index + 1]
+    two_pi = np.float32(2 * math.pi)
+    phase = np.angle(s1) - np.angle(s0) - advance
+    phase = phase - two_pi * np.round(phase / two_pi)
+    phase = phase + advance
+    phase = np.concatenate([phase_0, phase[..., :-1]], axis=-1)
+    acc = np.cumsum(phase.astype(np.float64), axis=-1).astype(np.float32)
+    mag = alphas * np.abs(s1) + (np.float32(1) - alphas) * np.abs(s0)
+    return (mag * np.cos(acc) + 1j * (mag * np.sin(acc))).astype(np.complex64)
+
+
+def torchaudio_resample(x: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
+    """torchaudio.functional.resample (sinc_interp_hann, width 6, roll-off 0.99) of (B, L) float32,
+    each output sample summed over its kernel row (weights in float64 rounded to float32, as
+    torchaudio's kernel), computed only where the row can be non-zero."""
+    g = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // g, new_freq // g
+    base = min(orig, new) * 0.99
+    width = math.ceil(6 * orig / base)
+    L = x.shape[-1]
+    n = np.arange(math.ceil(new * L / orig))
+    i, p = n // new, n % new
+    # kernel row p, column c (0 <= c < 2·width + orig) reads input sample i·orig + c − width, zero
+    # outside [0, L); row p is non-zero only within width + 1 columns of width + p·orig/new
+    c = (p * orig // new + width)[:, None] + np.arange(-width - 1, width + 2)[None]
+    t = (-p[:, None] / new + (c - width) / orig) * base
+    t = np.clip(t, -6, 6)
+    window = np.cos(t * math.pi / 6 / 2) ** 2
+    t = t * math.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kernel = np.where(t == 0, 1.0, np.sin(t) / t) * window * (base / orig)
+    kernel = kernel.astype(np.float32)
+    j = i[:, None] * orig + c - width
+    valid = (c >= 0) & (c < 2 * width + orig) & (j >= 0) & (j < L)
+    samples = np.where(valid, x[:, np.clip(j, 0, L - 1)], 0).astype(np.float32)
+    return np.einsum("bnt,nt->bn", samples.astype(np.float64), kernel.astype(np.float64)).astype(np.float32)
+
+
+def pitch_shift(audio: np.ndarray, semitones: int, sample_rate: int = 44100) -> np.ndarray:
+    """torch-pitch-shift's pitch_shift(audio[:, None], shift=n, sample_rate)[:, 0] for (B, S) float32."""
+    audio = np.asarray(audio, np.float32)
+    if semitones == 0:
+        return audio.copy()
+    B, S = audio.shape
+    shift = 2.0 ** (float(semitones) / 12)
+    n_fft = sample_rate // 64
+    hop = n_fft // 32
+    half = n_fft // 2
+    x = np.pad(audio, ((0, 0), (half, half)), mode="reflect")
+    F = 1 + (x.shape[1] - n_fft) // hop
+    frames = x[:, np.arange(F)[:, None] * hop + np.arange(n_fft)[None]]
+    spec = np.fft.rfft(frames, axis=-1).astype(np.complex64).transpose(0, 2, 1)  # (B, K, F)
+    advance = torch_linspace_f32(math.pi * hop, n_fft // 2 + 1)[:, None]
+    spec = phase_vocoder(spec, float(1 / shift), advance)
+    T = spec.shape[-1]
+    frames = np.fft.irfft(spec.transpose(0, 2, 1), n=n_fft, axis=-1).astype(np.float32)  # (B, T, n_fft)
+    y = np.zeros((B, n_fft + hop * (T - 1)), np.float32)
+    envelope = np.zeros(y.shape[1], np.float32)
+    for t in range(T):
+        y[:, t * hop:t * hop + n_fft] += frames[:, t]
+        envelope[t * hop:t * hop + n_fft] += 1
+    y = y[:, half:-half] / envelope[half:-half]
+    y = torchaudio_resample(y, sample_rate, int(sample_rate / shift))
+    if y.shape[1] >= S:
+        return y[:, :S]
+    return np.pad(y, ((0, 0), (0, S - y.shape[1])))
