@@ -218,3 +218,26 @@ def test_inlined_model_passes_strict_shape_inference():
     audio = test_signal(1, 2000, seed=8)
     model = onnx.inliner.inline_local_functions(make_portable(function_model(P.pitch_shift, audio, np.int64(5))))
     onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+
+
+# ------------------------------------------------------------------------------ in the model
+
+
+@pytest.mark.parametrize("case", ["tiny_pitch_up3", "tiny_pitch_down5"])
+def test_the_model_encodes_the_shifted_audio_as_upstream(tiny, case):
+    """Upstream's app: preprocess, shift the pitch, encode (which preprocesses the shifted audio
+    again). The model's input codes with `pitch_shift` equal upstream's token for token."""
+    import json
+
+    import onnxruntime as ort
+
+    from conftest import app_case
+    from vampnet_onnx.session import interface_feeds
+
+    g = app_case(case)
+    semitones = json.loads(str(g["meta"]))["semitones"]
+    session = ort.InferenceSession(str(tiny.path), providers=["CPUExecutionProvider"])
+    feeds = interface_feeds(g["input_audio"], sample_rate=int(g["input_sr"]), pitch_shift=semitones,
+                            sampling_steps=1, c2f_sampling_steps=1)  # the codes are the encoder's
+    codes = session.run(["codes"], feeds)[0]
+    np.testing.assert_array_equal(codes, g["codes"])

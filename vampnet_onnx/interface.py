@@ -102,6 +102,7 @@ MAX_FEEDBACK_STEPS = 8
 MAX_TIME_STRETCH = 8
 MIN_SAMPLE_RATE = 1000  # Hz; the graph clamps `sample_rate` to this range
 MAX_SAMPLE_RATE = 384000
+MAX_PITCH_SHIFT = 12  # semitones, as upstream's app offers
 MAX_ONSET_WIDTH = 1 << 24  # frames; any width beyond the input keeps all of it anyway
 
 INPUTS: tuple[Input, ...] = (
@@ -164,6 +165,10 @@ INPUTS: tuple[Input, ...] = (
     Input("onset_mask_width", "int64", 0, 0, MAX_ONSET_WIDTH,
           "keep the frames [o − W, o + W) around every note onset o of `audio` (0 = off; "
           "ignored with an explicit mask)"),
+    Input("pitch_shift", "int64", 0, -MAX_PITCH_SHIFT, MAX_PITCH_SHIFT,
+          "semitones the preprocessed input is shifted by before it is encoded (0 = off); the "
+          "codec and the onset prompt hear the shifted audio, as in upstream's app (docs/pitch-shift.md)",
+          upstream="pitch shift amount"),
     Input("generate", "int64", 1, 0, 1,
           "0: only build the mask, a preview: `mask_out` as a full run's, the codec and both "
           "generation stages skipped: `codes`, `coarse_codes` and `codes_out` hold the mask "
