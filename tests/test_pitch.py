@@ -1,21 +1,26 @@
 """graphs/pitch.py: torch-pitch-shift's pitch_shift as a graph function.
 
 Against upstream's app fixtures (golden-app/tiny_pitch_*.npz), against the numpy reference
-(tests/numpy_reference.py, section 4) for other shifts and lengths, against torch itself for the
+(tests/numpy_reference.py, section 5) for other shifts and lengths, against torch itself for the
 pieces torch has (stft, istft, arange, linspace), and in the ONNX reference evaluator.
 torchaudio is not installed (no build matches torch 2.13), so the phase vocoder and the resampler
 are checked through the numpy reference, which reproduces the fixtures as closely as torch does.
+In the model, the input codes of the shifted audio are compared with upstream's.
 """
+import json
 import math
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
+from conftest import app_case
 from tests.graph_helpers import run_function
 
 import tests.numpy_reference as ref
 from vampnet_onnx.graphs import pitch as P
+from vampnet_onnx.session import interface_feeds
 
 SHIFTER = P.SHIFTER
 N_FFT, HOP = SHIFTER.n_fft, SHIFTER.hop
@@ -227,13 +232,6 @@ def test_inlined_model_passes_strict_shape_inference():
 def test_the_model_encodes_the_shifted_audio_as_upstream(tiny, case):
     """Upstream's app: preprocess, shift the pitch, encode (which preprocesses the shifted audio
     again). The model's input codes with `pitch_shift` equal upstream's token for token."""
-    import json
-
-    import onnxruntime as ort
-
-    from conftest import app_case
-    from vampnet_onnx.session import interface_feeds
-
     g = app_case(case)
     semitones = json.loads(str(g["meta"]))["semitones"]
     session = ort.InferenceSession(str(tiny.path), providers=["CPUExecutionProvider"])
