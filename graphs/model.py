@@ -43,6 +43,7 @@ class GraphConfig:
     # codec_window_frames of VampNet's codec
     codec_window: int = 760  # frames each window keeps
     codec_overlap: int = 19  # frames read either side, >= the codec's receptive field
+    adapters: int = 0  # fine-tunes the transformers hold besides the base model (docs/adapters.md)
 
     def __post_init__(self):
         if self.codec_window < 1 or self.codec_overlap < 0:
@@ -77,6 +78,7 @@ def main_graph(config: GraphConfig):
     COARSE_CHUNK, C2F_CHUNK = config.coarse_chunk, config.c2f_chunk
     N_CODEBOOKS, WINDOW, OVERLAP = config.n_codebooks, config.codec_window, config.codec_overlap
     FRAME_RATE = float(np.float32(config.frame_rate))
+    ADAPTERS = config.adapters
     onset_mask = make_onset_detector(config.sample_rate, config.hop_length).onset_mask
 
     @onnxscript.script(default_opset=op)
@@ -105,6 +107,7 @@ def main_graph(config: GraphConfig):
         feedback_steps: INT64[1],
         time_stretch_factor: INT64[1],
         onset_mask_width: INT64[1],
+        adapter: INT64[1],
     ) -> tuple[
         FLOAT["B", "S_out"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"]
     ]:
@@ -136,16 +139,17 @@ def main_graph(config: GraphConfig):
         stretch = op.Clip(scalar(time_stretch_factor), 1, MAX_TIME_STRETCH)
         row_codes = stretch_time(input_codes, stretch)
         row_mask = stretch_mask(input_mask, stretch)
+        fine_tune = op.Clip(scalar(adapter), 0, ADAPTERS)
         row_coarse = coarse_stage(
             row_codes, row_mask, derive_key(root, STREAM_COARSE), derive_key(root, STREAM_FEEDBACK),
             op.Clip(scalar(feedback_steps), 1, MAX_FEEDBACK_STEPS), op.Constant(value_int=COARSE_CHUNK), n_coarse,
             op.Clip(scalar(sampling_steps), 1, MAX_STEPS), scalar(temperature), scalar(mask_temperature),
-            scalar(top_p), scalar(sample_cutoff),
+            scalar(top_p), scalar(sample_cutoff), fine_tune,
         )
         row_out = c2f_stage(
             row_coarse, row_mask, derive_key(root, STREAM_C2F), op.Constant(value_int=C2F_CHUNK), n_coarse,
             op.Clip(scalar(c2f_sampling_steps), 1, MAX_STEPS), scalar(c2f_temperature),
-            scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff),
+            scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff), fine_tune,
         )
         samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S
         # the outputs are named after these variables

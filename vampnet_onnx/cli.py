@@ -170,9 +170,10 @@ def _parameter_type(p):
     return _float_range(p.low, p.high)
 
 
-# (input name, argparse type, help) for every parameter of the model except seed, from the table
+# (input name, argparse type, help) for every parameter of the model except seed, from the table;
+# --adapter takes a name too (the model's metadata maps it to the index: model_feeds)
 PARAM_FLAGS: list[tuple[str, Any, str]] = [
-    (p.name, _parameter_type(p), p.help) for p in PARAMETERS if p.name != "seed"
+    (p.name, str if p.name == "adapter" else _parameter_type(p), p.help) for p in PARAMETERS if p.name != "seed"
 ]
 
 
@@ -188,7 +189,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """The mask and sampling flags (one per model input); shared by `vamp` and `batch`."""
     g = parser.add_argument_group("mask and sampling (model inputs)")
     for name, typ, text in PARAM_FLAGS:
-        metavar = "N" if BY_NAME[name].is_int else "X"
+        metavar = "NAME" if name == "adapter" else "N" if BY_NAME[name].is_int else "X"
         g.add_argument(*FLAG_ALIASES.get(name, ()), _flag(name), dest=name, type=typ, default=None,
                        metavar=metavar, help=f"{text} (default: {BY_NAME[name].default})")
 
@@ -257,8 +258,11 @@ def build_parser() -> ArgumentParser:
     b.add_argument("--codec", metavar="F", help="codec checkpoint (codec.pth)")
     b.add_argument("--coarse", metavar="F", help="coarse transformer checkpoint (coarse.pth)")
     b.add_argument("--c2f", metavar="F", help="coarse-to-fine transformer checkpoint (c2f.pth)")
-    b.add_argument("--coarse-lora", metavar="F", help="LoRA checkpoint for the coarse model")
-    b.add_argument("--c2f-lora", metavar="F", help="LoRA checkpoint for the coarse-to-fine model")
+    b.add_argument("--coarse-lora", metavar="[NAME=]F", action=_LoraFlag,
+                   help="LoRA checkpoint for the coarse model, folded into its weights; NAME=F "
+                        "(repeatable) adds adapter NAME instead, chosen at run time (docs/adapters.md)")
+    b.add_argument("--c2f-lora", metavar="[NAME=]F", action=_LoraFlag,
+                   help="LoRA checkpoint for the coarse-to-fine model; NAME=F as for --coarse-lora")
     b.add_argument("-o", "--output", metavar="PATH", default=DEFAULT_MODEL,
                    help=f"where to write the model (default: {DEFAULT_MODEL})")
     b.add_argument("--weights", choices=WEIGHTS, default=WEIGHTS[0],
@@ -502,6 +506,11 @@ def model_feeds(args: argparse.Namespace, model: Model, mask: np.ndarray | None,
         value = getattr(args, name)
         if value is not None:
             feeds[name] = value
+    if "adapter" in feeds:
+        try:
+            feeds["adapter"] = model.adapter_index(feeds["adapter"])
+        except ModelError as e:
+            raise CliError(f"--adapter: {e}") from None
     if args.seed is None:
         feeds["seed"] = random.SystemRandom().randrange(1, 2**31)
         print(f"seed: {feeds['seed']} (random; pass --seed {feeds['seed']} to reproduce)")
@@ -601,6 +610,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     total, files = disk_size(model.path, model.metadata)
     parts = " + ".join(f"{f.name} {human_size(s)}" for f, s in files)
     print(f"size on disk: {human_size(total)} ({parts})")
+    if model.adapters:  # what `vamp --adapter NAME` selects
+        print("adapters: " + ", ".join(f"{k} {name}" for k, name in enumerate(["(base)", *model.adapters])))
     print("inputs:")
     rows = []
     for info in model.inputs.values():
@@ -697,6 +708,37 @@ def check_build_paths(inputs: dict[str, Path | None], output: Path) -> None:
     check_writable_folder(folder)
 
 
+class _LoraFlag(argparse.Action):
+    """Collects --coarse-lora / --c2f-lora values in command-line order as `loras`: (stage, value)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        stage = self.dest.removesuffix("_lora")
+        namespace.loras = [*(getattr(namespace, "loras", None) or []), (stage, value)]
+
+
+def lora_flags(loras: Sequence[tuple[str, str]]) -> tuple[dict[str, str | None], list[tuple[str, str | None, str | None]]]:
+    """--coarse-lora / --c2f-lora values as the LoRA to fold per stage ({"coarse_lora": F, ...})
+    and the adapters (name, coarse F, c2f F) in the order their names first appear. A value is
+    NAME=F unless it is an existing file's path."""
+    folded: dict[str, str | None] = {"coarse_lora": None, "c2f_lora": None}
+    adapters: dict[str, dict[str, str]] = {}
+    for stage, value in loras:
+        flag = f"--{stage}-lora"
+        name, sep, file = value.partition("=")
+        if not sep or Path(value).is_file():
+            if folded[f"{stage}_lora"] is not None:
+                raise CliError(f"{flag} is given twice without a name; one LoRA per stage is folded in "
+                               f"(NAME=FILE adds named adapters)")
+            folded[f"{stage}_lora"] = value
+        elif stage in adapters.setdefault(name, {}):
+            raise CliError(f"adapter {name!r} is given twice with {flag}; each adapter needs its own name")
+        else:
+            adapters[name][stage] = file
+    if adapters and any(folded.values()):
+        raise CliError("give either one LoRA file per stage to fold in, or named adapters (NAME=FILE), not both")
+    return folded, [(name, files.get("coarse"), files.get("c2f")) for name, files in adapters.items()]
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     separate = [args.codec, args.coarse, args.c2f]
     if args.checkpoints and any(separate):
@@ -705,12 +747,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         args._parser.error("give --checkpoints DIR, or all of --codec F --coarse F --c2f F")
     paths = checkpoint_paths(args)
     output = Path(args.output)
-    loras = {"coarse_lora": args.coarse_lora, "c2f_lora": args.c2f_lora}
-    check_build_paths({**paths, **{k: Path(v) if v else None for k, v in loras.items()}}, output)
+    loras, adapters = lora_flags(getattr(args, "loras", None) or [])
+    adapter_files = {f"{name} {stage} LoRA": Path(f) for name, *files in adapters
+                     for stage, f in zip(("coarse", "c2f"), files) if f}
+    check_build_paths({**paths, **{k: Path(v) if v else None for k, v in loras.items()}, **adapter_files}, output)
     build_model = _build_side("build", "vampnet_onnx.builder.build", "build_model")
     try:
-        build_model(paths["codec"], paths["coarse"], paths["c2f"], output,
-                    coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora, weights=args.weights)
+        build_model(paths["codec"], paths["coarse"], paths["c2f"], output, **loras, weights=args.weights,
+                    **({"adapters": adapters} if adapters else {}))
     except ValueError as e:  # a bad checkpoint (CheckpointError) or a bad pair of models, in one line
         raise CliError(str(e)) from None
     except OSError as e:  # e.g. the disk filled up or the folder became read-only meanwhile

@@ -64,6 +64,7 @@ MIN_TEMPERATURE = 1.0e-6
 MAX_FEEDBACK_STEPS = 8
 MAX_TIME_STRETCH = 8
 MAX_ONSET_WIDTH = 1 << 24  # frames; any width beyond the input keeps all of it anyway
+MAX_ADAPTERS = 64  # fine-tunes one model may hold (`build --coarse-lora NAME=FILE ...`)
 
 INPUTS: tuple[Input, ...] = (
     Input("audio", "float32", None, None, None,
@@ -122,6 +123,10 @@ INPUTS: tuple[Input, ...] = (
     Input("onset_mask_width", "int64", 0, 0, MAX_ONSET_WIDTH,
           "keep the frames [o − W, o + W) around every note onset o of `audio` (0 = off; "
           "ignored with an explicit mask)"),
+    Input("adapter", "int64", 0, 0, MAX_ADAPTERS,
+          "fine-tune to generate with: 0 = the base model, k = the k-th adapter built in "
+          "(their names: metadata `adapters`)",
+          outside="clamped to [0, adapters built in]"),
 )
 
 OUTPUTS: tuple[Output, ...] = (
