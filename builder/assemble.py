@@ -19,6 +19,8 @@ or, with `noise_inputs=True` (tests only), `injected_noise`, which reads four ex
 """
 from __future__ import annotations
 
+import json
+
 import onnx
 import onnx.inliner
 import torch
@@ -70,6 +72,9 @@ def graph_config(codec: Codec, coarse, c2f, codec_window: int | None = None) -> 
         )
     if fc.n_codebooks != codec.config.n_codebooks:
         raise ValueError(f"the c2f model has {fc.n_codebooks} codebooks, the codec {codec.config.n_codebooks}")
+    if adapter_names(coarse) != adapter_names(c2f):
+        raise ValueError(f"the coarse model holds the adapters {adapter_names(coarse)}, the c2f model "
+                         f"{adapter_names(c2f)}: load both with the same adapters, in the same order")
     if not cc.vocab_size == fc.vocab_size == codec.config.codebook_size == MASK_TOKEN:
         raise ValueError(
             f"vocab_size {cc.vocab_size} / {fc.vocab_size} and codebook_size {codec.config.codebook_size}: "
@@ -83,7 +88,13 @@ def graph_config(codec: Codec, coarse, c2f, codec_window: int | None = None) -> 
         vocab_size=codec.config.codebook_size,
         codec_window=codec_window or codec_window_frames(codec.config),
         codec_overlap=receptive_field_frames(codec.config),
+        adapters=len(adapter_names(coarse)),
     )
+
+
+def adapter_names(transformer) -> tuple[str, ...]:
+    """The fine-tunes a loaded transformer holds besides its base weights (docs/adapters.md)."""
+    return tuple(getattr(transformer, "adapter_names", ()))
 
 
 _DIM_NAMES = {"codes:0": "B", "codes:2": "T", "audio:0": "B", "audio:2": "L"}
@@ -108,19 +119,23 @@ def export_codec(codec: Codec) -> dict[str, onnx.ModelProto]:
     }
 
 
+def export_transformer(transformer) -> onnx.ModelProto:
+    """A transformer as codes (B, C, T) -> logits; one that holds adapters takes the adapter index
+    (0-d int64) as a second input."""
+    batch, frames = Dim("B", min=1), Dim("T", min=1)
+    codes = _example_codes(transformer.config.n_codebooks)
+    if not adapter_names(transformer):
+        return export_component(transformer, (codes,), {"codes": {0: batch, 2: frames}}, ["codes"], ["logits"], _DIM_NAMES)
+    return export_component(
+        transformer, (codes, torch.tensor(0)), {"codes": {0: batch, 2: frames}, "adapter": None},
+        ["codes", "adapter"], ["logits"], _DIM_NAMES,
+    )
+
+
 def export_components(codec: Codec, coarse, c2f) -> dict[str, onnx.ModelProto]:
     """Each component as its own ONNX model with dynamic batch and time axes."""
-    batch, frames = Dim("B", min=1), Dim("T", min=1)
-    codes, names = _example_codes, _DIM_NAMES
-    return {
-        **export_codec(codec),
-        "coarse_transformer": export_component(
-            coarse, (codes(coarse.config.n_codebooks),), {"codes": {0: batch, 2: frames}}, ["codes"], ["logits"], names,
-        ),
-        "c2f_transformer": export_component(
-            c2f, (codes(c2f.config.n_codebooks),), {"codes": {0: batch, 2: frames}}, ["codes"], ["logits"], names,
-        ),
-    }
+    return {**export_codec(codec), "coarse_transformer": export_transformer(coarse),
+            "c2f_transformer": export_transformer(c2f)}
 
 
 def component_functions(components: dict[str, onnx.ModelProto]):
@@ -135,13 +150,17 @@ def component_functions(components: dict[str, onnx.ModelProto]):
     return functions, weights, weight_names
 
 
-def bind_weights(nodes, weights: dict[str, list[str]]) -> None:
-    """Append its weights' names to every call of a component, in `nodes` and their subgraphs."""
+def bind_weights(nodes, weights: dict[str, list[str]], takes: dict[str, int] | None = None) -> None:
+    """Append its weights' names to every call of a component, in `nodes` and their subgraphs.
+    `takes` (component -> how many inputs of its own): a call's arguments beyond those are dropped
+    (the stages hand every transformer the adapter index; one without adapters takes none)."""
     for node in nodes:
         if node.domain == DOMAIN and node.op_type in weights:
+            if takes and node.op_type in takes:
+                del node.input[takes[node.op_type]:]
             node.input.extend(weights[node.op_type])
         for g in subgraphs(node):
-            bind_weights(g.node, weights)
+            bind_weights(g.node, weights, takes)
 
 
 def _noise_functions(implementation, present: set[str]) -> list[onnx.FunctionProto]:
@@ -181,6 +200,9 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     if weights not in interface.WEIGHTS or (weights != "float32" and not inline):
         raise ValueError(f"weights={weights!r} (inline={inline}): one of {interface.WEIGHTS}, int8 only inlined")
     config = graph_config(codec, coarse, c2f, codec_window)
+    if weights == "int8" and config.adapters and getattr(coarse, "adapter_fold", False):
+        raise ValueError("int8 weights need adapters computed beside the weights: load the transformers "
+                         "with fold=False (builder/transformer.py, AdapterLinear)")
     components = components or export_components(codec, coarse, c2f)
     # main-graph names of the transformers' int8 weights and scales
     quantized = quantize_components(components) if weights == "int8" else []
@@ -196,7 +218,7 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     functions += component_fns
     if noise_inputs:
         weight_names.update({op_name: list(names) for op_name, names in NOISE_INPUTS.items()})
-    bind_weights(model.graph.node, weight_names)
+    bind_weights(model.graph.node, weight_names, {name: len(c.graph.input) for name, c in components.items()})
     del model.functions[:]
     model.functions.extend(functions)
     check_signature(model.graph, noise_inputs)
@@ -227,6 +249,7 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         **({"requires": f"opset {INT8_OPSET} (onnxruntime >= 1.18)"} if quantized else {}),
         "defaults": interface.defaults_json(),
         "presets": interface.presets_json(),
+        **({"adapters": json.dumps(list(adapter_names(coarse)))} if config.adapters else {}),
         **(metadata or {}),
     }
     if noise_inputs:

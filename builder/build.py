@@ -1,6 +1,10 @@
 """`vampnet-onnx build`: VampNet checkpoints in, the single ONNX model out.
 
-    build_model(codec, coarse, c2f, output, coarse_lora=None, c2f_lora=None) -> Path
+    build_model(codec, coarse, c2f, output, coarse_lora=None, c2f_lora=None, adapters=()) -> Path
+
+`coarse_lora` / `c2f_lora` fold one fine-tune into the weights; `adapters`, (name, coarse LoRA file
+or None, c2f LoRA file or None) triples, build several into one model instead, chosen at run time
+by the input `adapter` (docs/adapters.md).
 
 Writes atomically: everything goes to a temporary folder beside the output and is renamed into
 place only after the checker and one short run have passed. Weights go to external data
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,6 +35,7 @@ from vampnet_onnx.builder.assemble import assemble, export_components
 from vampnet_onnx.builder.codec import load_codec
 from vampnet_onnx.builder.quantize import quantize_components
 from vampnet_onnx.builder.transformer import load_transformer
+from vampnet_onnx.interface import MAX_ADAPTERS
 from vampnet_onnx.paths import data_file
 from vampnet_onnx.session import interface_feeds
 
@@ -137,10 +144,34 @@ def write_test_data(path: Path, folder: Path) -> None:
         (folder / f"output_{i}.pb").write_bytes(tensor.SerializeToString())
 
 
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_adapters(adapters, coarse_lora=None, c2f_lora=None) -> list[tuple[str, Path | None, Path | None]]:
+    """The adapters as (name, coarse file, c2f file), each checked: a plain unique name, a file
+    for at least one stage, at most MAX_ADAPTERS, and no LoRA folded in besides."""
+    adapters = [(name, Path(c) if c else None, Path(f) if f else None) for name, c, f in adapters]
+    if adapters and (coarse_lora or c2f_lora):
+        raise ValueError("give either one LoRA file per stage to fold in, or named adapters (NAME=FILE), not both")
+    if len(adapters) > MAX_ADAPTERS:
+        raise ValueError(f"{len(adapters)} adapters: a model holds at most {MAX_ADAPTERS}")
+    seen = set()
+    for name, coarse, c2f in adapters:
+        if not ADAPTER_NAME.fullmatch(name):
+            raise ValueError(f"adapter name {name!r}: use letters, digits, '_', '.' or '-' (not first)")
+        if name in seen:
+            raise ValueError(f"adapter name {name!r} is given twice; each adapter needs its own name")
+        if coarse is None and c2f is None:
+            raise ValueError(f"adapter {name!r} has no LoRA file (give it a coarse or a c2f one, or both)")
+        seen.add(name)
+    return adapters
+
+
 def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora: Path | None = None,
-                c2f_lora: Path | None = None, log=print, weights: str = "float32") -> Path:
+                c2f_lora: Path | None = None, log=print, weights: str = "float32", adapters=()) -> Path:
     """`weights`: "float32", or "int8" for the transformers' and the codec decoder's weights
     (builder/quantize.py)."""
+    adapters = check_adapters(adapters, coarse_lora, c2f_lora)
     output = Path(output)
     started = time.perf_counter()
 
@@ -149,10 +180,17 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
 
     step("loading checkpoints")
     codec_model = load_codec(codec)
-    coarse_model = load_transformer(coarse, codec_model, "coarse", lora=coarse_lora)
-    c2f_model = load_transformer(c2f, codec_model, "c2f", lora=c2f_lora)
+    # int8 quantizes the base weights, so its adapters run beside them instead of folded in
+    fold = weights != "int8"
+    coarse_model = load_transformer(coarse, codec_model, "coarse", lora=coarse_lora,
+                                    adapters=[(name, c) for name, c, _ in adapters], fold=fold)
+    c2f_model = load_transformer(c2f, codec_model, "c2f", lora=c2f_lora,
+                                 adapters=[(name, f) for name, _, f in adapters], fold=fold)
     files = {"codec": codec, "coarse": coarse, "c2f": c2f, "coarse_lora": coarse_lora, "c2f_lora": c2f_lora}
     metadata = {f"sha256_{name}": sha256(Path(p)) for name, p in files.items() if p is not None}
+    if adapters:
+        metadata["adapter_sha256"] = json.dumps(
+            {name: {kind: sha256(p) for kind, p in (("coarse", c), ("c2f", f)) if p} for name, c, f in adapters})
     metadata.update({f"parameters_{name}": m.checkpoint_parameters
                      for name, m in [("codec", codec_model), ("coarse", coarse_model), ("c2f", c2f_model)]})
 
@@ -232,3 +270,5 @@ class _ConfigOnly:
 
     def __init__(self, model):
         self.config = model.config
+        self.adapter_names = getattr(model, "adapter_names", ())
+        self.adapter_fold = getattr(model, "adapter_fold", True)

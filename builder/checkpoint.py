@@ -123,6 +123,11 @@ class Checkpoint:
     def add_lora(self, path, layout: dict[str, tuple[int, ...]]) -> None:
         """Overlay a LoRA-only state dict (upstream's `coarse_lora_ckpt` / `c2f_lora_ckpt`); `layout`
         is the model's `Mapping.layout`: which tensors belong to it, with which shapes."""
+        self.state.update(self.read_lora(path, layout))
+
+    def read_lora(self, path, layout: dict[str, tuple[int, ...]], only_factors: bool = False) -> dict[str, torch.Tensor]:
+        """A LoRA file's tensors, each checked against `layout` (this model's keys and shapes).
+        `only_factors`: refuse anything but lora_A / lora_B (an adapter can change nothing else)."""
         path = Path(path)
         data = _unpickle(path, f"{self.kind} LoRA file")
         kwargs = None
@@ -143,7 +148,11 @@ class Checkpoint:
                 raise CheckpointError(
                     f"{path}: tensor '{k}' has shape {tuple(v.shape)}, the {self.kind} model needs {layout[k]}"
                 )
-            self.state[k] = v.detach().float()
+            if only_factors and not k.endswith(("lora_A", "lora_B")):
+                raise CheckpointError(
+                    f"{path}: tensor '{k}' is not a LoRA factor; an adapter holds only lora_A / lora_B "
+                    f"(build a full fine-tuned checkpoint as a model of its own)")
+        return {k: v.detach().float() for k, v in data.items()}
 
     def _check_lora_belongs(self, path: Path, data: dict, kwargs: dict | None) -> None:
         """A LoRA must come from this kind of model, not only fit its shapes (the released coarse
@@ -248,6 +257,10 @@ class Mapping:
             if key.startswith(ours):
                 return i, theirs + key[len(ours):]
         return len(self.renames), key
+
+    def file_key(self, key: str) -> str:
+        """The file's name for our `key`."""
+        return self._rename(key)[1]
 
     def plan(self, model: torch.nn.Module) -> list[tuple[str, Rule, dict[str, tuple[int, ...]]]]:
         """(our key, its rule, the file's tensors it is made of), in the file's order: by rename, then

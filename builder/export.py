@@ -93,7 +93,7 @@ def component_function(model: onnx.ModelProto, name: str) -> tuple[onnx.Function
 
     The weights are renamed `<name>/<original name>` for the main graph; inside the function
     they keep their exporter names (a function has its own scope). Node names get the prefix
-    `<name>/` too.
+    `<name>/` too; the exporter's notes on each node (`metadata_props`) are dropped.
     """
     graph = model.graph
     if model.functions:
@@ -104,6 +104,9 @@ def component_function(model: onnx.ModelProto, name: str) -> tuple[onnx.Function
         nodes.append(onnx.NodeProto())
         nodes[-1].CopyFrom(node)
         nodes[-1].name = f"{name}/{node.name}"
+        # the exporter's debugging notes (the build machine's source paths and stack traces, some
+        # 700 bytes a node) are not shipped
+        del nodes[-1].metadata_props[:]
     function = helper.make_function(
         DOMAIN,
         name,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpoint, CheckpointError, LoRA, Mapping, Rule, WeightNorm
+from .checkpoint import LORA_R, LORA_SCALE, Checkpoint, CheckpointError, LoRA, Mapping, Rule, WeightNorm
 
 NUM_BUCKETS = 32  # T5 relative attention buckets (bidirectional: 16 per side)
 MAX_DISTANCE = 128
@@ -115,14 +115,49 @@ def _param(*shape: int) -> nn.Parameter:
 
 
 class Linear(nn.Module):
-    """Bias-free linear layer (LoRA already merged into `weight`)."""
+    """Bias-free linear layer (the checkpoint's own LoRA already merged into `weight`)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
         self.weight = _param(out_features, in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, adapter: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(x, self.weight)
+
+
+class AdapterLinear(Linear):
+    """A LoRA'd layer that also holds the factors of n fine-tunes (docs/adapters.md): adapter a in
+    [1, n] computes with W + LORA_SCALE · B_a @ A_a, adapter 0 with W itself (its factors scaled
+    by 0, so W + 0 = W exactly: no zero slot is stored).
+
+    The factors are stored transposed and stacked, `lora_At` (n, in, r) and `lora_Bt` (n, r, out),
+    so that the product lands in the layout the MatMul reads (W transposed, as the exporter stores
+    it). Each of the product's elements sums the same r products in the same order as upstream's
+    `B @ A`, so folded here the weight equals, bit for bit, the one a build with that LoRA alone
+    folds (on runtimes with fused multiply-add, as torch and onnxruntime on x86).
+
+    `fold=False` (int8 builds) computes the low-rank path beside the plain product instead,
+    x·Wᵀ + LORA_SCALE · (x·A_aᵀ)·B_aᵀ, so that W stays a constant the quantizer can turn into int8;
+    it rounds differently from a folded weight (and the int8 W differs anyway).
+    """
+
+    def __init__(self, in_features: int, out_features: int, n_adapters: int, fold: bool = True):
+        super().__init__(in_features, out_features)
+        # not in state_dict(): the checkpoint mapping fills `weight`, load_transformer the factors
+        self.register_buffer("lora_At", torch.zeros(n_adapters, in_features, LORA_R), persistent=False)
+        self.register_buffer("lora_Bt", torch.zeros(n_adapters, LORA_R, out_features), persistent=False)
+        self.fold = fold
+
+    def forward(self, x: torch.Tensor, adapter: torch.Tensor | None = None) -> torch.Tensor:
+        if adapter is None:
+            return F.linear(x, self.weight)
+        index = torch.clamp(adapter - 1, min=0).reshape(1)
+        scale = torch.where(adapter > 0, LORA_SCALE, 0.0)
+        a_t = torch.index_select(self.lora_At, 0, index)[0]  # (in, r)
+        b_t = torch.index_select(self.lora_Bt, 0, index)[0]  # (r, out)
+        if self.fold:
+            return torch.matmul(x, self.weight.t() + (a_t @ b_t) * scale)
+        return torch.matmul(x, self.weight.t()) + torch.matmul(torch.matmul(x, a_t), b_t) * scale
 
 
 class RMSNorm(nn.Module):
@@ -187,27 +222,35 @@ class RelativePositionBias(nn.Module):
         return values.permute(2, 0, 1).unsqueeze(1)
 
 
+def _lora_linear(adapters: int, fold: bool):
+    """The layer type of upstream's `lora.Linear` modules: plain, or holding `adapters` fine-tunes."""
+    if not adapters:
+        return Linear
+    return lambda in_features, out_features: AdapterLinear(in_features, out_features, adapters, fold)
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg: TransformerConfig, has_relative_attention_bias: bool = False):
+    def __init__(self, cfg: TransformerConfig, has_relative_attention_bias: bool = False, adapters: int = 0,
+                 fold: bool = True):
         super().__init__()
-        E = cfg.embedding_dim
+        E, lora = cfg.embedding_dim, _lora_linear(adapters, fold)
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.w_qs, self.w_ks, self.w_vs, self.fc = Linear(E, E), Linear(E, E), Linear(E, E), Linear(E, E)
+        self.w_qs, self.w_ks, self.w_vs, self.fc = lora(E, E), Linear(E, E), lora(E, E), lora(E, E)
         if has_relative_attention_bias:  # the first layer's; its bias is used by every layer
             self.relative_attention_bias = RelativePositionBias(cfg.n_heads)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H·d_h) -> (H, B, T, d_h), feature h·d_h + j
         return x.unflatten(-1, (self.n_heads, self.head_dim)).permute(2, 0, 1, 3)
 
-    def forward(self, y: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.w_qs(y)), self._heads(self.w_ks(y)), self._heads(self.w_vs(y))
+    def forward(self, y: torch.Tensor, position_bias: torch.Tensor, adapter: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self._heads(self.w_qs(y, adapter)), self._heads(self.w_ks(y)), self._heads(self.w_vs(y, adapter))
         attn = torch.einsum("hblk,hbtk->hblt", q, k) / math.sqrt(self.head_dim)
         attn = attn + position_bias
         # (upstream's masked_fill with an all-ones mask never fires and is left out)
         attn = torch.softmax(attn, dim=3)
         out = torch.einsum("hblt,hbtv->hblv", attn, v)
         out = out.permute(1, 2, 0, 3).flatten(2, 3)  # (B, T, E)
-        return self.fc(out)
+        return self.fc(out, adapter)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -218,50 +261,57 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 class FeedForward(nn.Module):
     """GEGLU: w_1 to 4E, first half gated by GELU_tanh of the second half, w_2 from 2E back to E."""
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, adapters: int = 0, fold: bool = True):
         super().__init__()
-        E = cfg.embedding_dim
-        self.w_1, self.w_2 = Linear(E, 4 * E), Linear(2 * E, E)
+        E, lora = cfg.embedding_dim, _lora_linear(adapters, fold)
+        self.w_1, self.w_2 = lora(E, 4 * E), lora(2 * E, E)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p1, p2 = self.w_1(x).chunk(2, dim=-1)
-        return self.w_2(p1 * gelu_tanh(p2))
+    def forward(self, x: torch.Tensor, adapter: torch.Tensor | None = None) -> torch.Tensor:
+        p1, p2 = self.w_1(x, adapter).chunk(2, dim=-1)
+        return self.w_2(p1 * gelu_tanh(p2), adapter)
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig, first: bool = False):
+    def __init__(self, cfg: TransformerConfig, first: bool = False, adapters: int = 0, fold: bool = True):
         super().__init__()
         self.norm_1 = RMSNorm(cfg.embedding_dim)
-        self.self_attn = Attention(cfg, has_relative_attention_bias=first)
+        self.self_attn = Attention(cfg, has_relative_attention_bias=first, adapters=adapters, fold=fold)
         self.norm_3 = RMSNorm(cfg.embedding_dim)
-        self.feed_forward = FeedForward(cfg)
+        self.feed_forward = FeedForward(cfg, adapters, fold)
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.norm_1(x), position_bias)
-        return x + self.feed_forward(self.norm_3(x))
+    def forward(self, x: torch.Tensor, position_bias: torch.Tensor, adapter: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.norm_1(x), position_bias, adapter)
+        return x + self.feed_forward(self.norm_3(x), adapter)
 
 
 class VampNetTransformer(nn.Module):
-    """codes (B, C, T) int64 in [0, V] -> logits (B, T·C_p, V) float32, n = t·C_p + c."""
+    """codes (B, C, T) int64 in [0, V] -> logits (B, T·C_p, V) float32, n = t·C_p + c.
 
-    def __init__(self, cfg: TransformerConfig):
+    With `adapters` > 0 the LoRA'd layers hold that many fine-tunes (AdapterLinear) and `adapter`
+    (a 0-d int64 in [0, adapters]; None or 0: the base model) picks one; without, `adapter` is
+    ignored. `adapter_names` are the fine-tunes' names, in index order from 1."""
+
+    def __init__(self, cfg: TransformerConfig, adapters: int = 0, fold: bool = True):
         super().__init__()
         self.config = cfg
+        self.adapter_names: tuple[str, ...] = ()
+        self.adapter_fold = fold
         E, V, Cp = cfg.embedding_dim, cfg.vocab_size, cfg.n_predict_codebooks
         self.embedding = CodebookEmbedding(cfg)
-        self.layers = nn.ModuleList(TransformerLayer(cfg, first=i == 0) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(TransformerLayer(cfg, first=i == 0, adapters=adapters, fold=fold)
+                                    for i in range(cfg.n_layers))
         self.norm = RMSNorm(E)
         self.classifier_weight = _param(V * Cp, E, 1)  # weight norm folded
         self.classifier_bias = _param(V * Cp)
         self.checkpoint_parameters: int | None = None
         self.eval()
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor, adapter: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         x = self.embedding(codes).transpose(1, 2)  # (B, T, E)
         bias = self.layers[0].self_attn.relative_attention_bias(codes.shape[2])
         for layer in self.layers:
-            x = layer(x, bias)
+            x = layer(x, bias, adapter)
         x = self.norm(x).transpose(1, 2)  # (B, E, T)
         o = F.conv1d(x, self.classifier_weight, self.classifier_bias)  # (B, V·C_p, T), channel p·C_p + c
         o = o.unflatten(1, (cfg.vocab_size, cfg.n_predict_codebooks))  # (B, V, C_p, T)
@@ -330,16 +380,20 @@ def _check_codec(codec, cfg: TransformerConfig, kind: str, path: Path) -> None:
         )
 
 
-def load_transformer(path, codec, kind: str, lora=None) -> VampNetTransformer:
+def load_transformer(path, codec, kind: str, lora=None, adapters=(), fold: bool = True) -> VampNetTransformer:
     """Build the eval-mode transformer of a VampNet checkpoint.
 
     `codec` is the loaded codec (anything with `.codebooks`, a float tensor (K, V, d_q) of raw codebook rows,
     and `.config.codebook_dim`); its codebooks are the model's input embedding. `kind` is "coarse" or "c2f".
     `lora` is an optional LoRA-only state dict file overlaid before folding (upstream's coarse_lora_ckpt /
     c2f_lora_ckpt: the delta is applied once). Every tensor is checked for presence and exact shape.
+    `adapters` are (name, LoRA file or None) pairs, fine-tunes the model holds side by side
+    (AdapterLinear; None: that adapter leaves this model as it is); `fold` as AdapterLinear's.
     """
     if kind not in ("coarse", "c2f"):
         raise ValueError(f"kind must be 'coarse' or 'c2f', not {kind!r}")
+    if lora is not None and adapters:
+        raise ValueError("give either one LoRA to fold or adapters, not both")
     ck = Checkpoint(path, kind)
     n_params = sum(t.numel() for t in ck.state.values())
     try:
@@ -348,11 +402,37 @@ def load_transformer(path, codec, kind: str, lora=None) -> VampNetTransformer:
         raise CheckpointError(f"{ck.path}: {e}") from None
     _check_codec(codec, cfg, kind, ck.path)
 
-    model = VampNetTransformer(cfg)
+    model = VampNetTransformer(cfg, len(adapters), fold)
     mapping = checkpoint_mapping(codec.codebooks)
     if lora is not None:
         ck.add_lora(lora, mapping.layout(model))
+    factors = [ck.read_lora(file, mapping.layout(model), only_factors=True) if file else {} for _, file in adapters]
     mapping.load(model, ck)
+    if adapters:
+        _fill_adapters(model, mapping, ck, factors, [file for _, file in adapters])
+        model.adapter_names = tuple(name for name, _ in adapters)
     model.checkpoint_parameters = n_params
     model.checkpoint_path = Path(path)
     return model
+
+
+def _fill_adapters(model: VampNetTransformer, mapping: Mapping, ck: Checkpoint, factors: list[dict], files: list) -> None:
+    """Each AdapterLinear's stacked factors: adapter k's where its file has them, else zeros (the
+    base weight). A LoRA file replaces a model's factors (upstream loads it over them), so the base
+    must have none that change its weights: else each adapter would need them subtracted again."""
+    for name, module in model.named_modules():
+        if not isinstance(module, AdapterLinear):
+            continue
+        base = mapping.file_key(f"{name}.weight").removesuffix(".weight")
+        a_key, b_key = f"{base}.lora_A", f"{base}.lora_B"
+        if ck.has(b_key) and bool(ck.state[b_key].any()):
+            raise CheckpointError(
+                f"{ck.path} carries a fine-tune of its own (nonzero '{b_key}'); adapters replace a model's "
+                f"LoRA factors, so give them the base checkpoint the fine-tunes were trained from")
+        for k, (found, file) in enumerate(zip(factors, files)):
+            if (a_key in found) != (b_key in found):
+                missing = b_key if a_key in found else a_key
+                raise CheckpointError(f"{file}: '{missing}' is missing (an adapter gives both factors of a layer)")
+            if a_key in found:
+                module.lora_At[k] = found[a_key].t()
+                module.lora_Bt[k] = found[b_key].t()

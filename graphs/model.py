@@ -46,6 +46,7 @@ class GraphConfig:
     # codec_window_frames of VampNet's codec
     codec_window: int = 760  # frames each window keeps
     codec_overlap: int = 19  # frames read either side, >= the codec's receptive field
+    adapters: int = 0  # fine-tunes the transformers hold besides the base model (docs/adapters.md)
 
     def __post_init__(self):
         if self.codec_window < 1 or self.codec_overlap < 0:
@@ -81,6 +82,7 @@ def main_graph(config: GraphConfig):
     N_CODEBOOKS, WINDOW, OVERLAP = config.n_codebooks, config.codec_window, config.codec_overlap
     FRAME_RATE = float(np.float32(config.frame_rate))
     MASK = config.vocab_size  # the mask token (graphs/sampling.py)
+    ADAPTERS = config.adapters
     onset_mask = make_onset_detector(config.sample_rate, config.hop_length).onset_mask
     shift_pitch = make_pitch_shifter(config.sample_rate).pitch_shift
 
@@ -113,6 +115,7 @@ def main_graph(config: GraphConfig):
         onset_mask_width: INT64[1],
         pitch_shift: INT64[1],
         generate: INT64[1],
+        adapter: INT64[1],
     ) -> tuple[
         FLOAT["B", "S_out"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"]
     ]:
@@ -163,6 +166,7 @@ def main_graph(config: GraphConfig):
         stretch = op.Clip(scalar(time_stretch_factor), 1, MAX_TIME_STRETCH)
         row_mask = stretch_mask(input_mask, stretch)
         samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S at the input's rate
+        fine_tune = op.Clip(scalar(adapter), 0, ADAPTERS)
         if scalar(generate) != 0:
             input_codes = encode(to_encode, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
             row_codes = stretch_time(input_codes, stretch)
@@ -170,12 +174,12 @@ def main_graph(config: GraphConfig):
                 row_codes, row_mask, derive_key(root, STREAM_COARSE), derive_key(root, STREAM_FEEDBACK),
                 op.Clip(scalar(feedback_steps), 1, MAX_FEEDBACK_STEPS), op.Constant(value_int=COARSE_CHUNK),
                 n_coarse, op.Clip(scalar(sampling_steps), 1, MAX_STEPS), scalar(temperature),
-                scalar(mask_temperature), scalar(top_p), scalar(sample_cutoff),
+                scalar(mask_temperature), scalar(top_p), scalar(sample_cutoff), fine_tune,
             )
             row_out = c2f_stage(
                 row_coarse, row_mask, derive_key(root, STREAM_C2F), op.Constant(value_int=C2F_CHUNK), n_coarse,
                 op.Clip(scalar(c2f_sampling_steps), 1, MAX_STEPS), scalar(c2f_temperature),
-                scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff),
+                scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff), fine_tune,
             )
             # decode every frame, back to the input's rate, f·S samples, the input's loudness
             decoded = decode(row_out, op.Shape(row_out, start=2, end=3) * hop, hop, window, overlap)

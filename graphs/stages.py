@@ -2,10 +2,12 @@
 encode and decode are in graphs/codec.py).
 
 Each stage calls an exported component as an opaque op of the "vampnet" domain
-(`vampnet.coarse_transformer`, `vampnet.c2f_transformer`). The assembler (builder/assemble.py)
-inlines these stage functions into the main graph and then hands each component call its weights
-from the main graph's initializers, so the transformers inside the step Loops read their weights
-from the outer scope instead of carrying copies.
+(`vampnet.coarse_transformer`, `vampnet.c2f_transformer`) with the tokens and the adapter index
+(the fine-tune to generate with, docs/adapters.md; the assembler drops it from the calls of a
+transformer without adapters). The assembler (builder/assemble.py) inlines these stage functions
+into the main graph and then hands each component call its weights from the main graph's
+initializers, so the transformers inside the step Loops read their weights from the outer scope
+instead of carrying copies.
 
 Chunking follows upstream's Interface (coarse_vamp, coarse_to_fine): the coarse stage works on
 `chunk`-frame pieces (575 frames = 10 s; the last one shorter) and pins the first and last frame of
@@ -140,7 +142,7 @@ def chunked_generation(stage: str):
     Chunk c is frames [c·chunk, (c+1)·chunk) (the last one may be shorter); each runs `steps`
     generation steps from its masked tokens. `anchored` pins each chunk's first and last frame
     where the row keeps anything (the coarse stage's stitching); the first `n_conditioning`
-    codebooks are never generated.
+    codebooks are never generated; `adapter` goes to every transformer call.
     """
     transformer = Op(vampnet, f"{stage}_transformer")
     noise = Op(vampnet, f"{stage}_noise")
@@ -158,6 +160,7 @@ def chunked_generation(stage: str):
         mask_temperature: FLOAT,
         top_p: FLOAT,
         sample_cutoff: FLOAT,
+        adapter: INT64,
     ) -> INT64["B", "C", "T"]:
         n_frames = op.Shape(codes, start=2, end=3)
         n_chunks = op.Squeeze(op.Div(n_frames + chunk - 1, chunk))
@@ -171,7 +174,7 @@ def chunked_generation(stage: str):
             n0 = count_masked(zm)
             x = z_c
             for i in range(steps):
-                logits = transformer(zm)
+                logits = transformer(zm, adapter)
                 q, u = noise(key, c, i, steps, sample_cutoff, logits)
                 zm, x = generation_step(
                     logits, zm, z_c, n0, i, steps, temperature, mask_temperature, top_p, sample_cutoff,
@@ -203,6 +206,7 @@ def coarse_stage(
     mask_temperature: FLOAT,
     top_p: FLOAT,
     sample_cutoff: FLOAT,
+    adapter: INT64,
 ) -> INT64["B", "K", "T"]:
     """Coarse vamp: regenerate the first `n_coarse` codebooks, chunk by chunk; the fine ones pass through.
 
@@ -214,7 +218,9 @@ def coarse_stage(
     m = op.Slice(mask, [0], op.Unsqueeze(n_coarse, [0]), [1])
     for p in range(passes):
         pass_key = op.Where(p == 0, key, derive_key(feedback_key, p))
-        z = generate_coarse(z, m, pass_key, chunk, 0, True, steps, temperature, mask_temperature, top_p, sample_cutoff)
+        z = generate_coarse(
+            z, m, pass_key, chunk, 0, True, steps, temperature, mask_temperature, top_p, sample_cutoff, adapter
+        )
     fine = op.Slice(codes, op.Unsqueeze(n_coarse, [0]), op.Shape(codes, start=1, end=2), [1])
     return op.Concat(z, fine, axis=1)
 
@@ -231,6 +237,7 @@ def c2f_stage(
     mask_temperature: FLOAT,
     top_p: FLOAT,
     sample_cutoff: FLOAT,
+    adapter: INT64,
 ) -> INT64["B", "K", "T"]:
     """Coarse-to-fine: the coarse codebooks condition, the fine ones are generated where the mask says."""
     n_frames = op.Shape(codes, start=2, end=3)
@@ -240,5 +247,7 @@ def c2f_stage(
     m = op.Pad(mask, op.Concat([0, 0, 0, 0, 0], tail, axis=0), op.Constant(value_int=1))
     is_fine = op.Range(0, op.Squeeze(op.Shape(m, start=1, end=2)), 1) >= n_conditioning
     m = op.Where(op.Unsqueeze(is_fine, [0, 2]), m, op.CastLike(0, m))
-    z = generate_c2f(z, m, key, chunk, n_conditioning, False, steps, temperature, mask_temperature, top_p, sample_cutoff)
+    z = generate_c2f(
+        z, m, key, chunk, n_conditioning, False, steps, temperature, mask_temperature, top_p, sample_cutoff, adapter
+    )
     return op.Slice(z, [0], n_frames, [2])

@@ -376,13 +376,14 @@ FLAG_VALUES = {
     "feedback_steps": 2,  # a second coarse pass draws new tokens
     "time_stretch_factor": 2,  # tested on its own: the output is twice as long
     "onset_mask_width": 2,  # tested on its own: needs an input with onsets
+    "adapter": 1,  # tested on its own (tests/test_adapters.py): needs a model with adapters
 }
 MASK_FLAGS = ("rand_mask_intensity", "prefix_s", "suffix_s", "periodic_prompt",
               "periodic_prompt_width", "dropout", "ncc", "upper_codebook_mask")
 COARSE_FLAGS = ("sampling_steps", "temperature", "mask_temperature", "top_p", "sample_cutoff", "feedback_steps")
 C2F_FLAGS = ("c2f_sampling_steps", "c2f_temperature", "c2f_mask_temperature", "c2f_top_p",
              "c2f_sample_cutoff")
-OWN_TEST_FLAGS = ("time_stretch_factor", "onset_mask_width")  # test_time_stretch_flag, test_onset_flag
+OWN_TEST_FLAGS = ("time_stretch_factor", "onset_mask_width", "adapter")  # test_time_stretch_flag, test_onset_flag
 CODE_KEYS = ("codes", "mask_out", "coarse_codes", "codes_out")
 
 

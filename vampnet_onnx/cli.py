@@ -37,7 +37,7 @@ from typing import Sequence
 from . import batch, info, triton, web
 from .errors import UsageError, VampnetError
 from .extras import build_side
-from .flags import PROG, ArgumentParser, error_line, add_model_flags, add_seed_flag, controls, cpu_cores, int_range, threads_type
+from .flags import PROG, ArgumentParser, LoraFlag, error_line, add_model_flags, lora_flags, add_seed_flag, controls, cpu_cores, int_range, threads_type
 from .interface import WEIGHTS
 from .memory import MAX_VARIATIONS
 from .model import Model, random_seed, variation_paths
@@ -127,8 +127,11 @@ def build_parser() -> ArgumentParser:
     b.add_argument("--codec", metavar="F", help="codec checkpoint (codec.pth)")
     b.add_argument("--coarse", metavar="F", help="coarse transformer checkpoint (coarse.pth)")
     b.add_argument("--c2f", metavar="F", help="coarse-to-fine transformer checkpoint (c2f.pth)")
-    b.add_argument("--coarse-lora", metavar="F", help="LoRA checkpoint for the coarse model")
-    b.add_argument("--c2f-lora", metavar="F", help="LoRA checkpoint for the coarse-to-fine model")
+    b.add_argument("--coarse-lora", metavar="[NAME=]F", action=LoraFlag,
+                   help="LoRA checkpoint for the coarse model, folded into its weights; NAME=F "
+                        "(repeatable) adds adapter NAME instead, chosen at run time (docs/adapters.md)")
+    b.add_argument("--c2f-lora", metavar="[NAME=]F", action=LoraFlag,
+                   help="LoRA checkpoint for the coarse-to-fine model; NAME=F as for --coarse-lora")
     b.add_argument("-o", "--output", metavar="PATH", default=DEFAULT_MODEL,
                    help=f"where to write the model (default: {DEFAULT_MODEL})")
     b.add_argument("--weights", choices=WEIGHTS, default=WEIGHTS[0],
@@ -191,12 +194,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         paths = {"codec": Path(args.codec), "coarse": Path(args.coarse), "c2f": Path(args.c2f)}
     output = Path(args.output)
-    loras = {"coarse_lora": args.coarse_lora, "c2f_lora": args.c2f_lora}
-    check_build_paths({**paths, **{k: Path(v) if v else None for k, v in loras.items()}}, output)
+    loras, adapters = lora_flags(getattr(args, "loras", None) or [])
+    adapter_files = {f"{name} {stage} LoRA": Path(f) for name, *files in adapters
+                     for stage, f in zip(("coarse", "c2f"), files) if f}
+    check_build_paths({**paths, **{k: Path(v) if v else None for k, v in loras.items()}, **adapter_files}, output)
     build_model = build_side("build", "vampnet_onnx.builder.build", "build_model")
     try:
-        build_model(paths["codec"], paths["coarse"], paths["c2f"], output,
-                    coarse_lora=args.coarse_lora, c2f_lora=args.c2f_lora, weights=args.weights)
+        build_model(paths["codec"], paths["coarse"], paths["c2f"], output, **loras, weights=args.weights,
+                    **({"adapters": adapters} if adapters else {}))
     except ValueError as e:  # a bad checkpoint (CheckpointError) or a bad pair of models, in one line
         raise UsageError(str(e)) from None
     except OSError as e:  # e.g. the disk filled up or the folder became read-only meanwhile

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
+from .errors import UsageError
 from .interface import BY_NAME, CONTROLS, Input
 
 PROG = "vampnet-onnx"
@@ -75,11 +77,43 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("mask and sampling (model inputs)")
     for name in CONTROLS:
         i = BY_NAME[name]
-        g.add_argument(*FLAG_ALIASES.get(name, ()), flag(name), dest=name, type=input_type(i),
-                       default=None, metavar="N" if i.is_int else "X",
+        named = name == "adapter"  # a name or an index: the model's metadata maps names (Model)
+        g.add_argument(*FLAG_ALIASES.get(name, ()), flag(name), dest=name, type=str if named else input_type(i),
+                       default=None, metavar="NAME" if named else "N" if i.is_int else "X",
                        help=f"{i.help} (default: {i.default})")
 
 
 def controls(args: argparse.Namespace) -> dict[str, Any]:
     """The model flags given on the command line, as keyword arguments of ``Model.vamp``."""
     return {name: getattr(args, name) for name in CONTROLS if getattr(args, name, None) is not None}
+
+
+class LoraFlag(argparse.Action):
+    """Collects --coarse-lora / --c2f-lora values in command-line order as `loras`: (stage, value)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        stage = self.dest.removesuffix("_lora")
+        namespace.loras = [*(getattr(namespace, "loras", None) or []), (stage, value)]
+
+
+def lora_flags(loras: Sequence[tuple[str, str]]) -> tuple[dict[str, str | None], list[tuple[str, str | None, str | None]]]:
+    """--coarse-lora / --c2f-lora values as the LoRA to fold per stage ({"coarse_lora": F, ...})
+    and the adapters (name, coarse F, c2f F) in the order their names first appear. A value is
+    NAME=F unless it is an existing file's path."""
+    folded: dict[str, str | None] = {"coarse_lora": None, "c2f_lora": None}
+    adapters: dict[str, dict[str, str]] = {}
+    for stage, value in loras:
+        flag = f"--{stage}-lora"
+        name, sep, file = value.partition("=")
+        if not sep or Path(value).is_file():
+            if folded[f"{stage}_lora"] is not None:
+                raise UsageError(f"{flag} is given twice without a name; one LoRA per stage is folded in "
+                               f"(NAME=FILE adds named adapters)")
+            folded[f"{stage}_lora"] = value
+        elif stage in adapters.setdefault(name, {}):
+            raise UsageError(f"adapter {name!r} is given twice with {flag}; each adapter needs its own name")
+        else:
+            adapters[name][stage] = file
+    if adapters and any(folded.values()):
+        raise UsageError("give either one LoRA file per stage to fold in, or named adapters (NAME=FILE), not both")
+    return folded, [(name, files.get("coarse"), files.get("c2f")) for name, files in adapters.items()]

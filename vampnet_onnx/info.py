@@ -19,6 +19,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     total, files = disk_size(model.path)
     parts = " + ".join(f"{f.name} {human_size(s)}" for f, s in files)
     print(f"size on disk: {human_size(total)} ({parts})")
+    if model.adapters:  # what `vamp --adapter NAME` selects
+        print("adapters: " + ", ".join(f"{k} {name}" for k, name in enumerate(["(base)", *model.adapters])))
     print("inputs:")
     rows = []
     for info in model.inputs.values():

@@ -104,6 +104,7 @@ MIN_SAMPLE_RATE = 1000  # Hz; the graph clamps `sample_rate` to this range
 MAX_SAMPLE_RATE = 384000
 MAX_PITCH_SHIFT = 12  # semitones, as upstream's app offers
 MAX_ONSET_WIDTH = 1 << 24  # frames; any width beyond the input keeps all of it anyway
+MAX_ADAPTERS = 64  # fine-tunes one model may hold (`build --coarse-lora NAME=FILE ...`)
 
 INPUTS: tuple[Input, ...] = (
     Input("audio", "float32", None, None, None,
@@ -174,6 +175,10 @@ INPUTS: tuple[Input, ...] = (
           "generation stages skipped: `codes`, `coarse_codes` and `codes_out` hold the mask "
           "token (vocab_size) and `audio_out` is silence, each of a full run's shape",
           outside="any value other than 0 acts as 1"),
+    Input("adapter", "int64", 0, 0, MAX_ADAPTERS,
+          "fine-tune to generate with: 0 = the base model, k = the k-th adapter built in "
+          "(their names: metadata `adapters`)",
+          outside="clamped to [0, adapters built in]"),
 )
 
 OUTPUTS: tuple[Output, ...] = (

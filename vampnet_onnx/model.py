@@ -112,7 +112,7 @@ class Model(Session):
         hop, before any time stretch; 1 = generate. ``progress``: True draws a bar with the time
         left on stderr (a ``progress.Bar`` to choose where). ``controls``: the model's parameters.
         """
-        controls = check_controls(controls)
+        controls = check_controls(self._named_adapter(controls))
         prepared = prepare_audio(audio, rate)
         return self._vamp(prepared, seed, variations, mask, progress, controls)
 
@@ -126,7 +126,7 @@ class Model(Session):
         of input codes, mask and output codes (needs matplotlib). Every output is written
         atomically, after the run: an error or an interrupt leaves none of them behind.
         Other keywords as ``vamp``."""
-        controls = check_controls(controls, "vamp_file")
+        controls = check_controls(self._named_adapter(controls), "vamp_file")
         src = Path(src)
         output_format(dst)
         if plot and not plot_available():
@@ -173,6 +173,12 @@ class Model(Session):
         return result
 
     # -- the run ------------------------------------------------------------------------------
+
+    def _named_adapter(self, controls: dict[str, Any]) -> dict[str, Any]:
+        """`adapter` as a name of the model's fine-tunes (its metadata) or an index."""
+        if controls.get("adapter") is not None:
+            controls = {**controls, "adapter": self.adapter_index(controls["adapter"])}
+        return controls
 
     @staticmethod
     def _rows(variations: int | None, mask: np.ndarray | None) -> int:

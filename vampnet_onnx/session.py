@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ModelError, one_line
+from .errors import ModelError, UsageError, one_line
 from .interface import BY_NAME, DEFAULTS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from .paths import model_files
 
@@ -234,6 +234,26 @@ class Session:
         merged: dict[str, Any] = dict(DEFAULTS)
         merged.update(self.stored_defaults() or {})
         return {k: v for k, v in merged.items() if k in self.inputs and k not in ("audio", "mask")}
+
+    @property
+    def adapters(self) -> list[str]:
+        """The names of the fine-tunes the model holds (input `adapter` k selects the k-th, from 1)."""
+        try:
+            names = json.loads(self.metadata.get("adapters", "[]"))
+        except ValueError:
+            return []
+        return [str(n) for n in names] if isinstance(names, list) else []
+
+    def adapter_index(self, choice: str | int) -> int:
+        """The `adapter` input for a name of `adapters` or an index (0 = the base model)."""
+        names = self.adapters
+        if choice in names:
+            return names.index(choice) + 1
+        text = str(choice).strip()
+        if text.isdigit() and int(text) <= len(names):
+            return int(text)
+        held = f"it holds {', '.join(names)}" if names else "it holds none"
+        raise UsageError(f"{self.path} has no adapter {choice!r} ({held}; 0 is the base model)")
 
     @property
     def sample_rate(self) -> int:
