@@ -39,8 +39,8 @@ import numpy as np
 import onnxscript
 from onnxscript import BOOL, FLOAT, INT64
 
-from vampnet_onnx.graphs.masks import clamp_real, s2t
-from vampnet_onnx.graphs.onsets import HOP, SAMPLE_RATE, _tensor, hann_window, last_true, make_onset_detector, reach_24
+from vampnet_onnx.graphs.masks import clamp_real, two_product
+from vampnet_onnx.graphs.onsets import HOP, SAMPLE_RATE, _tensor, hann_window, last_true, make_onset_detector, reach_24, take_rows
 from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.interface import MAX_BEAT_MS
 
@@ -123,66 +123,121 @@ def local_score(envelope: FLOAT["B", "F"], period: INT64["B"]) -> FLOAT["B", "F"
 
 
 @onnxscript.script(vampnet, default_opset=op)
+def two_sum(a: FLOAT[...], b: FLOAT[...]):
+    """(s, e) with s = fl(a + b) and s + e = a + b exactly (Knuth; additions only)."""
+    s = a + b
+    b_part = s - a
+    return s, (a - (s - b_part)) + (b - b_part)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def renormalize(hi: FLOAT[...], lo: FLOAT[...]):
+    """A double-float hi + lo with |lo| <= ulp(hi)/2, so pairs compare lexicographically."""
+    s = hi + lo
+    return s, lo - (s - hi)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def is_greater(a_hi: FLOAT[...], a_lo: FLOAT[...], b_hi: FLOAT[...], b_lo: FLOAT[...]) -> BOOL[...]:
+    """a > b for normalised double-floats."""
+    return op.Or(a_hi > b_hi, op.And(a_hi == b_hi, a_lo > b_lo))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def tempo_penalty(d: INT64["D"], period: INT64["B"], log_hi: FLOAT["L"], log_lo: FLOAT["L"]):
+    """100·(ln d − ln P)² as a double-float (B, D). ln d − ln P = (hi_d − hi_P) + (lo_d − lo_P) with
+    hi_d − hi_P exact (Sterbenz: the logs are within a factor 2 for P >= 6 and d in [P/2, 2P]);
+    its square by Dekker's product, the cross term 2·r_hi·r_lo in float32 (it is ~1e−8 of the square)."""
+    p = op.Unsqueeze(period, [1])  # (B, 1)
+    r_hi = op.Gather(log_hi, d) - op.Gather(log_hi, p)  # (B, D)
+    r_lo = op.Gather(log_lo, d) - op.Gather(log_lo, p)
+    sq, sq_err = two_product(r_hi, r_hi)
+    sq_lo = sq_err + r_hi * r_lo * op.Constant(value_float=2.0)
+    tightness = op.CastLike(TIGHTNESS, sq)
+    pen, pen_err = two_product(sq, tightness)
+    pen_hi, pen_lo = renormalize(pen, pen_err + sq_lo * tightness)
+    return pen_hi, pen_lo
+
+
+@onnxscript.script(vampnet, default_opset=op)
 def beat_dp(
-    score: FLOAT["B", "F"], period: INT64["B"], log_hi: FLOAT["D"], log_lo: FLOAT["D"]
-) -> (FLOAT["B", "F"], INT64["B", "F"]):
-    """librosa's `__beat_track_dp`: (cumscore, backlink), backlink −1 where there is none.
+    score: FLOAT["B", "F"], period: INT64["B"], log_hi: FLOAT["L"], log_lo: FLOAT["L"]
+) -> (FLOAT["B", "F"], FLOAT["B", "F"], INT64["B", "F"]):
+    """librosa's `__beat_track_dp`: (cumscore as a double-float hi + lo, backlink), backlink −1
+    where there is none.
 
     Frame i's predecessors are i − d for d in [round(P/2), 2P] (round half to even, as numpy),
     scored cumscore[i − d] − 100·(ln d − ln P)²; the first maximum in librosa's scan (descending
-    i − d) is the smallest d, as ArgMax's first index. ln d − ln P = (hi_d − hi_P) + (lo_d − lo_P)
-    with hi_d − hi_P exact (Sterbenz: the logs are within a factor 2 for P >= 6, d in [P/2, 2P]).
+    i − d) is the smallest d. librosa adds in float64; cumscore grows along the path, and two
+    paths that differ only in the order of two gaps (a, a + 1 versus a + 1, a) carry the same
+    penalties and differ by the local scores alone, which can be 1e−11 between beats. A float32
+    sum cannot tell those apart; the double-float sum (about 44 bits) does.
     """
     B = op.Shape(score, start=0, end=1)
     n = op.Shape(score, start=1, end=2)
     F = op.Squeeze(n)
     half = op.Cast(op.Round(op.Cast(period, to=FLOAT.dtype) * op.Constant(value_float=0.5)), to=INT64.dtype)
     block = op.ReduceMin(half, keepdims=0)  # frames that never read each other
-    span = 2 * op.ReduceMax(period, keepdims=0) + 1
-    d = op.Range(0, span, 1)  # (D,)
-    p = op.Unsqueeze(period, [1])  # (B, 1)
-    ratio = (op.Gather(log_hi, d) - op.Gather(log_hi, p)) + (op.Gather(log_lo, d) - op.Gather(log_lo, p))
-    penalty = ratio * ratio * op.Constant(value_float=TIGHTNESS)  # (B, D)
-    allowed = op.And(op.Unsqueeze(d, [0]) >= op.Unsqueeze(half, [1]), op.Unsqueeze(d, [0]) <= 2 * p)
-    penalty = op.Unsqueeze(op.Where(allowed, penalty, op.CastLike(INF, penalty)), [1])  # (B, 1, D)
-    cumscore = op.Mul(score, op.CastLike(0.0, score))
+    d = op.Range(0, 2 * op.ReduceMax(period, keepdims=0) + 1, 1)  # (D,)
+    pen_hi, pen_lo = tempo_penalty(d, period, log_hi, log_lo)  # (B, D)
+    pen_hi, pen_lo = op.Unsqueeze(pen_hi, [1]), op.Unsqueeze(pen_lo, [1])  # (B, 1, D)
+    d_row = op.Unsqueeze(d, [0])
+    allowed = op.And(d_row >= op.Unsqueeze(half, [1]), d_row <= 2 * op.Unsqueeze(period, [1]))
+    allowed = op.Unsqueeze(allowed, [1])  # (B, 1, D)
+    zero = op.CastLike(0.0, score)
+    cum_hi = op.Expand(zero, op.Shape(score))
+    cum_lo = cum_hi
     backlink = op.Expand(op.Constant(value_int=-1), op.Concat(B, n, axis=0))
     n_blocks = (F + block - 1) / block
     for b in range(n_blocks):
         i = op.Min(b * block + op.Range(0, block, 1), F - 1)  # (block,); the last block repeats F − 1
         loc = op.Unsqueeze(i, [1]) - op.Unsqueeze(d, [0])  # (block, D)
-        candidate = op.Gather(cumscore, op.Max(loc, 0), axis=1) - penalty  # (B, block, D)
-        candidate = op.Where(loc >= 0, candidate, op.CastLike(-INF, candidate))
-        best = op.ReduceMax(candidate, [2], keepdims=0)  # (B, block)
-        found = best > op.CastLike(-INF, best)
+        at_loc = op.Max(loc, 0)
+        c_hi, c_err = two_sum(op.Gather(cum_hi, at_loc, axis=1), -pen_hi)  # (B, block, D)
+        c_hi, c_lo = renormalize(c_hi, c_err + (op.Gather(cum_lo, at_loc, axis=1) - pen_lo))
+        valid = op.And(loc >= 0, allowed)
+        c_hi = op.Where(valid, c_hi, op.CastLike(-INF, c_hi))  # -inf: no such predecessor
+        c_lo = op.Where(valid, c_lo, zero)
+        best_hi = op.ReduceMax(c_hi, [2], keepdims=1)
+        ties = c_hi == best_hi
+        best_lo = op.ReduceMax(op.Where(ties, c_lo, op.CastLike(-INF, c_lo)), [2], keepdims=1)
+        first = op.ArgMax(op.Cast(op.And(ties, c_lo == best_lo), to=INT64.dtype), axis=2, keepdims=0)
+        best_hi = op.Squeeze(best_hi, [2])
+        found = best_hi > op.CastLike(-INF, best_hi)
+        here = op.Gather(score, i, axis=1)  # (B, block)
+        s_hi, s_err = two_sum(here, op.Where(found, best_hi, zero))
+        s_hi, s_lo = renormalize(s_hi, s_err + op.Where(found, op.Squeeze(best_lo, [2]), zero))
         at = op.Expand(op.Unsqueeze(i, [0]), op.Concat(B, op.Shape(i), axis=0))  # (B, block)
-        here = op.Gather(score, i, axis=1)
-        cumscore = op.ScatterElements(cumscore, at, here + op.Where(found, best, op.CastLike(0.0, best)), axis=1)
-        link = op.Where(found, at - op.ArgMax(candidate, axis=2, keepdims=0), -1)
-        backlink = op.ScatterElements(backlink, at, link, axis=1)
+        cum_hi = op.ScatterElements(cum_hi, at, s_hi, axis=1)
+        cum_lo = op.ScatterElements(cum_lo, at, s_lo, axis=1)
+        backlink = op.ScatterElements(backlink, at, op.Where(found, at - op.Gather(d, first), -1), axis=1)
     # no backlink before the first frame whose score reaches 1 % of the row's maximum
     t = op.Unsqueeze(op.Range(0, F, 1), [0])
     strong = score >= op.ReduceMax(score, [1], keepdims=1) * op.Constant(value_float=0.01)
-    first = op.ReduceMin(op.Where(strong, t, F), [1], keepdims=1)
-    return cumscore, op.Where(t < first, -1, backlink)
+    first_strong = op.ReduceMin(op.Where(strong, t, F), [1], keepdims=1)
+    return cum_hi, cum_lo, op.Where(t < first_strong, -1, backlink)
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def last_beat(cumscore: FLOAT["B", "F"]) -> INT64["B", 1]:
+def last_beat(cum_hi: FLOAT["B", "F"], cum_lo: FLOAT["B", "F"]) -> INT64["B", 1]:
     """librosa's `__last_beat`: the last local maximum (x[t] > x[t − 1], x[t] >= x[t + 1], edges
-    repeated) of cumscore that is >= half the median of all local maxima; F − 1 if none."""
-    n = op.Shape(cumscore, start=1, end=2)
+    repeated) of cumscore that is >= half the median of all local maxima; F − 1 if none.
+    Neighbours are compared as double-floats; the median and threshold in float32 (hi)."""
+    n = op.Shape(cum_hi, start=1, end=2)
     F = op.Squeeze(n)
-    prev = op.Slice(op.Pad(cumscore, [0, 1, 0, 0]), [0], n, [1])
-    nxt = op.Slice(op.Concat(cumscore, op.Slice(cumscore, n - 1, n, [1]), axis=1), [1], n + 1, [1])
+    prev_hi = op.Slice(op.Pad(cum_hi, [0, 1, 0, 0]), [0], n, [1])
+    prev_lo = op.Slice(op.Pad(cum_lo, [0, 1, 0, 0]), [0], n, [1])
+    next_hi = op.Slice(op.Concat(cum_hi, op.Slice(cum_hi, n - 1, n, [1]), axis=1), [1], n + 1, [1])
+    next_lo = op.Slice(op.Concat(cum_lo, op.Slice(cum_lo, n - 1, n, [1]), axis=1), [1], n + 1, [1])
     t = op.Unsqueeze(op.Range(0, F, 1), [0])
-    peak = op.And(op.And(cumscore > prev, t >= 1), cumscore >= nxt)
-    ordered, _ = op.TopK(op.Where(peak, cumscore, op.CastLike(INF, cumscore)), n, axis=1, largest=0)
+    rises = op.And(is_greater(cum_hi, cum_lo, prev_hi, prev_lo), t >= 1)
+    peak = op.And(rises, op.Not(is_greater(next_hi, next_lo, cum_hi, cum_lo)))
+    ordered, _ = op.TopK(op.Where(peak, cum_hi, op.CastLike(INF, cum_hi)), n, axis=1, largest=0)
     count = op.ReduceSum(op.Cast(peak, to=INT64.dtype), [1], keepdims=1)  # (B, 1)
-    low = op.GatherElements(ordered, op.Max(count - 1, 0) / 2, axis=1)
-    high = op.GatherElements(ordered, op.Min(count / 2, F - 1), axis=1)
+    low = take_rows(ordered, op.Max(count - 1, 0) / 2)  # (take_rows works for any element type)
+    high = take_rows(ordered, op.Min(count / 2, F - 1))
     threshold = (low + high) * op.Constant(value_float=0.25)  # half the median
-    chosen = op.ReduceMax(op.Where(op.And(peak, cumscore >= threshold), t, -1), [1], keepdims=1)
+    chosen = op.ReduceMax(op.Where(op.And(peak, cum_hi >= threshold), t, -1), [1], keepdims=1)
     return op.Where(chosen >= 0, chosen, F - 1)
 
 
@@ -208,7 +263,7 @@ def trim_beats(beats: BOOL["B", "F"], score: FLOAT["B", "F"]) -> BOOL["B", "F"]:
     t = op.Unsqueeze(op.Range(0, F, 1), [0])
     zero = op.CastLike(0.0, score)
     position, _ = op.TopK(op.Where(beats, t, F), n, axis=1, largest=0)  # beats in order, then F
-    v = op.Where(position < F, op.GatherElements(score, op.Min(position, F - 1), axis=1), zero)  # (B, F)
+    v = op.Where(position < F, take_rows(score, op.Min(position, F - 1)), zero)  # (B, F)
     before = op.Slice(op.Pad(v, [0, 1, 0, 0]), [0], n, [1])
     after = op.Slice(op.Pad(v, [0, 0, 0, 1]), [1], n + 1, [1])
     half = op.Constant(value_float=0.5)
@@ -219,6 +274,22 @@ def trim_beats(beats: BOOL["B", "F"], score: FLOAT["B", "F"]) -> BOOL["B", "F"]:
     first = op.ReduceMin(op.Where(above, t, F), [1], keepdims=1)
     last = op.ReduceMax(op.Where(above, t, -1), [1], keepdims=1)
     return op.And(beats, op.And(t >= first, t <= last))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def ms_to_frames(ms: FLOAT, frame_rate: FLOAT) -> INT64:
+    """ceil(ms · frame_rate / 1000) of the exact product, for 0 <= ms <= MAX_BEAT_MS (the app's
+    s2t(ms / 1000); rounding ms / 1000 to float32 first would add a frame where the exact value is
+    an integer, e.g. 12 800 ms = 735 frames). p + e = ms·frame_rate exactly; n = ceil(p / 1000) is
+    within one of the answer, and the sign of (p − 1000·k) + e (1000·k exact, the difference exact
+    where it is small) says on which side of 1000·k the product lies."""
+    p, e = two_product(ms, frame_rate)
+    thousand = op.CastLike(1000.0, p)
+    n = op.Ceil(p / thousand)
+    n = op.Where((p - thousand * n) + e > op.CastLike(0.0, p), n + op.CastLike(1.0, n), n)
+    below = n - op.CastLike(1.0, n)
+    n = op.Where((p - thousand * below) + e <= op.CastLike(0.0, p), below, n)
+    return op.Cast(n, to=INT64.dtype)
 
 
 @dataclass(frozen=True)
@@ -298,8 +369,8 @@ def make_beat_tracker(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> BeatT
         envelope = op.Where(usable, envelope, op.CastLike(0.0, envelope))
         period = tempo_period(envelope)
         score = local_score(envelope, period)
-        cumscore, backlink = beat_dp(score, period, op.Constant(value=log_hi), op.Constant(value=log_lo))
-        beats = backtrack_beats(backlink, last_beat(cumscore))
+        cum_hi, cum_lo, backlink = beat_dp(score, period, op.Constant(value=log_hi), op.Constant(value=log_lo))
+        beats = backtrack_beats(backlink, last_beat(cum_hi, cum_lo))
         return op.And(trim_beats(beats, score), usable)
 
     @onnxscript.script(vampnet, default_opset=op)
@@ -307,8 +378,7 @@ def make_beat_tracker(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> BeatT
         """The app's beat mask: 0 (keep) in frames [b, b + ceil(ms/1000 · sample_rate/hop)) after
         every beat b of the row's audio, cropped to T; 1 elsewhere. ms <= 0 (or NaN): all ones,
         and the tracker does not run."""
-        seconds = clamp_real(ms, 0.0, MAX_BEAT_MS) / op.Constant(value_float=1000.0)
-        width = s2t(seconds, op.Constant(value_float=frame_rate))
+        width = ms_to_frames(clamp_real(ms, 0.0, MAX_BEAT_MS), op.Constant(value_float=frame_rate))
         if width > 0:
             beats = beat_track(audio)
             T = op.Shape(codes, start=2, end=3)

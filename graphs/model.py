@@ -13,6 +13,7 @@ import numpy as np
 import onnxscript
 from onnxscript import FLOAT, INT64
 
+from vampnet_onnx.graphs.beats import make_beat_tracker
 from vampnet_onnx.graphs.codec import decode, encode
 from vampnet_onnx.graphs.masks import build_mask, resolve_mask
 from vampnet_onnx.graphs.onsets import make_onset_detector
@@ -78,6 +79,7 @@ def main_graph(config: GraphConfig):
     N_CODEBOOKS, WINDOW, OVERLAP = config.n_codebooks, config.codec_window, config.codec_overlap
     FRAME_RATE = float(np.float32(config.frame_rate))
     onset_mask = make_onset_detector(config.sample_rate, config.hop_length).onset_mask
+    beat_mask = make_beat_tracker(config.sample_rate, config.hop_length).beat_mask
 
     @onnxscript.script(default_opset=op)
     def vampnet(
@@ -105,6 +107,7 @@ def main_graph(config: GraphConfig):
         feedback_steps: INT64[1],
         time_stretch_factor: INT64[1],
         onset_mask_width: INT64[1],
+        beat_mask_ms: FLOAT[1],
     ) -> tuple[
         FLOAT["B", "S_out"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"], INT64["B", "K", "T"]
     ]:
@@ -125,11 +128,12 @@ def main_graph(config: GraphConfig):
         n_samples = op.Shape(input_codes, start=2, end=3) * hop
         hop_padded = op.Pad(rows, op.Concat([0, 0], [0], n_samples - op.Shape(rows, start=1, end=2), axis=0))
         width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
+        beat_ms = op.Where(op.Size(mask) == 0, scalar(beat_mask_ms), 0.0)  # beat_mask clamps it
         built_mask = build_mask(
             input_codes, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
             scalar(suffix_s), scalar(periodic_prompt), scalar(periodic_prompt_width), scalar(dropout),
             scalar(ncc), scalar(upper_codebook_mask), op.Constant(value_float=FRAME_RATE),
-            onset_mask(input_codes, hop_padded, width),
+            onset_mask(input_codes, hop_padded, width), beat_mask(input_codes, hop_padded, beat_ms),
         )
         input_mask = resolve_mask(mask, built_mask)
         # time stretch (upstream Interface.vamp): f× the frames, the added ones generated

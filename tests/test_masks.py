@@ -26,12 +26,13 @@ def codes_of(shape, seed=0):
 def build(codes, key, intensity=1.0, prefix=0.0, suffix=0.0, P=7, width=1, dropout=0.0, ncc=0, upper=3, runtime="ort"):
     return run_function(
         masks.build_mask, codes, np.asarray(key, np.int32), f32(intensity), f32(prefix), f32(suffix),
-        i64(P), i64(width), f32(dropout), i64(ncc), i64(upper), FRAME_RATE, no_onsets(codes), runtime=runtime,
+        i64(P), i64(width), f32(dropout), i64(ncc), i64(upper), FRAME_RATE, no_onsets(codes), no_onsets(codes),
+        runtime=runtime,
     )  # fmt: skip
 
 
 def no_onsets(codes):
-    """The onset prompt when it is off: all ones (generate), shaped like codes."""
+    """The onset or beat prompt when it is off: all ones (generate), shaped like codes."""
     return np.ones_like(codes)
 
 

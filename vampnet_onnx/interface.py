@@ -64,6 +64,7 @@ MIN_TEMPERATURE = 1.0e-6
 MAX_FEEDBACK_STEPS = 8
 MAX_TIME_STRETCH = 8
 MAX_ONSET_WIDTH = 1 << 24  # frames; any width beyond the input keeps all of it anyway
+MAX_BEAT_MS = 60_000.0  # a minute after every beat; librosa's slowest tempo has beats 8 s apart
 
 INPUTS: tuple[Input, ...] = (
     Input("audio", "float32", None, None, None,
@@ -122,6 +123,10 @@ INPUTS: tuple[Input, ...] = (
     Input("onset_mask_width", "int64", 0, 0, MAX_ONSET_WIDTH,
           "keep the frames [o − W, o + W) around every note onset o of `audio` (0 = off; "
           "ignored with an explicit mask)"),
+    Input("beat_mask_ms", "float32", 0.0, 0.0, MAX_BEAT_MS,
+          "keep the first ms milliseconds after every beat of `audio` (librosa's beat tracker, "
+          "docs/beats.md; 0 = off; ignored with an explicit mask)",
+          outside="clamped; NaN: 0"),
 )
 
 OUTPUTS: tuple[Output, ...] = (
