@@ -388,7 +388,7 @@ def make_beat_tracker(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> BeatT
             mask = op.Expand(op.Unsqueeze(op.Cast(op.Not(keep), to=INT64.dtype), [1]), op.Shape(codes))
         else:
             mask = op.Expand(op.CastLike(1, codes), op.Shape(codes))
-        return mask
+        return op.Reshape(mask, op.Shape(codes))  # a no-op that gives type inference the rank
 
     return BeatTracker(
         sample_rate=sample_rate,

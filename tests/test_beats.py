@@ -299,3 +299,32 @@ def test_ms_to_frames_is_exact():
     app = np.array([width_frames(float(m)) for m in ms])
     differ = ms[app != exact]
     assert 0 < len(differ) < 10 and (differ % 2560 == 0).all() and (app[app != exact] == exact[app != exact] + 1).all()
+
+
+def test_graph_is_portable():
+    """Opset 20 only, no float64, no GatherElements (the reference evaluator's fails on long axes);
+    one Loop (the DP) and one If (off: no tracking); the ONNX checker with full inference passes."""
+    import onnx
+
+    from tests.graph_helpers import function_model
+
+    codes, audio = np.zeros((1, 14, 10), i64), np.zeros((1, 7680), f32)
+    model = function_model(beats.beat_mask, codes, audio, f32(50))
+    onnx.checker.check_model(model, full_check=True)
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), ("vampnet", 1)}
+    double = onnx.TensorProto.DOUBLE
+    ops = []
+
+    def walk(nodes, where):
+        for node in nodes:
+            ops.append(node.op_type)
+            assert node.op_type != "GatherElements", where
+            for attr in node.attribute:
+                assert not (attr.name == "to" and attr.i == double), where
+                assert not (attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == double), where
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g.node, where)
+
+    for function in model.functions:
+        walk(function.node, function.name)
+    assert ops.count("Loop") == 1 and ops.count("If") == 1
