@@ -15,7 +15,8 @@ where float32 can differ from librosa's float64):
                      lags faster than 320 BPM excluded. The lag P is the beat period in frames.
     local score      envelope / std, smoothed by a Gaussian of std P/32
     DP               cumscore[i] = score[i] + max over d in [round(P/2), 2P] of
-                     cumscore[i − d] − 100·(ln d − ln P)²  (first max = smallest d), backlinks
+                     cumscore[i − d] − 100·(ln d − ln P)²  (first max = smallest d), backlinks;
+                     cumscore is a double-float (hi + lo), as librosa sums in float64
     last beat        the last local maximum of cumscore at or above half their median
     backtrack        follow the backlinks from the last beat (pointer doubling, as onsets' `wait` rule)
     trim             drop the beats before the first / after the last frame whose local score is above
@@ -40,7 +41,8 @@ import onnxscript
 from onnxscript import BOOL, FLOAT, INT64
 
 from vampnet_onnx.graphs.masks import clamp_real, two_product
-from vampnet_onnx.graphs.onsets import HOP, SAMPLE_RATE, _tensor, hann_window, last_true, make_onset_detector, reach_24, take_rows
+from vampnet_onnx.graphs.onsets import HOP, SAMPLE_RATE, _tensor, hann_window, last_true, make_onset_detector
+from vampnet_onnx.graphs.onsets import reach_24, take_rows
 from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.interface import MAX_BEAT_MS
 

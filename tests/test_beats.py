@@ -185,7 +185,8 @@ def test_beat_mask_in_the_model_equals_upstream(tiny, case):
     np.testing.assert_array_equal(out["mask_out"], explicit)
 
 
-CLAMPED = [(-5.0, 0.0), (float("nan"), 0.0), (float("-inf"), 0.0), (1e12, beats.MAX_BEAT_MS), (float("inf"), beats.MAX_BEAT_MS)]
+CLAMPED = [(-5.0, 0.0), (float("nan"), 0.0), (float("-inf"), 0.0),
+           (1e12, beats.MAX_BEAT_MS), (float("inf"), beats.MAX_BEAT_MS)]
 
 
 @pytest.mark.parametrize("ms,acts_as", CLAMPED, ids=[str(v) for v, _ in CLAMPED])
@@ -213,6 +214,14 @@ def test_beats_equal_librosa_without_a_clear_beat():
         got = np.flatnonzero(track(y[None])[0])
         np.testing.assert_array_equal(got, librosa_beats(y), err_msg=name)
     assert not track(no_clear_beat()["silence"][None]).any()  # librosa returns none: so do we
+
+
+def test_short_noise_equals_librosa():
+    """2 to 40 frames of noise: librosa's tempo window is longer than the clip."""
+    rng = np.random.default_rng(1)
+    for frames in (2, 3, 4, 6, 10, 20, 40):
+        y = (0.3 * rng.standard_normal(frames * HOP)).astype(f32)
+        np.testing.assert_array_equal(np.flatnonzero(track(y[None])[0]), librosa_beats(y), err_msg=str(frames))
 
 
 def test_a_minute_of_drums_equals_librosa():
