@@ -203,7 +203,8 @@ def beat_dp(
         best_hi = op.ReduceMax(c_hi, [2], keepdims=1)
         ties = c_hi == best_hi
         best_lo = op.ReduceMax(op.Where(ties, c_lo, op.CastLike(-INF, c_lo)), [2], keepdims=1)
-        first = op.ArgMax(op.Cast(op.And(ties, c_lo == best_lo), to=INT64.dtype), axis=2, keepdims=0)
+        winner = op.And(ties, c_lo == best_lo)
+        first = op.ReduceMin(op.Where(winner, d, op.ReduceMax(d, keepdims=0) + 1), [2], keepdims=0)  # smallest d
         best_hi = op.Squeeze(best_hi, [2])
         found = best_hi > op.CastLike(-INF, best_hi)
         here = op.Gather(score, i, axis=1)  # (B, block)
@@ -212,7 +213,7 @@ def beat_dp(
         at = op.Expand(op.Unsqueeze(i, [0]), op.Concat(B, op.Shape(i), axis=0))  # (B, block)
         cum_hi = op.ScatterElements(cum_hi, at, s_hi, axis=1)
         cum_lo = op.ScatterElements(cum_lo, at, s_lo, axis=1)
-        backlink = op.ScatterElements(backlink, at, op.Where(found, at - op.Gather(d, first), -1), axis=1)
+        backlink = op.ScatterElements(backlink, at, op.Where(found, at - first, -1), axis=1)
     # no backlink before the first frame whose score reaches 1 % of the row's maximum
     t = op.Unsqueeze(op.Range(0, F, 1), [0])
     strong = score >= op.ReduceMax(score, [1], keepdims=1) * op.Constant(value_float=0.01)
