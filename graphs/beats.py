@@ -33,7 +33,6 @@ Batch rows are independent. A row with no onset energy (silence, too short, or a
 envelope) has no beats, as librosa returns none (it raises on non-finite audio). Build-time
 constants come from the codec's sample rate and hop: `make_beat_tracker(sample_rate, hop)`.
 """
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +49,9 @@ AC_SIZE_S = 8.0  # tempogram window (librosa tempo's ac_size)
 START_BPM, STD_BPM = 120.0, 1.0  # log-normal tempo prior: mean and std in octaves
 MAX_TEMPO = 320.0  # BPM; faster lags are excluded
 TIGHTNESS = 100.0
-INF = math.inf
+# Sentinels, finite (OpenVINO's CPU plugin turned the DP's −inf into NaN): no candidate in the DP,
+# and "not a local maximum" when sorting them (1e38, so that two of them still add up finitely)
+NONE, ABOVE = -3.0e38, 1.0e38
 TINY32 = float(np.finfo(np.float32).tiny)  # librosa util.tiny of a float32 array
 
 
@@ -198,15 +199,15 @@ def beat_dp(
         c_hi, c_err = two_sum(op.Gather(cum_hi, at_loc, axis=1), -pen_hi)  # (B, block, D)
         c_hi, c_lo = renormalize(c_hi, c_err + (op.Gather(cum_lo, at_loc, axis=1) - pen_lo))
         valid = op.And(loc >= 0, allowed)
-        c_hi = op.Where(valid, c_hi, op.CastLike(-INF, c_hi))  # -inf: no such predecessor
+        c_hi = op.Where(valid, c_hi, op.CastLike(NONE, c_hi))  # no such predecessor
         c_lo = op.Where(valid, c_lo, zero)
         best_hi = op.ReduceMax(c_hi, [2], keepdims=1)
         ties = c_hi == best_hi
-        best_lo = op.ReduceMax(op.Where(ties, c_lo, op.CastLike(-INF, c_lo)), [2], keepdims=1)
+        best_lo = op.ReduceMax(op.Where(ties, c_lo, op.CastLike(NONE, c_lo)), [2], keepdims=1)
         winner = op.And(ties, c_lo == best_lo)
         first = op.ReduceMin(op.Where(winner, d, op.ReduceMax(d, keepdims=0) + 1), [2], keepdims=0)  # smallest d
         best_hi = op.Squeeze(best_hi, [2])
-        found = best_hi > op.CastLike(-INF, best_hi)
+        found = best_hi > op.CastLike(NONE, best_hi)
         here = op.Gather(score, i, axis=1)  # (B, block)
         s_hi, s_err = two_sum(here, op.Where(found, best_hi, zero))
         s_hi, s_lo = renormalize(s_hi, s_err + op.Where(found, op.Squeeze(best_lo, [2]), zero))
@@ -235,7 +236,7 @@ def last_beat(cum_hi: FLOAT["B", "F"], cum_lo: FLOAT["B", "F"]) -> INT64["B", 1]
     t = op.Unsqueeze(op.Range(0, F, 1), [0])
     rises = op.And(is_greater(cum_hi, cum_lo, prev_hi, prev_lo), t >= 1)
     peak = op.And(rises, op.Not(is_greater(next_hi, next_lo, cum_hi, cum_lo)))
-    ordered, _ = op.TopK(op.Where(peak, cum_hi, op.CastLike(INF, cum_hi)), n, axis=1, largest=0)
+    ordered, _ = op.TopK(op.Where(peak, cum_hi, op.CastLike(ABOVE, cum_hi)), n, axis=1, largest=0)
     count = op.ReduceSum(op.Cast(peak, to=INT64.dtype), [1], keepdims=1)  # (B, 1)
     low = take_rows(ordered, op.Max(count - 1, 0) / 2)  # (take_rows works for any element type)
     high = take_rows(ordered, op.Min(count / 2, F - 1))
