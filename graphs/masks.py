@@ -13,8 +13,11 @@ A mask is int64 (B, K, T): 1 = generate the token, 0 = keep the input's token. B
                      computed by the caller, all ones when off
     codebook_unmask  codebooks < ncc kept
     codebook_mask    codebooks ≥ upper generated
+    beat prompt      keep frames just after every beat (graphs/beats.py); computed by the caller, all
+                     ones when off; applied after the rest, as upstream's app does
 
-    build_mask = codebook_mask(codebook_unmask(dropout(min(random, inpaint, periodic, onset)), ncc), upper)
+    built = codebook_mask(codebook_unmask(dropout(min(random, inpaint, periodic, onset)), ncc), upper)
+    build_mask = codebook_mask(min(built, beat), upper)
 
 Deliberate difference from upstream: batch rows are independent, so the periodic roll and the
 dropout frames are drawn per row (upstream draws one roll / one frame list for the whole batch).
@@ -213,11 +216,12 @@ def build_mask(
     upper_codebook_mask: INT64,
     frame_rate: FLOAT,
     onset: INT64["B", "K", "T"],
+    beat: INT64["B", "K", "T"],
 ) -> INT64["B", "K", "T"]:
-    """Upstream `Interface.build_mask`, parameters clamped first (module doc).
+    """Upstream `Interface.build_mask`, parameters clamped first (module doc), then the app's beat prompt.
 
     frame_rate: codec frames per second (sample rate / hop), exact in float32.
-    onset: the onset prompt (1 generate, 0 keep; all ones when off), shaped like codes.
+    onset, beat: the onset and beat prompts (1 generate, 0 keep; all ones when off), shaped like codes.
     """
     K = op.Squeeze(op.Shape(codes, start=1, end=2))
     intensity = clamp_real(rand_mask_intensity, 0.0, 1.0)
@@ -236,7 +240,8 @@ def build_mask(
     mask = op.Min(mask, onset)
     mask = dropout_mask(mask, derive_key(key, MASK_DROPOUT), p_dropout)
     mask = codebook_unmask(mask, n_cond)
-    return codebook_mask(mask, upper)
+    # upstream's app: codebook_mask(mask_and(codebook_mask(mask, upper), beat), upper), which is this
+    return codebook_mask(op.Min(mask, beat), upper)
 
 
 @onnxscript.script(vampnet, default_opset=op)

@@ -13,6 +13,7 @@ import numpy as np
 import onnxscript
 from onnxscript import FLOAT, INT64
 
+from vampnet_onnx.graphs.beats import make_beat_tracker
 from vampnet_onnx.graphs.codec import decode, encode
 from vampnet_onnx.graphs.masks import build_mask, resolve_mask
 from vampnet_onnx.graphs.onsets import make_onset_detector
@@ -85,6 +86,7 @@ def main_graph(config: GraphConfig):
     ADAPTERS = config.adapters
     onset_mask = make_onset_detector(config.sample_rate, config.hop_length).onset_mask
     shift_pitch = make_pitch_shifter(config.sample_rate).pitch_shift
+    beat_mask = make_beat_tracker(config.sample_rate, config.hop_length).beat_mask
 
     @onnxscript.script(default_opset=op)
     def vampnet(
@@ -113,6 +115,7 @@ def main_graph(config: GraphConfig):
         feedback_steps: INT64[1],
         time_stretch_factor: INT64[1],
         onset_mask_width: INT64[1],
+        beat_mask_ms: FLOAT[1],
         pitch_shift: INT64[1],
         generate: INT64[1],
         adapter: INT64[1],
@@ -155,11 +158,12 @@ def main_graph(config: GraphConfig):
             heard = op.Identity(hop_padded)
             to_encode = op.Identity(prepared)
         width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
+        beat_ms = op.Where(op.Size(mask) == 0, scalar(beat_mask_ms), 0.0)  # beat_mask clamps it
         built_mask = build_mask(
             grid, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
             scalar(suffix_s), scalar(periodic_prompt), scalar(periodic_prompt_width), scalar(dropout),
             scalar(ncc), scalar(upper_codebook_mask), op.Constant(value_float=FRAME_RATE),
-            onset_mask(grid, heard, width),
+            onset_mask(grid, heard, width), beat_mask(grid, heard, beat_ms),
         )
         input_mask = resolve_mask(mask, built_mask)
         # time stretch (upstream Interface.vamp): f× the frames, the added ones generated

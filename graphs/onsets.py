@@ -336,6 +336,8 @@ class OnsetDetector:
     hop: int
     peak_pick_params: PeakPickParams
     frames: onnxscript.OnnxFunction  # (B, S) audio -> (B, F, N_FFT) windowed frames
+    band_flux: onnxscript.OnnxFunction  # (B, S) -> (B, F − lag, n_mels) flux per mel band
+    centre_envelope: onnxscript.OnnxFunction  # (B, F − lag) aggregated flux -> (B, F) envelope
     onset_envelope: onnxscript.OnnxFunction  # (B, S) -> (B, F) librosa onset_strength
     peak_candidates: onnxscript.OnnxFunction  # (B, F) normalised envelope -> (B, F) bool, before `wait`
     peak_pick: onnxscript.OnnxFunction  # (B, F) normalised envelope -> (B, F) bool
@@ -403,8 +405,9 @@ def make_onset_detector(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> Ons
         return re * re + im * im
 
     @onnxscript.script(vampnet, default_opset=op)
-    def onset_envelope(audio: FLOAT["B", "S"]) -> FLOAT["B", "F"]:
-        """librosa.onset.onset_strength(y, sr, hop_length=hop) per row (not normalised), (B, F)."""
+    def band_flux(audio: FLOAT["B", "S"]) -> FLOAT["B", "G", "M"]:
+        """librosa onset_strength's rectified spectral flux per mel band, before the aggregation
+        over bands: max(0, S[t] − S[t − lag]) of the dB mel spectrogram, (B, F − lag, n_mels)."""
         power = power_spectrum(frames(audio))
         mel = op.MatMul(power, op.Constant(value=mel_t))  # (B, F, n_mels)
         # 10·log10(max(amin, mel)); values at or below amin get librosa's constant exactly (onnxruntime's
@@ -414,12 +417,22 @@ def make_onset_detector(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> Ons
         floor = op.ReduceMax(db, [1, 2], keepdims=1) - op.CastLike(TOP_DB, db)
         db = op.Max(db, floor)
         n = op.Shape(db, start=1, end=2)
-        # (B, F − lag, n_mels)
         flux = op.Slice(db, op.Constant(value_ints=[LAG]), n, [1]) - op.Slice(db, [0], n - LAG, [1])
-        flux = op.Max(flux, op.CastLike(0.0, flux))
-        envelope = op.ReduceMean(flux, [2], keepdims=0)  # (B, F − lag)
-        envelope = op.Pad(envelope, op.Constant(value_ints=[0, centre_shift, 0, 0]))
+        return op.Max(flux, op.CastLike(0.0, flux))
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def centre_envelope(aggregated: FLOAT["B", "G"]) -> FLOAT["B", "F"]:
+        """The flux aggregated over bands, (B, F − lag), shifted right by lag + n_fft // (2·hop)
+        and cut to the F frames (librosa's `center` compensation)."""
+        n = op.Shape(aggregated, start=1, end=2) + LAG  # [F]
+        envelope = op.Pad(aggregated, op.Constant(value_ints=[0, centre_shift, 0, 0]))
         return op.Slice(envelope, [0], n, [1])  # (B, F)
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def onset_envelope(audio: FLOAT["B", "S"]) -> FLOAT["B", "F"]:
+        """librosa.onset.onset_strength(y, sr, hop_length=hop) per row (not normalised), (B, F):
+        the mean of the band flux over bands."""
+        return centre_envelope(op.ReduceMean(band_flux(audio), [2], keepdims=0))
 
     @onnxscript.script(vampnet, default_opset=op)
     def peak_candidates(x: FLOAT["B", "F"]) -> BOOL["B", "F"]:
@@ -475,6 +488,8 @@ def make_onset_detector(sample_rate: float = SAMPLE_RATE, hop: int = HOP) -> Ons
         hop=hop,
         peak_pick_params=pp,
         frames=frames,
+        band_flux=band_flux,
+        centre_envelope=centre_envelope,
         onset_envelope=onset_envelope,
         peak_candidates=peak_candidates,
         peak_pick=peak_pick,

@@ -377,13 +377,14 @@ FLAG_VALUES = {
     "time_stretch_factor": 2,  # tested on its own: the output is twice as long
     "onset_mask_width": 2,  # tested on its own: needs an input with onsets
     "adapter": 1,  # tested on its own (tests/test_adapters.py): needs a model with adapters
+    "beat_mask_ms": 50.0,  # tested on its own: needs an input with beats
 }
 MASK_FLAGS = ("rand_mask_intensity", "prefix_s", "suffix_s", "periodic_prompt",
               "periodic_prompt_width", "dropout", "ncc", "upper_codebook_mask")
 COARSE_FLAGS = ("sampling_steps", "temperature", "mask_temperature", "top_p", "sample_cutoff", "feedback_steps")
 C2F_FLAGS = ("c2f_sampling_steps", "c2f_temperature", "c2f_mask_temperature", "c2f_top_p",
              "c2f_sample_cutoff")
-OWN_TEST_FLAGS = ("time_stretch_factor", "onset_mask_width", "adapter")  # test_time_stretch_flag, test_onset_flag
+OWN_TEST_FLAGS = ("time_stretch_factor", "onset_mask_width", "beat_mask_ms", "adapter")  # test_*_flag; adapter: tests/test_adapters.py
 CODE_KEYS = ("codes", "mask_out", "coarse_codes", "codes_out")
 
 
@@ -495,6 +496,28 @@ def test_onset_flag(tmp_path, capsys, model_path):
     assert len(kept_frames) < masks[2].shape[2] / 2  # and much of the rest is generated
     np.testing.assert_array_equal(masks[2][:, :3], np.repeat(masks[2][:, :1], 3, axis=1))
     assert (masks[2][:, 3:] == 1).all()  # codebooks >= upper_codebook_mask still generated
+
+
+def test_beat_flag(tmp_path, capsys, model_path):
+    """--beat-mask-ms keeps the first frames after every beat of the input (clicks at 120 BPM)."""
+    y = music(44100, 3.0, 1) * 0.1
+    for t in np.arange(0.1, 3.0, 0.5):
+        i = int(t * 44100)
+        y[i:i + 200, 0] += np.exp(-np.arange(200) / 30.0) * 0.9
+    sf.write(str(tmp_path / "beats.wav"), y, 44100, subtype="FLOAT")
+    masks = {}
+    for ms in (0, 50):
+        rc, _, err = vamp(capsys, tmp_path / "beats.wav", "-o", tmp_path / f"b{ms}.wav", "-m", model_path,
+                          "--seed", 1, "--periodic-prompt", 0, "--beat-mask-ms", ms,
+                          "--save-codes", tmp_path / f"b{ms}.npz")
+        assert rc == 0, err
+        masks[ms] = load_codes(tmp_path / f"b{ms}.npz")["mask_out"]
+    assert masks[0].all()  # no prompt at all: everything generated
+    kept = masks[50][0, 0] == 0
+    starts = np.flatnonzero(kept & ~np.concatenate([[False], kept[:-1]]))
+    assert len(starts) >= 3 and np.all(np.abs(np.diff(starts) - 0.5 * 44100 / HOP) <= 2), starts  # every beat
+    assert kept.sum() <= 3 * len(starts)  # ceil(50 ms · 44100 / 768 / 1000) = 3 frames after each
+    assert (masks[50][:, 3:] == 1).all()  # codebooks >= upper_codebook_mask still generated
 
 
 def test_explicit_defaults_equal_leaving_flags_out(tmp_path, capsys, model_path, flag_wav, baseline):

@@ -26,12 +26,13 @@ def codes_of(shape, seed=0):
 def build(codes, key, intensity=1.0, prefix=0.0, suffix=0.0, P=7, width=1, dropout=0.0, ncc=0, upper=3, runtime="ort"):
     return run_function(
         masks.build_mask, codes, np.asarray(key, np.int32), f32(intensity), f32(prefix), f32(suffix),
-        i64(P), i64(width), f32(dropout), i64(ncc), i64(upper), FRAME_RATE, no_onsets(codes), runtime=runtime,
+        i64(P), i64(width), f32(dropout), i64(ncc), i64(upper), FRAME_RATE, no_onsets(codes), no_onsets(codes),
+        runtime=runtime,
     )  # fmt: skip
 
 
 def no_onsets(codes):
-    """The onset prompt when it is off: all ones (generate), shaped like codes."""
+    """The onset or beat prompt when it is off: all ones (generate), shaped like codes."""
     return np.ones_like(codes)
 
 
@@ -253,12 +254,29 @@ def test_build_mask_combines_the_onset_prompt_by_min_before_the_codebook_masks()
     onset[0, :, 10:14] = 0
     onset[1, :, 40:42] = 0
     args = [codes, np.asarray(key, np.int32), f32(0.8), f32(0.05), f32(0.0), i64(7), i64(1), f32(0.0), i64(1), i64(5), FRAME_RATE]
-    got = run_function(masks.build_mask, *args, onset)
+    got = run_function(masks.build_mask, *args, onset, np.ones_like(onset))
     without = build_ref(shape, key, intensity=0.8, prefix=0.05, P=7, ncc=1, upper=5)
     expected = np.minimum(without, onset)
     expected[:, 5:] = 1  # codebooks >= upper are generated whatever the prompts keep
     assert_mask(got, expected)
     assert (got != without).any()
+
+
+def test_build_mask_applies_the_beat_prompt_last():
+    """The app's order: codebook_mask(min(build_mask(...), beat), upper): after dropout and ncc."""
+    shape = (2, 14, 60)
+    key = ref.key_path(4, 0)
+    codes = codes_of(shape)
+    beat = np.ones(shape, np.int64)
+    beat[0, :, 5:8] = 0
+    beat[1, :, 30:33] = 0
+    args = [codes, np.asarray(key, np.int32), f32(1.0), f32(0.0), f32(0.0), i64(0), i64(1), f32(0.9), i64(1), i64(4), FRAME_RATE]
+    got = run_function(masks.build_mask, *args, np.ones_like(beat), beat)
+    without = build_ref(shape, key, intensity=1.0, P=0, dropout=0.9, ncc=1, upper=4)
+    expected = np.minimum(without, beat)
+    expected[:, 4:] = 1  # codebooks >= upper are generated whatever the beats keep
+    assert_mask(got, expected)
+    assert (got[:, 1:4] == 0).sum() == 3 * 3 * 2  # kept although dropout re-masked 90 % of the frames
 
 
 CLAMP_CASES = [
@@ -405,7 +423,7 @@ def test_function_models_pass_the_onnx_checker():
     shape = (2, 14, 9)
     args = [np.array([1, 2], np.int32), f32(1), f32(0), f32(0), i64(7), i64(1), f32(0), i64(0), i64(3), FRAME_RATE]
     for fn, inputs in [
-        (masks.build_mask, [codes_of(shape)] + args + [no_onsets(codes_of(shape))]),
+        (masks.build_mask, [codes_of(shape)] + args + [no_onsets(codes_of(shape))] * 2),
         (masks.resolve_mask, [np.zeros((1, 14, 0), np.int64), codes_of(shape)]),
         (masks.fit_mask, [np.zeros((1, 14, 3), np.int64), codes_of(shape)]),
     ]:

@@ -1,7 +1,7 @@
 """The shipped model runs the same in every runtime docs/runtimes.md names.
 
 On the tiny model, one clip, seed 7 and four settings (a changed temperature, a changed periodic
-prompt, an explicit mask, a mask preview with `generate` 0), each runtime must give `codes_out` (and every other code output)
+prompt, an explicit mask, a beat prompt, a mask preview with `generate` 0), each runtime must give `codes_out` (and every other code output)
 identical to onnxruntime in Python, and audio within the project's float32 noise floor:
 
 * onnxruntime, the oldest supported version (1.17.3), in its own virtual environment;
@@ -46,6 +46,7 @@ def cases(tiny) -> dict[str, dict[str, np.ndarray]]:
         "temperature": interface_feeds(audio, seed=7, temperature=0.6),
         "periodic_prompt": interface_feeds(audio, seed=7, periodic_prompt=3),
         "explicit_mask": interface_feeds(audio, seed=7, mask=mask),
+        "beat_mask": interface_feeds(audio, seed=7, periodic_prompt=0, beat_mask_ms=50.0),
         "mask_preview": interface_feeds(audio, seed=7, periodic_prompt=3, onset_mask_width=2, dropout=0.2, generate=0),
         "other_seed": interface_feeds(audio, seed=8, temperature=0.6),
         # stereo at 48 kHz mixed to mono, shifted up 5 semitones: the in-graph resampler, loudness
@@ -58,7 +59,9 @@ def cases(tiny) -> dict[str, dict[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def expected(tiny, cases) -> dict[str, dict[str, np.ndarray]]:
     session = ort.InferenceSession(str(tiny.path), providers=["CPUExecutionProvider"])
-    return {name: dict(zip(OUTPUTS, session.run(OUTPUTS, feeds))) for name, feeds in cases.items()}
+    outputs = {name: dict(zip(OUTPUTS, session.run(OUTPUTS, feeds))) for name, feeds in cases.items()}
+    assert (outputs["beat_mask"]["mask_out"][:, 0] == 0).any()  # the clip has beats: the tracker runs
+    return outputs
 
 
 def assert_same_outputs(got: dict, want: dict, label: str) -> None:

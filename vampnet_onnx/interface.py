@@ -105,6 +105,7 @@ MAX_SAMPLE_RATE = 384000
 MAX_PITCH_SHIFT = 12  # semitones, as upstream's app offers
 MAX_ONSET_WIDTH = 1 << 24  # frames; any width beyond the input keeps all of it anyway
 MAX_ADAPTERS = 64  # fine-tunes one model may hold (`build --coarse-lora NAME=FILE ...`)
+MAX_BEAT_MS = 60_000.0  # a minute after every beat; librosa's slowest tempo has beats 8 s apart
 
 INPUTS: tuple[Input, ...] = (
     Input("audio", "float32", None, None, None,
@@ -166,6 +167,10 @@ INPUTS: tuple[Input, ...] = (
     Input("onset_mask_width", "int64", 0, 0, MAX_ONSET_WIDTH,
           "keep the frames [o − W, o + W) around every note onset o of `audio` (0 = off; "
           "ignored with an explicit mask)"),
+    Input("beat_mask_ms", "float32", 0.0, 0.0, MAX_BEAT_MS,
+          "keep the first ms milliseconds after every beat of `audio` (librosa's beat tracker, "
+          "docs/beats.md; 0 = off; ignored with an explicit mask)",
+          outside="clamped; NaN: 0"),
     Input("pitch_shift", "int64", 0, -MAX_PITCH_SHIFT, MAX_PITCH_SHIFT,
           "semitones the preprocessed input is shifted by before it is encoded (0 = off); the "
           "codec and the onset prompt hear the shifted audio, as in upstream's app (docs/pitch-shift.md)",
