@@ -10,12 +10,13 @@ const WASM_MEMORY_LIMIT = 4 * 2 ** 30;
 const CONTROLS = [
   ["seed", "seed"], ["periodic_prompt", "periodic prompt"], ["upper_codebook_mask", "upper codebook mask"],
   ["onset_mask_width", "onset mask width"], ["beat_mask_ms", "beat mask (ms)"], ["dropout", "dropout"],
+  ["pitch_shift", "pitch shift (semitones)"],
   ["prefix_s", "prefix (s)"], ["suffix_s", "suffix (s)"], ["sampling_steps", "sampling steps"],
   ["temperature", "temperature"], ["top_p", "top-p"],
 ];
 // The controls that change the mask: the preview runs again when one of them changes.
 const MASK_CONTROLS = new Set(["seed", "periodic_prompt", "upper_codebook_mask", "onset_mask_width",
-  "beat_mask_ms", "dropout", "prefix_s", "suffix_s"]);
+  "beat_mask_ms", "dropout", "prefix_s", "suffix_s", "pitch_shift"]);
 const PREVIEW_DELAY_MS = 250; // wait for a pause in typing
 const MAX_VARIATIONS = 16;
 
@@ -156,6 +157,14 @@ function buildControls() {
   const select = $("preset");
   select.replaceChildren(new Option("(none)", ""), ...Object.keys(presets).map((name) => new Option(name, name)));
   state.model.presets = presets;
+  // the fine-tunes built into the model (metadata `adapters`): input `adapter` k picks the k-th
+  let adapters = [];
+  try {
+    adapters = JSON.parse(state.model.metadata.adapters ?? "[]");
+  } catch {}
+  const fineTunes = $("adapter");
+  fineTunes.replaceChildren(...["base model", ...adapters].map((name, k) => new Option(name, String(k))));
+  $("adapter-choice").hidden = !names.has("adapter") || adapters.length === 0;
 }
 
 // A preset fills the controls it names that this model has (one without beat_mask_ms ignores it).
@@ -251,6 +260,7 @@ function readValues() {
     }
     values[name] = isInt ? text : Number(text); // integers as text: int64 seeds exceed 2^53
   }
+  if (!$("adapter-choice").hidden) values.adapter = $("adapter").value;
   const rows = Number(values.variations);
   if (rows < 1 || rows > MAX_VARIATIONS) throw new Error(`variations: from 1 to ${MAX_VARIATIONS}`);
   delete values.variations;
