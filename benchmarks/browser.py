@@ -34,10 +34,9 @@ from pathlib import Path
 import soundfile as sf
 
 from benchmarks.benchmark import write_json
-from benchmarks.realsize import test_signal
+from benchmarks.realsize import SAMPLE_RATE, test_signal
 from tests.node_packages import CACHE, chromium, node, npm_ci
 from vampnet_onnx import web
-from vampnet_onnx.audio import SAMPLE_RATE
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "web"

@@ -22,7 +22,8 @@ from conftest import CHECKPOINTS, OUTPUTS, fixture_inputs, golden
 from test_build import split_lora
 from tolerances import assert_audio_close
 from vampnet_onnx.cli import main
-from vampnet_onnx.model import Model, interface_feeds
+from vampnet_onnx.model import Model
+from vampnet_onnx.session import interface_feeds
 
 ADAPTERS = ("tiny", "rand")
 

@@ -22,7 +22,7 @@ librosa = pytest.importorskip("librosa")
 from conftest import OUTPUTS  # noqa: E402
 from tests.graph_helpers import RUNTIMES, run_function  # noqa: E402
 from vampnet_onnx.graphs import beats  # noqa: E402
-from vampnet_onnx.model import interface_feeds  # noqa: E402
+from vampnet_onnx.session import interface_feeds  # noqa: E402
 
 SR, HOP = 44100, 768
 APP = Path(__file__).parent / "fixtures" / "upstream" / "golden-app"
