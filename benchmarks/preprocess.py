@@ -1,0 +1,88 @@
+"""Benchmark: what upstream's preprocessing and pitch shift cost inside the model.
+
+    python -m benchmarks.preprocess [--seconds 10] [--reps 3] [--vamp-s S] [--json F]
+
+Times the model's graph functions on their own, in onnxruntime (its default threads: every core), on a clip of --seconds at each
+input rate (44.1 and 48 kHz): `prepare` (resample to 44.1 kHz, −24 LUFS, peak <= 1: the model's
+input end), `restore` (back to the input's rate and loudness: its output end) and, at 44.1 kHz,
+`pitch_shift` by 5 semitones plus the second `prepare` that upstream's encoder applies to the
+shifted audio. These functions touch no weights, so they cost the same in the tiny and the
+real-size model. Medians of --reps after a warm-up. With --vamp-s (the seconds one vamp of the same
+clip takes, e.g. from `python -m benchmarks.benchmark`) each is also given as a share of it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.benchmark import write_json
+from tests.graph_helpers import make_runner, function_model
+from vampnet_onnx.graphs import preprocess as P
+from vampnet_onnx.graphs.pitch import pitch_shift
+
+MODEL_RATE = 44100
+RATES = (44100, 48000)
+SEMITONES = 5
+
+
+def clip(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    """A few partials with noise, (1, S) float32 at `rate`."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    rng = np.random.default_rng(seed)
+    x = sum(0.05 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in (110, 220, 331, 440, 660))
+    return (x + 0.01 * rng.standard_normal(t.shape))[None, :].astype(np.float32)
+
+
+def median_seconds(fn, *inputs, reps: int) -> tuple[float, list]:
+    """(median seconds of fn's run on `inputs`, its outputs) after a warm-up run."""
+    inputs = [np.asarray(x) for x in inputs]
+    run = make_runner(function_model(fn, *inputs))
+    feeds = {f"in{i}": x for i, x in enumerate(inputs)}
+    out = run(feeds)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run(feeds)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.preprocess", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (default 3)")
+    parser.add_argument("--vamp-s", type=float, help="seconds of one vamp of the same clip, for the shares")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    model_rate = np.int64(MODEL_RATE)
+    result: dict = {"seconds": args.seconds, "reps": args.reps, "load_average": os.getloadavg()[0], "stages": {}}
+    for rate in RATES:
+        x = clip(args.seconds, rate)
+        s, (prepared,) = median_seconds(P.prepare, x, np.int64(rate), model_rate, reps=args.reps)
+        result["stages"][f"prepare at {rate} Hz"] = s
+        target = np.full(1, -20.0, np.float32)
+        samples = np.array([x.shape[1]], np.int64)
+        s, _ = median_seconds(P.restore, prepared, model_rate, np.int64(rate), samples, target, reps=args.reps)
+        result["stages"][f"restore to {rate} Hz"] = s
+        if rate == MODEL_RATE:
+            s, (shifted,) = median_seconds(pitch_shift, prepared, np.int64(SEMITONES), reps=args.reps)
+            result["stages"][f"pitch shift by {SEMITONES}"] = s
+            s, _ = median_seconds(P.prepare, shifted, model_rate, model_rate, reps=args.reps)
+            result["stages"]["prepare the shifted audio"] = s
+    if args.vamp_s:
+        result["vamp_s"] = args.vamp_s
+        result["shares"] = {k: v / args.vamp_s for k, v in result["stages"].items()}
+    print(json.dumps(result, indent=2))
+    write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
