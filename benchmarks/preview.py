@@ -3,8 +3,8 @@
     python -m benchmarks.preview MODEL [--seconds 10] [--threads 2] [--reps 5] [--full]
 
 Times, on the benchmarks' test clip, one `generate` 0 run with the default flags, one with the
-onset prompt, and `vampnet_onnx.preview.mask_preview` with the onset prompt (what `vampnet-onnx
-mask` runs: the mask plus the run that reads the onsets back); medians of --reps after a warm-up.
+onset prompt, and `Model.mask` with the onset prompt (what `vampnet-onnx mask` runs: the mask plus
+the run that reads the onsets back); medians of --reps after a warm-up.
 `--full` also times one full run of the same model, for scale. A preview touches no weights, so
 any model of the same codec previews alike (tiny or real size).
 """
@@ -20,7 +20,6 @@ from pathlib import Path
 
 from benchmarks.realsize import SAMPLE_RATE, test_signal
 from vampnet_onnx.model import Model
-from vampnet_onnx.preview import mask_preview
 
 
 def median_seconds(fn, reps: int) -> float:
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": os.getloadavg()[0],
         "mask_s": median_seconds(lambda: model.run(row, seed=0, generate=0), args.reps),
         "mask_onsets_s": median_seconds(lambda: model.run(row, generate=0, **onsets), args.reps),
-        "mask_preview_onsets_s": median_seconds(lambda: mask_preview(model, audio, onsets), args.reps),
+        "mask_preview_onsets_s": median_seconds(lambda: model.mask(audio, SAMPLE_RATE, **onsets), args.reps),
     }
     if args.full:
         t0 = time.perf_counter()

@@ -19,12 +19,14 @@ import soundfile as sf
 
 from conftest import runtime_only
 from vampnet_onnx import cli
-from vampnet_onnx.audio import SAMPLE_RATE
+from vampnet_onnx.errors import UsageError
+from vampnet_onnx.flags import controls
 from vampnet_onnx.interface import PRESET_INPUTS, PRESETS, preset_values, presets_markdown
 from vampnet_onnx.model import Model
 from vampnet_onnx.preview import kept_runs, mask_preview
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE_RATE = 44100  # the tiny model's rate
 HOP = 768
 CODEBOOKS = 14
 VOCAB = 1024  # the mask token: the preview's placeholder codes
@@ -117,9 +119,28 @@ def test_readme_presets_table_is_the_interface():
 def test_explicit_flags_win_over_the_preset(model):
     args = cli.build_parser().parse_args(["vamp", "IN", "-o", "OUT.wav", "--seed", "1", "--preset",
                                           "small variation (follow beat)", "--upper-codebook-mask", "2"])
-    feeds = cli.model_feeds(args, model, None, 1, 44100)
-    assert feeds["upper_codebook_mask"] == 2 and feeds["periodic_prompt"] == 7
-    assert ("beat_mask_ms" in feeds) == ("beat_mask_ms" in model.inputs)  # only the model's inputs
+    given = controls(args)
+    used = model.controls_for(given.pop("preset"), given)
+    assert used["upper_codebook_mask"] == 2 and used["periodic_prompt"] == 7
+    assert ("beat_mask_ms" in used) == ("beat_mask_ms" in model.inputs)  # only the model's inputs
+
+
+def test_model_mask_is_the_mask_vamp_uses_with_the_same_preset(model):
+    """``Model.mask`` (what `vampnet-onnx mask` runs) and ``Model.vamp`` merge the preset alike."""
+    audio = np.stack([notes(), 0.5 * notes()], axis=1)  # stereo, at a rate the model resamples
+    settings = dict(seed=3, preset="medium variation", upper_codebook_mask=2, sampling_steps=2, c2f_sampling_steps=1)
+    preview = model.mask(audio, 48000, **settings)
+    result = model.vamp(audio, 48000, **settings)
+    np.testing.assert_array_equal(preview.mask, result.outputs["mask_out"][0])
+    assert preview.seed == result.seed == 3
+    assert result.controls["periodic_prompt"] == 7 and result.controls["upper_codebook_mask"] == 2
+    assert (preview.mask[2:] == 1).all() and (preview.mask[:2] == 0).any()
+
+
+@pytest.mark.parametrize("call", ["vamp", "mask"])
+def test_an_unknown_preset_is_a_usage_error_of_the_api(model, call):
+    with pytest.raises(UsageError, match=r"unknown preset 'huge variation'.*'timbre transfer'"):
+        getattr(model, call)(notes(), SAMPLE_RATE, preset="huge variation")
 
 
 def test_an_unknown_preset_gets_a_one_line_error_listing_the_presets(tmp_path):

@@ -4,7 +4,9 @@ Subcommands:
 
 * ``vamp IN -o OUT``: run the single ONNX model on an audio file with onnxruntime only (this
   path never imports torch, onnx, onnxscript, ``vampnet_onnx.builder`` or ``vampnet_onnx.graphs``).
-* ``info MODEL``: print the model's interface, defaults, metadata and size on disk.
+* ``info MODEL``: print the model's interface, defaults, presets, metadata and size on disk.
+* ``mask IN --plot PNG``: draw the mask ``vamp`` would use, without generating
+  (``vampnet_onnx.mask_command``).
 * ``batch IN_DIR OUT_DIR``: ``vamp`` every audio file under a folder on Ray workers
   (``vampnet_onnx.batch``; Ray is the optional ``cluster`` extra, imported only by ``batch``).
 * ``triton MODEL DIR``: write a Triton Inference Server model repository (``vampnet_onnx.triton``).
@@ -34,11 +36,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import batch, info, triton, web
+from . import batch, info, mask_command, triton, web
 from .errors import UsageError, VampnetError
 from .extras import build_side
 from .flags import PROG, ArgumentParser, LoraFlag, error_line, add_model_flags, lora_flags, add_seed_flag, controls, cpu_cores, int_range, threads_type
-from .interface import WEIGHTS
+from .interface import WEIGHTS, presets_text
 from .memory import MAX_VARIATIONS
 from .model import Model, random_seed, variation_paths
 from .paths import DEFAULT_MODEL, DEMO_DIR, DEMO_MODEL, check_build_paths, checkpoint_paths, resolve_model
@@ -50,7 +52,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
         description="VampNet as one ONNX model: audio in, new audio out.",
-        epilog="presets (vamp/mask/batch --preset NAME; a model without beat_mask_ms ignores it):\n"
+        epilog="presets (vamp/mask/batch --preset NAME; a model without one of these inputs ignores that value):\n"
                + presets_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -102,21 +104,6 @@ def build_parser() -> ArgumentParser:
                    help=f"the .onnx model (default: {DEFAULT_MODEL}, else the demo's model)")
     i.set_defaults(func=info.cmd_info)
 
-    # ---- mask
-    k = sub.add_parser(
-        "mask", help="picture the mask `vamp` would use, without generating (onnxruntime only)",
-        description="Run the model with generate 0 (no codec, no generation: well under a second) on "
-                    "IN with the flags of `vamp`, and draw the mask it would use: codebooks over "
-                    "time, kept and generated tokens, note onsets and beats. Give `vamp` the same "
-                    "--seed and flags to generate with this mask.")
-    k.add_argument("input", metavar="IN", help="input audio file (WAV, FLAC, OGG, ...)")
-    k.add_argument("--plot", metavar="FILE.png", required=True, help="where to write the picture")
-    k.add_argument("-m", "--model", metavar="MODEL", default=None, help="the .onnx model (as for `vamp`)")
-    k.add_argument("--seed", type=_int_range(INT64_MIN, INT64_MAX), default=None, metavar="N",
-                   help="random seed (default: a random one, printed: pass it to `vamp`)")
-    add_model_flags(k)
-    k.set_defaults(func=cmd_mask)
-
     # ---- build
     b = sub.add_parser(
         "build", help="build the single ONNX model from VampNet checkpoints (needs .[build])",
@@ -148,7 +135,8 @@ def build_parser() -> ArgumentParser:
     add_seed_flag(d, None, "random seed (default: the demo's own)")
     d.set_defaults(func=cmd_demo)
 
-    # ---- batch, triton, web (their own modules; Ray is imported only when `batch` runs)
+    # ---- mask, batch, triton, web (their own modules; Ray is imported only when `batch` runs)
+    mask_command.add_parser(sub)
     batch.add_parser(sub)
     triton.add_parser(sub)
     web.add_parser(sub)

@@ -2,8 +2,9 @@
 
 Every parameter of the model (vampnet_onnx/interface.py) becomes one flag, ``--name-with-dashes``,
 typed and range-checked by the table's own ``Input.check``; a new input of the table is a new flag
-of `vamp` and `batch` without an edit here. ``controls(args)`` turns the parsed flags back into
-the keyword arguments of ``Model.vamp`` / ``Model.vamp_file``.
+of `vamp`, `mask` and `batch` without an edit here, and ``--preset NAME`` sets upstream's app
+presets (interface.PRESETS). ``controls(args)`` turns the parsed flags back into the keyword
+arguments of ``Model.vamp`` / ``Model.vamp_file`` / ``Model.mask`` (``preset`` among them).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import UsageError
-from .interface import BY_NAME, CONTROLS, Input
+from .interface import BY_NAME, CONTROLS, PRESETS, Input, preset_values
 
 PROG = "vampnet-onnx"
 
@@ -72,9 +73,22 @@ def add_seed_flag(parser: argparse.ArgumentParser, default: int | None, help: st
     parser.add_argument("--seed", type=input_type(BY_NAME["seed"]), default=default, metavar="N", help=help)
 
 
+def preset_type(name: str) -> str:
+    try:
+        preset_values(name)
+    except ValueError as e:  # names the unknown preset and lists the presets
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """The mask and sampling flags (one per model input); shared by `vamp` and `batch`."""
+    """--preset and the mask and sampling flags (one per model input); shared by `vamp`, `mask`
+    and `batch`."""
     g = parser.add_argument_group("mask and sampling (model inputs)")
+    g.add_argument("--preset", type=preset_type, default=None, metavar="NAME",
+                   help="one of upstream's app presets (quote the name; `vampnet-onnx --help` lists "
+                        "what each sets); explicit flags win over it; a model without one of its "
+                        "inputs ignores that value: " + "; ".join(f"'{n}'" for n in PRESETS))
     for name in CONTROLS:
         i = BY_NAME[name]
         named = name == "adapter"  # a name or an index: the model's metadata maps names (Model)
@@ -84,8 +98,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def controls(args: argparse.Namespace) -> dict[str, Any]:
-    """The model flags given on the command line, as keyword arguments of ``Model.vamp``."""
-    return {name: getattr(args, name) for name in CONTROLS if getattr(args, name, None) is not None}
+    """The model flags given on the command line (--preset as ``preset``), as keyword arguments
+    of ``Model.vamp``."""
+    given = {name: getattr(args, name) for name in CONTROLS if getattr(args, name, None) is not None}
+    if getattr(args, "preset", None) is not None:
+        given["preset"] = args.preset
+    return given
 
 
 class LoraFlag(argparse.Action):

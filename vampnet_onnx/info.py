@@ -1,10 +1,11 @@
-"""`vampnet-onnx info MODEL`: a model's inputs, outputs, defaults, metadata and size on disk."""
+"""`vampnet-onnx info MODEL`: a model's inputs, outputs, defaults, presets, metadata and size on disk."""
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Sequence
 
+from .interface import PRESETS, preset_values, presets_text
 from .model import Model
 from .paths import resolve_model
 from .session import disk_size, human_size, shape_text, type_name
@@ -36,6 +37,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     _print_table(rows)
     print("outputs:")
     _print_table([(o.name, type_name(o.type), shape_text(o.shape)) for o in model.outputs.values()])
+    # what `--preset NAME` sets on this model: the table's presets, less the inputs it lacks
+    print("presets (vamp/mask/batch --preset NAME):")
+    print(presets_text({name: preset_values(name, model.inputs) for name in PRESETS}))
+    ignored = sorted({k for values in PRESETS.values() for k in values} - set(model.inputs))
+    if ignored:
+        print(f"  (not inputs of this model, so the presets leave them out: {', '.join(ignored)})")
     print("metadata:")
     if not model.metadata:
         print("  (none)")

@@ -243,6 +243,12 @@ def presets_json() -> str:
     return json.dumps(PRESETS)
 
 
+def presets_text(presets: dict[str, dict[str, int | float]] | None = None) -> str:
+    """One line per preset, its name and the inputs it sets (`--help`, `vampnet-onnx info`)."""
+    return "\n".join(f"  {name}: " + ", ".join(f"{k} {v:g}" for k, v in values.items())
+                     for name, values in (PRESETS if presets is None else presets).items())
+
+
 def presets_markdown() -> str:
     """The README's preset table (a test checks that the README holds exactly this)."""
     rows = ["| preset | " + " | ".join(f"`{k}`" for k in PRESET_INPUTS) + " |",

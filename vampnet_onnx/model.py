@@ -7,9 +7,14 @@
     result = model.vamp(samples, 48000, seed=1, variations=2)   # (frames,) or (frames, channels)
     result.audio[0]                   # (frames, channels) float32 at 48 kHz, the input's loudness
     result.seed, result.outputs["codes_out"]
+    model.vamp(samples, 48000, preset="small variation", dropout=0.1)
+    preview = model.mask(samples, 48000, seed=1, onset_mask_width=2)   # the mask alone, in ms
+    preview.mask, preview.onsets, preview.beats
 
 The controls are the model's parameters: one keyword per row of the interface table
 (vampnet_onnx/interface.py), checked against its ranges; left out, they take the model's defaults.
+``preset``: one of upstream's app presets (interface.PRESETS); its values for the inputs this model
+has, under the controls given explicitly.
 The input is prepared as upstream VampNet prepares it (the model's rate, mono, -24 LUFS) and the
 output given back the input's rate, channels, length (times the time stretch) and loudness.
 Problems raise one-line errors (vampnet_onnx.errors): UsageError for a bad keyword or value,
@@ -41,11 +46,12 @@ from .audio import (
     write_audio_file,
 )
 from .errors import UsageError
-from .interface import BY_NAME, CONTROLS
+from .interface import BY_NAME, CONTROLS, preset_values
 from .maskfile import check_mask, load_mask
 from .memory import MAX_VARIATIONS, check_memory
 from .paths import model_files
 from .plot import plot_available, write_plot
+from .preview import Preview, mask_preview
 from .progress import Bar, RateCache, work_units
 from .session import ModelError, Session, disk_size, human_size, run_in_progress  # noqa: F401 - re-exported
 
@@ -102,31 +108,44 @@ class Model(Session):
     ``threads``: onnxruntime intra-op threads (None or 0: its choice); ``providers``: its
     execution providers (default CPU)."""
 
+    def controls_for(self, preset: str | None, controls: dict[str, Any], call: str = "vamp") -> dict[str, Any]:
+        """The controls a run uses: the preset's values for the inputs this model has, then the
+        controls given (checked; None left out). UsageError for an unknown preset or control."""
+        base: dict[str, Any] = {}
+        if preset is not None:
+            try:
+                base = preset_values(preset, self.inputs)
+            except ValueError as e:
+                raise UsageError(f"{call}(): {e}") from None
+        return {**base, **check_controls(self._named_adapter(controls), call)}
+
     def vamp(self, audio: np.ndarray, rate: int, *, seed: int | None = None, variations: int | None = None,
-             mask: np.ndarray | None = None, progress: bool | Bar = False, **controls: Any) -> Vamped:
+             mask: np.ndarray | None = None, progress: bool | Bar = False, preset: str | None = None,
+             **controls: Any) -> Vamped:
         """Vamp ``audio`` ((frames,) or (frames, channels) at ``rate`` Hz).
 
         ``seed``: None draws a random one (``result.seed`` says which). ``variations``: rows
         generated in one batch (default 1, or the mask's rows). ``mask``: an explicit mask, 0/1 of
         shape (codebooks, T) or (B, codebooks, T), T = the input's frames at the model's rate and
         hop, before any time stretch; 1 = generate. ``progress``: True draws a bar with the time
-        left on stderr (a ``progress.Bar`` to choose where). ``controls``: the model's parameters.
+        left on stderr (a ``progress.Bar`` to choose where). ``preset``: an app preset under the
+        ``controls``, the model's parameters.
         """
-        controls = check_controls(self._named_adapter(controls))
+        controls = self.controls_for(preset, controls)
         prepared = prepare_audio(audio, rate)
         return self._vamp(prepared, seed, variations, mask, progress, controls)
 
     def vamp_file(self, src: str | os.PathLike, dst: str | os.PathLike, *, seed: int | None = None,
                   variations: int | None = None, mask: np.ndarray | str | os.PathLike | None = None,
                   save_codes: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
-                  progress: bool | Bar = False, **controls: Any) -> Vamped:
+                  progress: bool | Bar = False, preset: str | None = None, **controls: Any) -> Vamped:
         """Vamp the audio file ``src`` into ``dst`` (format from its extension; with variations
         > 1: DST-1.ext ... DST-N.ext). ``mask``: an array or a .npy/.npz file (key 'mask').
         ``save_codes``: an .npz of the codes, the mask, the seed and the controls; ``plot``: a PNG
         of input codes, mask and output codes (needs matplotlib). Every output is written
         atomically, after the run: an error or an interrupt leaves none of them behind.
         Other keywords as ``vamp``."""
-        controls = check_controls(self._named_adapter(controls), "vamp_file")
+        controls = self.controls_for(preset, controls, "vamp_file")
         src = Path(src)
         output_format(dst)
         if plot and not plot_available():
@@ -171,6 +190,20 @@ class Model(Session):
                                    title=f"{src.name}  seed {result.seed}")
                 w.add(plot, save_png)
         return result
+
+    def mask(self, audio: np.ndarray, rate: int, *, seed: int | None = None, preset: str | None = None,
+             **controls: Any) -> Preview:
+        """The mask ``vamp`` would use for the same audio, seed, preset and controls, without
+        generating (the model's ``generate`` 0: no codec, no transformers), with the note onsets
+        and beats it keeps (vampnet_onnx/preview.py). ``seed`` None draws one (``.seed`` says
+        which)."""
+        controls = self.controls_for(preset, controls, "mask")
+        if "generate" not in self.inputs:
+            raise ModelError(f"{self.path} has no `generate` input: rebuild it with this version to preview masks")
+        prepared = prepare_audio(audio, rate)
+        feeds = {**controls, "sample_rate": prepared.sample_rate,
+                 "seed": random_seed() if seed is None else BY_NAME["seed"].check(seed)}
+        return mask_preview(self, prepared.samples, feeds)
 
     # -- the run ------------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """The mask preview: the mask `vamp` would use, from the model's run with `generate` 0, and its picture.
 
-`mask_preview(model, audio, feeds)` runs the model with `generate` = 0 (the graph builds the mask
+`Model.mask(audio, rate, seed=, preset=, **controls)` (vampnet_onnx/model.py) is the way in: it
+prepares the audio and the feeds as `vamp` does and calls `mask_preview(model, audio, feeds)`, which
+runs the model with `generate` = 0 (the graph builds the mask
 and skips the codec and generation: milliseconds, at any model size) with the feeds `vamp` would
 use, and returns the mask with the note onsets and beats it was built around. The model has no
 output for those, so they are read back from two more mask-only runs that isolate one prompt each
@@ -34,6 +36,7 @@ class Preview:
     frame_rate: float  # frames per second of the output (sample rate / hop)
     onsets: list[int]  # frames of the note onsets the onset prompt keeps
     beats: list[int]  # frames of the beats the beat prompt keeps
+    seed: int | None = None  # the seed of the run (give `vamp` the same to generate with this mask)
 
     @property
     def seconds(self) -> float:
@@ -57,12 +60,13 @@ def kept_runs(row: np.ndarray) -> list[tuple[int, int]]:
 
 
 def mask_preview(model, audio: np.ndarray, feeds: dict) -> Preview:
-    """The mask of `model.run(audio[None], **feeds)` (a vampnet_onnx.model.Model; audio (S,)
-    prepared as for `vamp`), and the onset and beat frames it was built around."""
+    """The mask of `model.run(audio[None], **feeds)` (a vampnet_onnx.session.Session; audio (S,)
+    mono at `feeds["sample_rate"]`, else at the model's default rate), and the onset and beat
+    frames it was built around."""
     row = np.asarray(audio, np.float32)[None]
     used = {**model.defaults(), **{k: v for k, v in feeds.items() if v is not None}}
     mask = model.run(row, **{**feeds, "generate": 0})["mask_out"][0]
-    stretch = mask.shape[1] // max(model.frames_for(row.shape[1]), 1)
+    stretch = mask.shape[1] // max(model.frames_for(row.shape[1], used.get("sample_rate")), 1)
     onsets, beats = [], []
     if used.get("onset_mask_width", 0) > 0 and "mask" not in feeds:
         isolated = model.run(row, **_isolated(model, feeds, {"onset_mask_width": 1}))
@@ -71,7 +75,8 @@ def mask_preview(model, audio: np.ndarray, feeds: dict) -> Preview:
         half_frame_ms = 500.0 * model.hop / model.sample_rate
         isolated = model.run(row, **_isolated(model, feeds, {"beat_mask_ms": half_frame_ms}))
         beats = [int(t) * stretch for t in np.flatnonzero(isolated["mask_out"][0, 0] == 0)]
-    return Preview(mask, model.sample_rate / model.hop, onsets, beats)
+    seed = used.get("seed")
+    return Preview(mask, model.sample_rate / model.hop, onsets, beats, None if seed is None else int(seed))
 
 
 def write_preview(path, preview: Preview, title: str = "") -> None:
