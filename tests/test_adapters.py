@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import CHECKPOINTS, OUTPUTS, fixture_inputs, golden
+from conftest import CHECKPOINTS, OUTPUTS, app_output, fixture_inputs, golden, prepared_audio
 from test_build import split_lora
 from tolerances import assert_audio_close
 from vampnet_onnx.cli import main
@@ -82,7 +82,7 @@ def run(path: Path, adapter: int | None = None, **inputs) -> dict[str, np.ndarra
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     g = golden("tiny_lora")
     extra = {} if adapter is None else {"adapter": adapter}
-    feeds = interface_feeds(g["preprocessed_audio"][:, 0], **{**inputs, **extra})
+    feeds = interface_feeds(prepared_audio(g), **{**inputs, **extra})
     return dict(zip(OUTPUTS, session.run(OUTPUTS, feeds)))
 
 
@@ -109,7 +109,9 @@ def test_each_adapter_equals_its_own_build(models, settings):
         g = golden("tiny_lora")
         np.testing.assert_array_equal(outputs[1]["coarse_codes"], g["coarse_out"])
         np.testing.assert_array_equal(outputs[1]["codes_out"], g["fine_out"])
-        assert_audio_close(outputs[1]["audio_out"], g["audio_out"][:, 0], "tiny_lora through adapter 1")
+        fed = prepared_audio(g)
+        assert_audio_close(outputs[1]["audio_out"], app_output(g["audio_out"][:, 0, : fed.shape[1]], fed),
+                           "tiny_lora through adapter 1")
     for a, b in ((0, 1), (0, 2), (1, 2)):  # the adapters really differ
         assert (outputs[a]["coarse_codes"] != outputs[b]["coarse_codes"]).any(), (settings, a, b)
 
