@@ -376,8 +376,8 @@ FLAG_VALUES = {
     "feedback_steps": 2,  # a second coarse pass draws new tokens
     "time_stretch_factor": 2,  # tested on its own: the output is twice as long
     "onset_mask_width": 2,  # tested on its own: needs an input with onsets
-    "adapter": 1,  # tested on its own (tests/test_adapters.py): needs a model with adapters
     "beat_mask_ms": 50.0,  # tested on its own: needs an input with beats
+    "adapter": 1,  # tested on its own (tests/test_adapters.py): needs a model with adapters
 }
 MASK_FLAGS = ("rand_mask_intensity", "prefix_s", "suffix_s", "periodic_prompt",
               "periodic_prompt_width", "dropout", "ncc", "upper_codebook_mask")

@@ -76,9 +76,10 @@ def test_stretch_equals_upstreams_repeat_interleave(runtime):
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def stub_transformer(zm: INT64["B", "C", "T"]) -> FLOAT["B", "N", "V"]:
+def stub_transformer(zm: INT64["B", "C", "T"], adapter: INT64) -> FLOAT["B", "N", "V"]:
     """Logits peaked at (3·zm[c, t + 1] + 7·c + 1) mod 1024, the next frame taken cyclically
-    within what the stage passes in (one chunk), flattened n = t·C + c like the real models."""
+    within what the stage passes in (one chunk), flattened n = t·C + c like the real models. It
+    takes the adapter index the stages hand every transformer, and ignores it (no fine-tunes)."""
     n_frames = op.Shape(zm, start=2, end=3)
     following = op.Concat(op.Slice(zm, [1], n_frames, [2]), op.Slice(zm, [0], [1], [2]), axis=2)
     codebook = op.Unsqueeze(op.Range(0, op.Squeeze(op.Shape(zm, start=1, end=2)), 1), [0, 2])
@@ -116,7 +117,7 @@ SETTINGS = dict(deterministic=(1, -1.0, 0.0), stochastic=(2, 1.0, 5.0))  # steps
 def feedback(codes, mask, key, feedback_key, passes, chunk, settings, runtime="ort"):
     steps, cutoff, mask_temperature = SETTINGS[settings]
     args = (codes, mask, np.asarray(key, np.int32), np.asarray(feedback_key, np.int32), i64(passes), i64(chunk), i64(4), i64(steps),
-            f32(1.0), f32(mask_temperature), f32(1.0), f32(cutoff))
+            f32(1.0), f32(mask_temperature), f32(1.0), f32(cutoff), i64(0))  # adapter 0: the base model
     return _run(stages.coarse_stage, *args, runtime=runtime, extra_functions=stage_functions())
 
 

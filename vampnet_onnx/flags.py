@@ -60,9 +60,10 @@ def threads_type(text: str) -> int:
     # More threads than cores only slows onnxruntime down (each waits for the others).
     try:
         return int_range(0, cpu_cores())(text)
-    except argparse.ArgumentTypeError as e:
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"{e} (this machine has {cpu_cores()} CPU cores; 0 = onnxruntime's choice)") from None
+            f"must be an integer between 0 and {cpu_cores()} (this machine has {cpu_cores()} CPU cores; "
+            f"0 = onnxruntime's choice), got {text!r}") from None
 
 
 def flag(name: str) -> str:

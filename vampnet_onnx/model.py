@@ -208,8 +208,9 @@ class Model(Session):
     # -- the run ------------------------------------------------------------------------------
 
     def _named_adapter(self, controls: dict[str, Any]) -> dict[str, Any]:
-        """`adapter` as a name of the model's fine-tunes (its metadata) or an index."""
-        if controls.get("adapter") is not None:
+        """`adapter` as a name of the model's fine-tunes (its metadata; the command line's text goes
+        here too); an integer is the graph's, which clamps it."""
+        if isinstance(controls.get("adapter"), str):
             controls = {**controls, "adapter": self.adapter_index(controls["adapter"])}
         return controls
 
