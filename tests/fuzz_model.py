@@ -80,6 +80,7 @@ def main(path: str, cases: int, seed: int) -> int:
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     hop, n_codebooks = int(meta.get("hop_length", 768)), int(meta.get("n_codebooks", 14))
+    model_rate = int(meta["sample_rate"])
     scalars = {i.name: i.type for i in session.get_inputs() if i.name not in ("audio", "mask")}
     defaults = json.loads(meta["defaults"])
     names = [o.name for o in session.get_outputs()]
@@ -106,7 +107,12 @@ def main(path: str, cases: int, seed: int) -> int:
         f = int(np.clip(feeds["time_stretch_factor"].reshape(-1)[0], stretch.low, stretch.high)) \
             if feeds["time_stretch_factor"].size else 1
         expected = {"audio_out": (batch, f * samples)}
-        expected.update({k: (batch, n_codebooks, f * -(-samples // hop))
+        # frames of the input once the model has resampled it to its rate (the rate clamped)
+        rate_input = BY_NAME["sample_rate"]
+        rate = int(np.clip(feeds["sample_rate"].reshape(-1)[0], rate_input.low, rate_input.high)) \
+            if feeds["sample_rate"].size else model_rate
+        resampled = max(samples * model_rate // rate, 1)
+        expected.update({k: (batch, n_codebooks, f * -(-resampled // hop))
                          for k in ("codes", "mask_out", "coarse_codes", "codes_out")})
         for name, shape in expected.items():
             if name in outputs and outputs[name].shape != shape:
