@@ -26,7 +26,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import OUTPUTS, app_case, golden
-from node_packages import node, npm_ci, run
+from node_packages import node, npm_ci, one_at_a_time, run
 from tolerances import assert_audio_close
 from vampnet_onnx.session import interface_feeds
 
@@ -81,11 +81,12 @@ def oldest_onnxruntime() -> Path:
     """A virtual environment with onnxruntime OLDEST_ORT (and a numpy it was built for)."""
     venv = CACHE / f"onnxruntime-{OLDEST_ORT}"
     python = venv / "bin" / "python"
-    if not (venv / "ready").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        run([sys.executable, "-m", "venv", str(venv)])
-        run([str(python), "-m", "pip", "install", "-q", f"onnxruntime=={OLDEST_ORT}", "numpy<2"], timeout=900)
-        (venv / "ready").touch()
+    with one_at_a_time(venv.name):
+        if not (venv / "ready").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            run([sys.executable, "-m", "venv", str(venv)])
+            run([str(python), "-m", "pip", "install", "-q", f"onnxruntime=={OLDEST_ORT}", "numpy<2"], timeout=900)
+            (venv / "ready").touch()
     return python
 
 

@@ -31,7 +31,7 @@ import pytest
 import soundfile as sf
 
 from conftest import OUTPUTS, runtime_only
-from node_packages import CACHE, chromium, node, npm_ci, run
+from node_packages import CACHE, chromium, node, npm_ci, one_at_a_time, run
 from tolerances import assert_audio_close
 from vampnet_onnx import web
 from numpy_reference import loudness
@@ -60,9 +60,10 @@ def preview_expected(model: Path) -> dict:
 
 def vendored_runtime() -> None:
     """web/vendor/ as the README's command fills it."""
-    if web.runtime_problem():
-        node()
-        run([shutil.which("npm"), "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=web.WEB, timeout=1800)
+    with one_at_a_time("web-vendor"):
+        if web.runtime_problem():
+            node()
+            run([shutil.which("npm"), "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=web.WEB, timeout=1800)
     assert web.runtime_problem() is None
 
 
