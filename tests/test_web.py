@@ -47,6 +47,9 @@ SCREENSHOT = os.environ.get("VAMPNET_ONNX_WEB_SCREENSHOT")
 CLIP_S = 1.0
 SAMPLE_RATE = 44100  # the tiny model's rate (web/audio.mjs's SAMPLE_RATE)
 SETTINGS = {"seed": 7, "temperature": 0.6, "sampling_steps": 4}
+# no sampling and no random re-masking: the codes depend on the arithmetic only
+DETERMINISTIC = {"seed": 7, "sampling_steps": 4, "sample_cutoff": -1, "mask_temperature": 0,
+                 "c2f_sample_cutoff": -1, "c2f_mask_temperature": 0}
 TOO_LARGE = 5 * 2**30  # bytes of weights: more than wasm32's 4 GiB of memory
 PREVIEW_PRESET = "timbre transfer"
 PREVIEW_VALUES = {"seed": 5, "upper_codebook_mask": 2, "onset_mask_width": 2}  # typed over the preset
@@ -110,21 +113,29 @@ def with_external_data(model: Path, folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def served(tiny, tmp_path_factory):
-    """The page on 127.0.0.1 (an ephemeral port) with the tiny model as its demo model."""
+def servers(tiny, tmp_path_factory):
+    """The page on 127.0.0.1 (ephemeral ports) with the tiny model as its demo model: as
+    `vampnet-onnx web` serves it ("isolated") and without the cross-origin isolation headers."""
     vendored_runtime()
     demo = tmp_path_factory.mktemp("demo")
     os.symlink(tiny.path, demo / "vampnet-tiny.onnx")
-    server = web.make_server("127.0.0.1", 0, demo=demo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    servers = {"isolated": web.make_server("127.0.0.1", 0, demo=demo),
+               "plain": web.make_server("127.0.0.1", 0, demo=demo, isolated=False)}
+    for server in servers.values():
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {name: f"http://127.0.0.1:{server.server_address[1]}" for name, server in servers.items()}
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
-def page(served, tiny, build_variant, tmp_path_factory):
+def served(servers):
+    return servers["isolated"]
+
+
+@pytest.fixture(scope="module")
+def page(servers, tiny, build_variant, tmp_path_factory):
     """Every scenario's result (one browser for all)."""
     folder = tmp_path_factory.mktemp("page")
     sf.write(folder / "clip.wav", clip(), SAMPLE_RATE, subtype="PCM_16")
@@ -133,6 +144,9 @@ def page(served, tiny, build_variant, tmp_path_factory):
     scenarios = [
         {"name": "vamp", "audio": str(folder / "clip.wav"), "values": SETTINGS, "run": True,
          "screenshot": str(folder / "page.png")},
+        {"name": "threads", "audio": str(folder / "clip.wav"), "values": DETERMINISTIC, "run": True},
+        {"name": "one thread", "url": f"{servers['plain']}/web/", "audio": str(folder / "clip.wav"),
+         "values": DETERMINISTIC, "run": True},
         {"name": "cancel", "audio": str(folder / "clip.wav"), "cancel": True},
         {"name": "preview", "audio": str(folder / "clip.wav"), "preview": {
             "preset": PREVIEW_PRESET, "values": PREVIEW_VALUES, "expect": preview_expected(tiny.path)}},
@@ -145,7 +159,7 @@ def page(served, tiny, build_variant, tmp_path_factory):
     ]
     (folder / "scenarios.json").write_text(json.dumps(scenarios))
     packages = npm_ci(HERE, CACHE / "web-tests", scripts=("drive.mjs",))
-    run([node(), str(packages / "drive.mjs"), chromium(), f"{served}/web/", str(folder / "scenarios.json"),
+    run([node(), str(packages / "drive.mjs"), chromium(), f"{servers['isolated']}/web/", str(folder / "scenarios.json"),
          str(folder / "results.json")], timeout=600)
     results = json.loads((folder / "results.json").read_text())
     for name, result in results.items():
@@ -180,6 +194,35 @@ def test_the_page_vamps_like_python_onnxruntime(page, tiny):
 
     # the page stayed responsive while the worker ran: the elapsed time kept changing
     assert len({t for t in vamp["ticks"] if t.startswith("running")}) >= 2, vamp["ticks"]
+
+
+def page_outputs(result: dict) -> dict[str, np.ndarray]:
+    return {name: b64(o["data"], np.float32 if o["type"] == "float32" else np.int64).reshape(o["dims"])
+            for name, o in result["outputs"].items()}
+
+
+def python_outputs(model: Path, result: dict) -> dict[str, np.ndarray]:
+    """Python onnxruntime's outputs on the page's mono mix with the values the page fed."""
+    values = {k: int(v) if isinstance(v, str) else v for k, v in result["values"].items()}
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    prepared = b64(result["prepared"], np.float32)
+    return dict(zip(OUTPUTS, session.run(OUTPUTS, interface_feeds(prepared[None, :], **values))))
+
+
+def test_threads_where_the_page_is_cross_origin_isolated_and_the_same_codes(page, tiny):
+    """Served with COOP/COEP the page runs onnxruntime-web on every core; served without, on one
+    thread, and says why. Both give Python onnxruntime's codes."""
+    threaded, single = page["threads"], page["one thread"]
+    assert threaded["runtime"] == {"backend": "wasm", "threads": threaded["runtime"]["threads"], "isolated": True}
+    assert threaded["runtime"]["threads"] == threaded["cores"] and "WebAssembly, " in threaded["backend"]
+    assert single["runtime"] == {"backend": "wasm", "threads": 1, "isolated": False}
+    assert "not cross-origin isolated" in single["backend"]
+    for result in (threaded, single):
+        assert result["state"] == "done" and result["error"] is None, result
+        assert {k: float(result["values"][k]) for k in DETERMINISTIC} == {k: float(v) for k, v in DETERMINISTIC.items()}
+        got, want = page_outputs(result), python_outputs(tiny.path, result)
+        for name in OUTPUTS[1:]:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 def test_the_page_offers_the_output_as_wav_at_the_inputs_shape_and_loudness(page):

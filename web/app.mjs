@@ -13,9 +13,13 @@ const CONTROLS = [
   ["prefix_s", "prefix (s)"], ["suffix_s", "suffix (s)"], ["sampling_steps", "sampling steps"],
   ["temperature", "temperature"], ["top_p", "top-p"],
 ];
+// Inputs the page sets itself; every other input of the model with a default gets a control
+// ("more controls" for those not in CONTROLS).
+const NOT_CONTROLS = new Set(["audio", "mask", "sample_rate", "generate", "adapter"]);
 // The controls that change the mask: the preview runs again when one of them changes.
 const MASK_CONTROLS = new Set(["seed", "periodic_prompt", "upper_codebook_mask", "onset_mask_width",
-  "beat_mask_ms", "dropout", "prefix_s", "suffix_s"]);
+  "beat_mask_ms", "dropout", "prefix_s", "suffix_s", "rand_mask_intensity", "periodic_prompt_width", "ncc",
+  "time_stretch_factor"]);
 const PREVIEW_DELAY_MS = 250; // wait for a pause in typing
 const MAX_VARIATIONS = 16;
 
@@ -85,7 +89,7 @@ async function loadModel(source) {
     $("model-status").textContent = "no model loaded";
     return showError(`cannot load ${source.label}: ${memoryText(size)}`);
   }
-  const message = { type: "load" };
+  const message = { type: "load", backend: $("backend").value };
   const transfer = [];
   try {
     if (source.model instanceof File) {
@@ -127,6 +131,7 @@ async function loadModel(source) {
   }
   state.source = source;
   state.model = { ...loaded, defaults, size };
+  $("backend-status").textContent = backendText(loaded);
   $("model-status").textContent = `${source.label}: ${gb(size)}, ${loaded.inputs.length} inputs, ` +
     `${loaded.metadata.n_codebooks ?? "?"} codebooks, ${loaded.metadata.sample_rate ?? "?"} Hz`;
   $("notice").hidden = !source.demo;
@@ -140,6 +145,13 @@ async function loadModel(source) {
   schedulePreview();
 }
 
+function backendText({ backend, threads, isolated }) {
+  if (backend === "webgpu") return "running on WebGPU (WebAssembly for the ops WebGPU lacks)";
+  if (isolated) return `running on WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}`;
+  return "running on WebAssembly, one thread: the page is not cross-origin isolated (its server sends no " +
+    "COOP/COEP headers, see docs/browser.md), so the browser allows no threads";
+}
+
 function buildControls() {
   const names = new Set(state.model.inputs.map((i) => i.name));
   const box = $("controls");
@@ -149,6 +161,11 @@ function buildControls() {
     box.append(control(name, label, state.model.defaults[name]));
   }
   box.append(control("variations", "variations", 1));
+  const shown = new Set(CONTROLS.map(([name]) => name));
+  const more = state.model.inputs.map((i) => i.name)
+    .filter((name) => !shown.has(name) && !NOT_CONTROLS.has(name) && name in state.model.defaults);
+  $("more-controls").replaceChildren(...more.map((name) => control(name, name.replaceAll("_", " "), state.model.defaults[name])));
+  $("more").hidden = more.length === 0;
   let presets = {};
   try {
     presets = JSON.parse(state.model.metadata.presets ?? "{}");
@@ -174,9 +191,11 @@ $("preset").addEventListener("change", (event) => {
   }
   schedulePreview();
 });
-$("controls").addEventListener("input", (event) => {
-  if (MASK_CONTROLS.has(event.target.id.slice("input-".length))) schedulePreview();
-});
+for (const box of [$("controls"), $("more-controls")]) {
+  box.addEventListener("input", (event) => {
+    if (MASK_CONTROLS.has(event.target.id.slice("input-".length))) schedulePreview();
+  });
+}
 
 function control(name, label, value) {
   const wrap = document.createElement("label");
@@ -188,6 +207,10 @@ function control(name, label, value) {
   wrap.append(label, input);
   return wrap;
 }
+
+// ?backend=wasm in the address picks WebAssembly from the start
+$("backend").value = new URLSearchParams(location.search).get("backend") === "wasm" ? "wasm" : "auto";
+$("backend").addEventListener("change", () => state.source && loadModel(state.source));
 
 $("model-file").addEventListener("change", (event) => {
   const files = [...event.target.files];
@@ -249,7 +272,7 @@ function setBusy(busy) {
 
 function readValues() {
   const values = { ...state.model.defaults };
-  for (const input of $("controls").querySelectorAll("input")) {
+  for (const input of document.querySelectorAll("#controls input, #more-controls input")) {
     const name = input.id.slice("input-".length);
     const text = input.value.trim();
     const meta = state.model.inputs.find((i) => i.name === name);
@@ -532,6 +555,7 @@ window.vampnet = {
   get result() { return state.result; },
   get outputUrls() { return state.outputUrls; },
   get preview() { return state.preview; },
+  get runtime() { return state.model && { backend: state.model.backend, threads: state.model.threads, isolated: state.model.isolated }; },
 };
 
 setState("starting");

@@ -7,7 +7,8 @@
 // cancel?: bool (start a run and cancel it), preview?: {preset?, values?, expect} (wait for the
 // first mask preview, pick the preset, type the values, wait for the preview whose values include
 // `expect`), screenshot?: file, idle_ms?: wait before picking the model, timeout_s?: for each
-// step (300)}. Its result: the page's state, error and notice lines,
+// step (300), url?: the page's address (default: URL), browser?: "webgpu" (a second Chromium
+// with its software WebGPU adapter; the default one has no GPU)}. Its result: the page's state, error and notice lines,
 // the times (ms since the epoch) at which each step began and ended, and after a run the page's
 // preprocessed audio, its outputs, the downloaded WAV and the canvas's pixels in numbers. A model
 // that does not open ends the scenario there (its error line is the result).
@@ -18,22 +19,28 @@ const [chromium, url, scenariosFile, resultsFile] = process.argv.slice(2);
 const scenarios = JSON.parse(fs.readFileSync(scenariosFile, "utf8"));
 const TIMEOUT = 300_000;
 
-const browser = await puppeteer.launch({
+// Chromium's flags: without a GPU, or with the software WebGPU adapter (SwiftShader's Vulkan)
+const FLAGS = {
+  default: ["--disable-gpu"],
+  webgpu: ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader",
+           "--use-webgpu-adapter=swiftshader"],
+};
+const browsers = {};
+const browserFor = async (kind = "default") => (browsers[kind] ??= await puppeteer.launch({
   executablePath: chromium,
   headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
+  args: ["--no-sandbox", "--disable-dev-shm-usage", ...FLAGS[kind]],
+}));
 
 const settled = (page, states, timeout = TIMEOUT) =>
   page.waitForFunction((s) => s.includes(document.body.dataset.state), { timeout, polling: 100 }, states);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function runScenario(page, scenario) {
-  const log = [];
+async function runScenario(page, scenario, log) {
   page.on("console", (m) => log.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
   const timeout = (scenario.timeout_s ?? TIMEOUT / 1000) * 1000;
-  await page.goto(url);
+  await page.goto(scenario.url ?? url);
   await settled(page, ["ready", "error"]);
   const times = { page: Date.now() };
   let opened = true;
@@ -105,7 +112,7 @@ async function runScenario(page, scenario) {
     };
     const text = (id) => (document.getElementById(id).hidden ? null : document.getElementById(id).textContent);
     const out = { state: document.body.dataset.state, error: text("error"), notice: text("notice"),
-      model: text("model-status"),
+      model: text("model-status"), backend: text("backend-status"), runtime: window.vampnet.runtime, cores: navigator.hardwareConcurrency,
       bodyText: document.body.innerText.length };
     const p = window.vampnet.preview;
     if (p) {
@@ -156,15 +163,17 @@ async function runScenario(page, scenario) {
 const results = {};
 try {
   for (const scenario of scenarios) {
-    const page = await browser.newPage();
+    const page = await (await browserFor(scenario.browser)).newPage();
+    const log = [];
     try {
-      results[scenario.name] = await runScenario(page, scenario);
+      results[scenario.name] = await runScenario(page, scenario, log);
     } catch (e) {
-      results[scenario.name] = { failure: String(e?.stack ?? e) };
+      const status = await page.evaluate(() => document.body.innerText.slice(0, 2000)).catch(() => "");
+      results[scenario.name] = { failure: `${e?.stack ?? e}\nthe page: ${status}\nits log: ${log.join("\n")}` };
     }
     await page.close();
   }
 } finally {
-  await browser.close();
+  for (const browser of Object.values(browsers)) await browser.close();
 }
 fs.writeFileSync(resultsFile, JSON.stringify(results));
