@@ -242,6 +242,28 @@ def test_the_page_draws_codes_and_mask(page):
         shutil.copy(page["folder"] / "page.png", SCREENSHOT)
 
 
+def test_the_page_shows_an_eta_from_this_devices_last_run(page):
+    """The first run on an origin guesses from the model's size; later ones use the speed the last
+    run measured (kept in localStorage, per origin: the unisolated page's first run guesses again)."""
+    first, later, other_origin = page["vamp"], page["threads"], page["one thread"]
+    assert any(re.search(r"running \.\.\. [\d.]+ s, (about [\d.]+ s left|longer than the [\d.]+ s expected) "
+                         r"\(a first guess", t) for t in first["ticks"]), first["ticks"]
+    assert first["eta"]["source"].startswith("a first guess") and first["eta"]["ms"] > 0
+    assert later["eta"]["source"] == "measured on this device" and later["eta"]["ms"] > 0
+    assert any("measured on this device" in t for t in later["ticks"]), later["ticks"]
+    assert other_origin["eta"]["source"].startswith("a first guess")
+    assert re.fullmatch(r"done in [\d.]+ s \(expected [\d.]+ s\)", first["status"]), first["status"]
+
+
+def test_the_page_draws_the_waveforms_with_the_kept_regions(page):
+    waves = page["vamp"]["waveforms"]
+    assert not waves["hidden"] and waves["width"] > 0
+    area = waves["width"] * waves["height"]
+    mask = b64(page["vamp"]["outputs"]["mask_out"]["data"], np.int64).reshape(page["vamp"]["outputs"]["mask_out"]["dims"])
+    assert (mask[0, 0] == 0).any()  # the default periodic prompt keeps frames: shaded
+    assert waves["wave"] > 0.01 * area and waves["kept"] > 0.005 * area and waves["white"] > 0.2 * area, waves
+
+
 def test_the_page_previews_the_mask_live_from_the_preset_and_the_controls(page, tiny):
     """The preview re-ran after the preset and the typed values (debounced, in the worker), and
     shows the mask a full run uses, with the onsets the Python preview finds."""

@@ -300,14 +300,21 @@ async function vamp() {
   state.result = null;
   setBusy(true);
   const started = performance.now();
+  const work = workOf(request.values, request.rows, state.audio.samples.length / state.audio.rate);
+  const eta = estimate(work);
+  state.eta = eta;
   state.timer = setInterval(() => {
-    $("run-status").textContent = `running ... ${((performance.now() - started) / 1000).toFixed(1)} s`;
+    const elapsed = (performance.now() - started) / 1000, total = eta.ms / 1000;
+    $("run-status").textContent = `running ... ${elapsed.toFixed(1)} s, ` + (elapsed < total
+      ? `about ${(total - elapsed).toFixed(1)} s left (${eta.source})`
+      : `longer than the ${total.toFixed(1)} s expected (${eta.source})`);
   }, 100);
   try {
     request.values.sample_rate = String(state.audio.rate); // int64 inputs travel as text
     const { outputs, ms } = await ask({ type: "run", audio: state.audio.samples, ...request });
     state.result = { outputs, values: request.values, rows: request.rows, ms };
-    $("run-status").textContent = `done in ${(ms / 1000).toFixed(1)} s`;
+    remember(work, ms);
+    $("run-status").textContent = `done in ${(ms / 1000).toFixed(1)} s (expected ${(eta.ms / 1000).toFixed(1)} s)`;
     showResult();
     setBusy(false);
   } catch (e) {
@@ -328,6 +335,34 @@ $("cancel").addEventListener("click", async () => {
   $("run-status").textContent = "cancelled";
   await loadModel(state.source);
 });
+
+// ---------------------------------------------------------------------------------- how long a run takes
+
+// A run's work, in units its time is about proportional to: each coarse step (times the feedback
+// passes) and each coarse-to-fine step runs a transformer over the clip's frames, and the codec's
+// encode and decode are about one step more; all of it for each variation.
+function workOf(values, rows, seconds) {
+  const number = (name, fallback) => Number(values[name] ?? fallback);
+  const steps = number("sampling_steps", 12) * number("feedback_steps", 1) + number("c2f_sampling_steps", 2) + 1;
+  return rows * seconds * number("time_stretch_factor", 1) * steps;
+}
+
+// This device's speed for this model (ms per unit of work), kept in localStorage from the last run.
+const speedKey = () => `vampnet-onnx speed: ${state.source.label}, ${state.model.backend}, ${state.model.threads} threads`;
+
+/** {ms, source}: from the last run's speed here, or a first-run guess from the model's size (a
+ * 13 MB model takes about 0.1 s, a 2.6 GB one about 3 s per unit, on one thread of a laptop). */
+function estimate(work) {
+  const measured = Number(localStorage.getItem(speedKey()));
+  if (measured > 0) return { ms: work * measured, source: "measured on this device" };
+  return { ms: work * (100 + state.model.size / 1e6), source: "a first guess: no run here yet" };
+}
+
+function remember(work, ms) {
+  try {
+    localStorage.setItem(speedKey(), String(ms / work));
+  } catch {} // storage may be off or full: the next estimate is a guess again
+}
 
 function showResult() {
   const { outputs, rows } = state.result;
@@ -355,7 +390,58 @@ function showResult() {
     row.append(player, link);
     box.append(row);
   }
-  drawCodes($("codes"), outputs.codes, outputs.mask_out, outputs.codes_out, rows > 1 ? " (variation 1)" : "");
+  const note = rows > 1 ? " (variation 1)" : "";
+  $("waveforms").hidden = false;
+  drawWaveforms($("waveforms"), state.audio.samples, audioOut.data.subarray(0, length), state.audio.rate,
+                outputs.mask_out, note);
+  drawCodes($("codes"), outputs.codes, outputs.mask_out, outputs.codes_out, note);
+}
+
+// ---------------------------------------------------------------------------------- the waveforms
+
+const WAVE = "#333333", KEPT_SHADE = "#cfe0f5";
+
+/** Input and output over time in seconds, the frames the mask keeps (codebook 0) shaded. */
+function drawWaveforms(canvas, input, output, rate, mask, note) {
+  const left = 60, plotW = 730, laneH = 80, top = 4, gap = 10, axisH = 32;
+  canvas.width = left + plotW + 10;
+  canvas.height = top + 2 * laneH + gap + axisH;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const seconds = Math.max(input.length, output.length) / rate;
+  const x = (s) => left + (s / seconds) * plotW;
+  const T = mask.dims[2], maskSeconds = output.length / rate; // the mask's frames span the output
+  const lanes = [["input", input, top], ["output" + note, output, top + laneH + gap]];
+  for (const [label, samples, y0] of lanes) {
+    ctx.fillStyle = KEPT_SHADE;
+    for (const [a, b] of keptRuns(mask)) {
+      ctx.fillRect(x((a / T) * maskSeconds), y0, x(((b + 1) / T) * maskSeconds) - x((a / T) * maskSeconds), laneH);
+    }
+    let peak = 1e-9;
+    for (const v of samples) peak = Math.max(peak, Math.abs(v));
+    ctx.fillStyle = WAVE;
+    const width = x(samples.length / rate) - left;
+    for (let px = 0; px < width; px++) { // each column: the min and max of its samples
+      const i0 = Math.floor((px / width) * samples.length), i1 = Math.max(i0 + 1, Math.floor(((px + 1) / width) * samples.length));
+      let lo = Infinity, hi = -Infinity;
+      for (let i = i0; i < i1 && i < samples.length; i++) { lo = Math.min(lo, samples[i]); hi = Math.max(hi, samples[i]); }
+      const mid = y0 + laneH / 2, scale = laneH / 2 / peak;
+      ctx.fillRect(left + px, mid - hi * scale, 1, Math.max(1, (hi - lo) * scale));
+    }
+    ctx.fillStyle = "#222";
+    ctx.font = "11px sans-serif";
+    ctx.textAlign = "right";
+    ctx.fillText(label.split(" ")[0], left - 6, y0 + laneH / 2 + 4);
+  }
+  const bottom = top + 2 * laneH + gap;
+  ctx.textAlign = "center";
+  const step = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60, 120].find((s) => seconds / s <= 12) ?? 300;
+  for (let s = 0; s <= seconds + 1e-9; s += step) {
+    ctx.fillRect(x(s), bottom, 1, 4);
+    ctx.fillText(`${Number(s.toFixed(1))}`, x(s), bottom + 14);
+  }
+  ctx.fillText(`time (s); shaded: kept from the input${note}`, left + plotW / 2, bottom + 28);
 }
 
 // ---------------------------------------------------------------------------------- the mask preview
@@ -554,6 +640,7 @@ window.vampnet = {
   get prepared() { return state.audio?.samples ?? null; },
   get result() { return state.result; },
   get outputUrls() { return state.outputUrls; },
+  get eta() { return state.eta; },
   get preview() { return state.preview; },
   get runtime() { return state.model && { backend: state.model.backend, threads: state.model.threads, isolated: state.model.isolated }; },
 };

@@ -146,6 +146,17 @@ async function runScenario(page, scenario, log) {
         if (pixels[i] + pixels[i + 1] + pixels[i + 2] < 600) inked++;
       }
       out.canvas = { width: canvas.width, height: canvas.height, colours: colours.size, inked: inked / (pixels.length / 4) };
+      out.eta = window.vampnet.eta;
+      out.status = document.getElementById("run-status").textContent;
+      const waves = document.getElementById("waveforms");
+      const wp = waves.getContext("2d").getImageData(0, 0, waves.width, waves.height).data;
+      const count = (rgb) => {
+        let n = 0;
+        for (let i = 0; i < wp.length; i += 4) n += wp[i] === rgb[0] && wp[i + 1] === rgb[1] && wp[i + 2] === rgb[2];
+        return n;
+      };
+      out.waveforms = { hidden: waves.hidden, width: waves.width, height: waves.height,
+        wave: count([0x33, 0x33, 0x33]), kept: count([0xcf, 0xe0, 0xf5]), white: count([255, 255, 255]) };
     }
     return out;
   });
