@@ -51,6 +51,10 @@ SETTINGS = {"seed": 7, "temperature": 0.6, "sampling_steps": 4}
 DETERMINISTIC = {"seed": 7, "sampling_steps": 4, "sample_cutoff": -1, "mask_temperature": 0,
                  "c2f_sample_cutoff": -1, "c2f_mask_temperature": 0}
 TOO_LARGE = 5 * 2**30  # bytes of weights: more than wasm32's 4 GiB of memory
+# Chromium's software WebGPU adapter takes minutes for what wasm does in seconds: a short clip and
+# one step per stage
+WEBGPU_CLIP_S = 0.3
+WEBGPU_STEPS = {"seed": 7, "sampling_steps": 1, "c2f_sampling_steps": 1}
 PREVIEW_PRESET = "timbre transfer"
 PREVIEW_VALUES = {"seed": 5, "upper_codebook_mask": 2, "onset_mask_width": 2}  # typed over the preset
 
@@ -119,6 +123,7 @@ def servers(tiny, tmp_path_factory):
     vendored_runtime()
     demo = tmp_path_factory.mktemp("demo")
     os.symlink(tiny.path, demo / "vampnet-tiny.onnx")
+    with_external_data(tiny.path, demo)  # a model with a .data file, for opening by address
     servers = {"isolated": web.make_server("127.0.0.1", 0, demo=demo),
                "plain": web.make_server("127.0.0.1", 0, demo=demo, isolated=False)}
     for server in servers.values():
@@ -139,6 +144,7 @@ def page(servers, tiny, build_variant, tmp_path_factory):
     """Every scenario's result (one browser for all)."""
     folder = tmp_path_factory.mktemp("page")
     sf.write(folder / "clip.wav", clip(), SAMPLE_RATE, subtype="PCM_16")
+    sf.write(folder / "short.wav", clip()[:int(WEBGPU_CLIP_S * SAMPLE_RATE)], SAMPLE_RATE, subtype="PCM_16")
     (folder / "bad.onnx").write_bytes(b"this is not an ONNX model\n" * 20)
     (folder / "bad.wav").write_bytes(b"RIFF....WAVE but nothing of it is audio\n" * 20)
     scenarios = [
@@ -150,6 +156,9 @@ def page(servers, tiny, build_variant, tmp_path_factory):
         {"name": "cancel", "audio": str(folder / "clip.wav"), "cancel": True},
         {"name": "preview", "audio": str(folder / "clip.wav"), "preview": {
             "preset": PREVIEW_PRESET, "values": PREVIEW_VALUES, "expect": preview_expected(tiny.path)}},
+        {"name": "by address", "open_url": f"{servers['isolated']}/artifacts/demo/external.onnx"},
+        {"name": "by address again", "open_url": f"{servers['isolated']}/artifacts/demo/external.onnx",
+         "remove_cached": True},
         {"name": "external data", "model": [str(p) for p in with_external_data(tiny.path, folder)]},
         {"name": "int8", "model": [str(build_variant("tiny:int8").path)], "audio": str(folder / "clip.wav"),
          "values": SETTINGS, "run": True},
@@ -321,6 +330,22 @@ def test_the_page_vamps_with_the_int8_variant(page, build_variant):
     generated = want["mask_out"] == 1
     assert (got["codes_out"] == want["codes_out"])[generated].mean() >= 0.5
     assert np.isfinite(got["audio_out"]).all() and np.any(got["audio_out"])
+
+
+def test_a_model_opened_by_address_is_kept_and_opened_again_without_a_request(page, servers):
+    """Downloaded with its .data file (progress in MB), kept in Cache Storage; the next visit opens it
+    with no request for either file, and the kept model can be removed."""
+    url = f"{servers['isolated']}/artifacts/demo/external.onnx"
+    first, again = page["by address"], page["by address again"]
+    for result in (first, again):
+        assert result["state"] == "ready" and result["error"] is None, result
+        assert re.match(r"external\.onnx.*: 0\.01 GB, \d+ inputs, 14 codebooks", result["model"]), result["model"]
+    assert url in first["requests"] and f"{url}.data" in first["requests"], first["requests"]
+    assert re.fullmatch(r"downloaded external\.onnx: [\d.]+ MB, kept in this browser", first["download"])
+    assert [r for r in again["requests"] if r.startswith(url)] == [], again["requests"]
+    assert "(from this browser's cache)" in again["model"] and "nothing downloaded" in again["download"]
+    assert len(again["cached"]["before"]) == 1 and again["cached"]["before"][0].startswith(url)
+    assert again["cached"]["after"] == []
 
 
 @pytest.mark.parametrize("scenario, expected", [

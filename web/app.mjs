@@ -42,6 +42,7 @@ function clearError() {
 }
 
 const gb = (bytes) => `${(bytes / 1e9).toFixed(2)} GB`;
+const mb = (bytes) => `${(bytes / 1e6).toFixed(1)} MB`;
 const firstLine = (e) => String(e?.message ?? e).split("\n").find((s) => s.trim()) ?? String(e);
 
 // ---------------------------------------------------------------------------------- the model
@@ -132,7 +133,8 @@ async function loadModel(source) {
   state.source = source;
   state.model = { ...loaded, defaults, size };
   $("backend-status").textContent = backendText(loaded);
-  $("model-status").textContent = `${source.label}: ${gb(size)}, ${loaded.inputs.length} inputs, ` +
+  $("model-status").textContent = `${source.label}${source.cached ? " (from this browser's cache)" : ""}: ` +
+    `${gb(size)}, ${loaded.inputs.length} inputs, ` +
     `${loaded.metadata.n_codebooks ?? "?"} codebooks, ${loaded.metadata.sample_rate ?? "?"} Hz`;
   $("notice").hidden = !source.demo;
   $("notice").textContent = source.demo
@@ -218,6 +220,102 @@ $("model-file").addEventListener("change", (event) => {
   const data = files.find((f) => f.name.endsWith(".data")) ?? null;
   if (!model) return showError("choose the .onnx file (and its .data file with it, when there is one)");
   loadModel({ label: model.name, demo: false, model, data });
+});
+
+// ---------------------------------------------------------------------------------- models by address
+
+// A model opened by its address is downloaded once and kept in Cache Storage (its weights, when
+// apart, at the address + ".data", as `vampnet-onnx build` writes them): the next visit opens it
+// from there without a request.
+const MODEL_CACHE = "vampnet-onnx models";
+const baseName = (url) => decodeURIComponent(new URL(url).pathname.split("/").pop() || "model.onnx");
+
+/** The kept response for url, or the download of it (progress in the page), then kept; null when
+ * `optional` and the server has no such file. */
+async function download(cache, url, optional = false) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) {
+    if (optional && response.status === 404) return null;
+    throw new Error(`cannot download ${url}: HTTP ${response.status}`);
+  }
+  const total = Number(response.headers.get("Content-Length")) || 0;
+  const reader = response.body.getReader();
+  const chunks = [];
+  let received = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    received += value.length;
+    $("download-status").textContent = `downloading ${baseName(url)}: ${mb(received)}${total ? ` of ${mb(total)}` : ""}`;
+  }
+  const blob = new Blob(chunks);
+  await cache.put(url, new Response(blob, { headers: { "Content-Type": "application/octet-stream",
+    "Content-Length": String(blob.size) } }));
+  return { blob };
+}
+
+async function openUrl(address) {
+  clearError();
+  let url;
+  try {
+    url = new URL(address, location.href).href;
+  } catch {
+    return showError(`"${address}" is not an address`);
+  }
+  let model, data, cached;
+  try {
+    const cache = await caches.open(MODEL_CACHE);
+    const kept = await cache.match(url);
+    cached = Boolean(kept);
+    if (cached) { // no request at all: a model kept without its .data has none
+      model = { blob: await kept.blob() };
+      const keptData = await cache.match(`${url}.data`);
+      data = keptData ? { blob: await keptData.blob() } : null;
+    } else {
+      model = await download(cache, url);
+      data = await download(cache, `${url}.data`, true);
+    }
+  } catch (e) {
+    $("download-status").textContent = "";
+    return showError(firstLine(e));
+  }
+  $("download-status").textContent = cached ? `${baseName(url)}: opened from this browser's cache, nothing downloaded`
+    : `downloaded ${baseName(url)}: ${mb(model.blob.size + (data?.blob.size ?? 0))}, kept in this browser`;
+  await listCached();
+  const name = baseName(url);
+  await loadModel({ label: name, url, cached, demo: false, model: new File([model.blob], name),
+    data: data ? new File([data.blob], `${name}.data`) : null });
+}
+
+/** The kept models, each with an Open and a Remove button. */
+async function listCached() {
+  if (!globalThis.caches) return;
+  const cache = await caches.open(MODEL_CACHE);
+  const urls = (await cache.keys()).map((r) => r.url);
+  const items = [];
+  for (const url of urls.filter((u) => !u.endsWith(".data"))) {
+    const size = (await Promise.all([url, `${url}.data`].map((u) => cache.match(u))))
+      .reduce((sum, r) => sum + Number(r?.headers.get("Content-Length") ?? 0), 0);
+    const item = document.createElement("li");
+    const open = Object.assign(document.createElement("button"), { textContent: "open", className: "open" });
+    const remove = Object.assign(document.createElement("button"), { textContent: "remove", className: "remove" });
+    open.addEventListener("click", () => openUrl(url));
+    remove.addEventListener("click", async () => {
+      await cache.delete(url);
+      await cache.delete(`${url}.data`);
+      await listCached();
+    });
+    item.append(`${url} (${mb(size)}) `, open, " ", remove);
+    items.push(item);
+  }
+  $("cached-list").replaceChildren(...items);
+  $("cached").hidden = items.length === 0;
+}
+
+$("url-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  openUrl($("model-url").value.trim());
 });
 
 // ---------------------------------------------------------------------------------- the audio
@@ -646,6 +744,7 @@ window.vampnet = {
 };
 
 setState("starting");
+listCached().catch(() => {}); // Cache Storage exists only in a secure context (https or localhost)
 fetch(DEMO_MODEL, { method: "HEAD" }).then((response) => {
   const size = Number(response.headers.get("Content-Length") ?? 0);
   if (response.ok) loadModel({ label: "the demo model (artifacts/demo/vampnet-tiny.onnx)", demo: true, model: DEMO_MODEL, data: null, size });

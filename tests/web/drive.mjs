@@ -8,7 +8,9 @@
 // first mask preview, pick the preset, type the values, wait for the preview whose values include
 // `expect`), screenshot?: file, idle_ms?: wait before picking the model, timeout_s?: for each
 // step (300), url?: the page's address (default: URL), browser?: "webgpu" (a second Chromium
-// with its software WebGPU adapter; the default one has no GPU)}. Its result: the page's state, error and notice lines,
+// with its software WebGPU adapter; the default one has no GPU), open_url?: a model's address
+// to open (instead of `model`), remove_cached?: click the first kept model's remove button}. The
+// result lists every request the page made (`requests`). Its result: the page's state, error and notice lines,
 // the times (ms since the epoch) at which each step began and ended, and after a run the page's
 // preprocessed audio, its outputs, the downloaded WAV and the canvas's pixels in numbers. A model
 // that does not open ends the scenario there (its error line is the result).
@@ -40,6 +42,8 @@ async function runScenario(page, scenario, log) {
   page.on("console", (m) => log.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
   const timeout = (scenario.timeout_s ?? TIMEOUT / 1000) * 1000;
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
   await page.goto(scenario.url ?? url);
   await settled(page, ["ready", "error"]);
   const times = { page: Date.now() };
@@ -52,6 +56,23 @@ async function runScenario(page, scenario, log) {
     await settled(page, ["ready", "error"], timeout);
     times.loaded = Date.now();
     opened = (await page.evaluate(() => document.body.dataset.state)) === "ready";
+  }
+  if (scenario.open_url) {
+    times.model = Date.now();
+    await page.$eval("#model-url", (e, v) => { e.value = v; }, scenario.open_url);
+    await page.click("#url-form button");
+    await page.waitForFunction(() => document.body.dataset.state !== "ready", { timeout: 10_000 }).catch(() => {});
+    await settled(page, ["ready", "error"], timeout);
+    times.loaded = Date.now();
+    opened = (await page.evaluate(() => document.body.dataset.state)) === "ready";
+  }
+  let cached = null;
+  if (scenario.remove_cached) {
+    const listed = () => page.$$eval("#cached-list li", (es) => es.map((e) => e.textContent));
+    cached = { before: await listed() };
+    await page.click("#cached-list .remove");
+    await page.waitForFunction(() => document.getElementById("cached").hidden, { timeout: 10_000 });
+    cached.after = await listed();
   }
   if (scenario.audio && opened) {
     const before = await page.$eval("#audio-status", (e) => e.textContent);
@@ -161,6 +182,9 @@ async function runScenario(page, scenario, log) {
     return out;
   });
   result.times = times;
+  result.requests = requests;
+  result.download = await page.$eval("#download-status", (e) => e.textContent);
+  if (cached) result.cached = cached;
   result.ticks = ticks;
   if (previews) result.previews = previews;
   result.log = log;
