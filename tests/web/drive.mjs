@@ -31,6 +31,7 @@ const browsers = {};
 const browserFor = async (kind = "default") => (browsers[kind] ??= await puppeteer.launch({
   executablePath: chromium,
   headless: true,
+  protocolTimeout: 3 * TIMEOUT, // a poll may wait behind a long WebGPU run (puppeteer's default: 180 s)
   args: ["--no-sandbox", "--disable-dev-shm-usage", ...FLAGS[kind]],
 }));
 
