@@ -6,6 +6,9 @@
   evaluator then runs zero iterations, so every such Loop gets a constant `true`.
 - `complete_opset_imports`: onnxscript 0.7.2 omits the import of a domain that a function uses only
   inside If/Loop bodies; onnxruntime then refuses the function.
+- `narrow_concats`: a Concat of more than 7 inputs (the exported codec stacks its 14 codebooks)
+  becomes Concats of at most 7; WebGPU allows 8 storage buffers per shader stage by default, inputs
+  and output together.
 """
 from __future__ import annotations
 
@@ -277,6 +280,41 @@ def _drop_unused_constants(graph: onnx.GraphProto, used: set) -> None:
             _drop_unused_constants(g, used)
 
 
+MAX_CONCAT_INPUTS = 7
+
+
+def narrow_concats(graph: onnx.GraphProto) -> int:
+    """Split every Concat of more than MAX_CONCAT_INPUTS inputs (in subgraphs too) into a Concat of
+    Concats, each of at most that many (exact: concatenation is associative); returns how many."""
+    count = 0
+    nodes = []
+    for node in graph.node:
+        for g in subgraphs(node):
+            count += narrow_concats(g)
+        inputs = list(node.input)
+        if node.op_type != "Concat" or node.domain != "" or len(inputs) <= MAX_CONCAT_INPUTS:
+            nodes.append(node)
+            continue
+        count += 1
+        axis = next(a.i for a in node.attribute if a.name == "axis")
+        level = 0
+        while len(inputs) > MAX_CONCAT_INPUTS:
+            groups = [inputs[i:i + MAX_CONCAT_INPUTS] for i in range(0, len(inputs), MAX_CONCAT_INPUTS)]
+            inputs = []
+            for k, group in enumerate(groups):
+                if len(group) == 1:
+                    inputs.append(group[0])
+                    continue
+                part = f"{node.output[0]}__part{level}_{k}"
+                nodes.append(helper.make_node("Concat", group, [part], name=f"{node.name}__part{level}_{k}", axis=axis))
+                inputs.append(part)
+            level += 1
+        nodes.append(helper.make_node("Concat", inputs, list(node.output), name=node.name, axis=axis))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
 def ship(model: onnx.ModelProto, signatures: dict | None = None, opset: int = OPSET_VERSION) -> onnx.ModelProto:
     """The model as shipped: local functions inlined (runtimes such as OpenVINO and tract read no
     functions), subgraphs typed, IR version 9 (10 for the int8 variant's opset).
@@ -302,4 +340,5 @@ def ship(model: onnx.ModelProto, signatures: dict | None = None, opset: int = OP
     model = type_subgraphs(model)
     _fold_cast_like(model.graph, {}, {})
     _drop_unused_constants(model.graph, _used_names(model.graph, set()))
+    narrow_concats(model.graph)
     return model

@@ -7,6 +7,10 @@ at the same relative URL as under any static server started at the repository's 
 * ``/web/``: the page (``/`` redirects there), with onnxruntime-web in ``web/vendor/``;
 * ``/artifacts/demo/``: the demo model that ``vampnet-onnx demo`` builds.
 
+Every response says the page is cross-origin isolated (COOP ``same-origin``, COEP ``require-corp``):
+browsers give only such a page SharedArrayBuffer, which onnxruntime-web's multi-threaded
+WebAssembly needs. Served without them, the page runs on one thread.
+
 Only the standard library: the runtime path never imports torch.
 """
 from __future__ import annotations
@@ -25,7 +29,8 @@ from .paths import DEMO_DIR, DEMO_MODEL_NAME
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "web"
 DEMO = REPO / DEMO_DIR
-VENDOR_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
+VENDOR_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm",
+                "ort.webgpu.bundle.min.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
 VENDOR_COMMAND = "npm ci --prefix web"  # its postinstall (web/vendor.mjs) fills web/vendor/
 
 
@@ -53,8 +58,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         ".data": "application/octet-stream",
     }
 
-    def __init__(self, *args, mounts: dict[str, Path], **kwargs):
+    def __init__(self, *args, mounts: dict[str, Path], isolated: bool = True, **kwargs):
         self.mounts = mounts
+        self.isolated = isolated
         super().__init__(*args, directory=str(mounts["/web/"]), **kwargs)
 
     def translate_path(self, path: str) -> str:
@@ -77,19 +83,24 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def end_headers(self):
         self.send_header("Cache-Control", "no-store")  # a rebuilt demo model is picked up at once
+        if self.isolated:  # SharedArrayBuffer, so threads (docs/browser.md lists these headers)
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
         super().end_headers()
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass
 
 
-def make_server(host: str = "127.0.0.1", port: int = 8000, demo: Path = DEMO) -> http.server.ThreadingHTTPServer:
+def make_server(host: str = "127.0.0.1", port: int = 8000, demo: Path = DEMO,
+                isolated: bool = True) -> http.server.ThreadingHTTPServer:
     """The server (not yet serving); port 0 picks a free one (``server.server_address``); `demo`:
-    the folder served as /artifacts/demo/."""
+    the folder served as /artifacts/demo/; `isolated`: send the cross-origin isolation headers
+    (without them the page runs on one thread)."""
     problem = runtime_problem()
     if problem:
         raise UsageError(f"{problem}; run `{VENDOR_COMMAND}` in the repository (needs Node.js and npm)")
-    handler = functools.partial(Handler, mounts={"/web/": WEB, "/artifacts/demo/": Path(demo)})
+    handler = functools.partial(Handler, mounts={"/web/": WEB, "/artifacts/demo/": Path(demo)}, isolated=isolated)
     try:
         return http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as e:

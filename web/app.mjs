@@ -13,9 +13,13 @@ const CONTROLS = [
   ["prefix_s", "prefix (s)"], ["suffix_s", "suffix (s)"], ["sampling_steps", "sampling steps"],
   ["temperature", "temperature"], ["top_p", "top-p"],
 ];
+// Inputs the page sets itself; every other input of the model with a default gets a control
+// ("more controls" for those not in CONTROLS).
+const NOT_CONTROLS = new Set(["audio", "mask", "sample_rate", "generate", "adapter"]);
 // The controls that change the mask: the preview runs again when one of them changes.
 const MASK_CONTROLS = new Set(["seed", "periodic_prompt", "upper_codebook_mask", "onset_mask_width",
-  "beat_mask_ms", "dropout", "prefix_s", "suffix_s"]);
+  "beat_mask_ms", "dropout", "prefix_s", "suffix_s", "rand_mask_intensity", "periodic_prompt_width", "ncc",
+  "time_stretch_factor"]);
 const PREVIEW_DELAY_MS = 250; // wait for a pause in typing
 const MAX_VARIATIONS = 16;
 
@@ -38,6 +42,7 @@ function clearError() {
 }
 
 const gb = (bytes) => `${(bytes / 1e9).toFixed(2)} GB`;
+const mb = (bytes) => `${(bytes / 1e6).toFixed(1)} MB`;
 const firstLine = (e) => String(e?.message ?? e).split("\n").find((s) => s.trim()) ?? String(e);
 
 // ---------------------------------------------------------------------------------- the model
@@ -85,7 +90,7 @@ async function loadModel(source) {
     $("model-status").textContent = "no model loaded";
     return showError(`cannot load ${source.label}: ${memoryText(size)}`);
   }
-  const message = { type: "load" };
+  const message = { type: "load", backend: $("backend").value };
   const transfer = [];
   try {
     if (source.model instanceof File) {
@@ -127,7 +132,9 @@ async function loadModel(source) {
   }
   state.source = source;
   state.model = { ...loaded, defaults, size };
-  $("model-status").textContent = `${source.label}: ${gb(size)}, ${loaded.inputs.length} inputs, ` +
+  $("backend-status").textContent = backendText(loaded);
+  $("model-status").textContent = `${source.label}${source.cached ? " (from this browser's cache)" : ""}: ` +
+    `${gb(size)}, ${loaded.inputs.length} inputs, ` +
     `${loaded.metadata.n_codebooks ?? "?"} codebooks, ${loaded.metadata.sample_rate ?? "?"} Hz`;
   $("notice").hidden = !source.demo;
   $("notice").textContent = source.demo
@@ -140,6 +147,13 @@ async function loadModel(source) {
   schedulePreview();
 }
 
+function backendText({ backend, threads, isolated }) {
+  if (backend === "webgpu") return "running on WebGPU (WebAssembly for the ops WebGPU lacks)";
+  if (isolated) return `running on WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}`;
+  return "running on WebAssembly, one thread: the page is not cross-origin isolated (its server sends no " +
+    "COOP/COEP headers, see docs/browser.md), so the browser allows no threads";
+}
+
 function buildControls() {
   const names = new Set(state.model.inputs.map((i) => i.name));
   const box = $("controls");
@@ -149,6 +163,11 @@ function buildControls() {
     box.append(control(name, label, state.model.defaults[name]));
   }
   box.append(control("variations", "variations", 1));
+  const shown = new Set(CONTROLS.map(([name]) => name));
+  const more = state.model.inputs.map((i) => i.name)
+    .filter((name) => !shown.has(name) && !NOT_CONTROLS.has(name) && name in state.model.defaults);
+  $("more-controls").replaceChildren(...more.map((name) => control(name, name.replaceAll("_", " "), state.model.defaults[name])));
+  $("more").hidden = more.length === 0;
   let presets = {};
   try {
     presets = JSON.parse(state.model.metadata.presets ?? "{}");
@@ -174,9 +193,11 @@ $("preset").addEventListener("change", (event) => {
   }
   schedulePreview();
 });
-$("controls").addEventListener("input", (event) => {
-  if (MASK_CONTROLS.has(event.target.id.slice("input-".length))) schedulePreview();
-});
+for (const box of [$("controls"), $("more-controls")]) {
+  box.addEventListener("input", (event) => {
+    if (MASK_CONTROLS.has(event.target.id.slice("input-".length))) schedulePreview();
+  });
+}
 
 function control(name, label, value) {
   const wrap = document.createElement("label");
@@ -189,12 +210,112 @@ function control(name, label, value) {
   return wrap;
 }
 
+// ?backend=wasm in the address picks WebAssembly from the start
+$("backend").value = new URLSearchParams(location.search).get("backend") === "wasm" ? "wasm" : "auto";
+$("backend").addEventListener("change", () => state.source && loadModel(state.source));
+
 $("model-file").addEventListener("change", (event) => {
   const files = [...event.target.files];
   const model = files.find((f) => !f.name.endsWith(".data"));
   const data = files.find((f) => f.name.endsWith(".data")) ?? null;
   if (!model) return showError("choose the .onnx file (and its .data file with it, when there is one)");
   loadModel({ label: model.name, demo: false, model, data });
+});
+
+// ---------------------------------------------------------------------------------- models by address
+
+// A model opened by its address is downloaded once and kept in Cache Storage (its weights, when
+// apart, at the address + ".data", as `vampnet-onnx build` writes them): the next visit opens it
+// from there without a request.
+const MODEL_CACHE = "vampnet-onnx models";
+const baseName = (url) => decodeURIComponent(new URL(url).pathname.split("/").pop() || "model.onnx");
+
+/** The kept response for url, or the download of it (progress in the page), then kept; null when
+ * `optional` and the server has no such file. */
+async function download(cache, url, optional = false) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) {
+    if (optional && response.status === 404) return null;
+    throw new Error(`cannot download ${url}: HTTP ${response.status}`);
+  }
+  const total = Number(response.headers.get("Content-Length")) || 0;
+  const reader = response.body.getReader();
+  const chunks = [];
+  let received = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    received += value.length;
+    $("download-status").textContent = `downloading ${baseName(url)}: ${mb(received)}${total ? ` of ${mb(total)}` : ""}`;
+  }
+  const blob = new Blob(chunks);
+  await cache.put(url, new Response(blob, { headers: { "Content-Type": "application/octet-stream",
+    "Content-Length": String(blob.size) } }));
+  return { blob };
+}
+
+async function openUrl(address) {
+  clearError();
+  let url;
+  try {
+    url = new URL(address, location.href).href;
+  } catch {
+    return showError(`"${address}" is not an address`);
+  }
+  let model, data, cached;
+  try {
+    const cache = await caches.open(MODEL_CACHE);
+    const kept = await cache.match(url);
+    cached = Boolean(kept);
+    if (cached) { // no request at all: a model kept without its .data has none
+      model = { blob: await kept.blob() };
+      const keptData = await cache.match(`${url}.data`);
+      data = keptData ? { blob: await keptData.blob() } : null;
+    } else {
+      model = await download(cache, url);
+      data = await download(cache, `${url}.data`, true);
+    }
+  } catch (e) {
+    $("download-status").textContent = "";
+    return showError(firstLine(e));
+  }
+  $("download-status").textContent = cached ? `${baseName(url)}: opened from this browser's cache, nothing downloaded`
+    : `downloaded ${baseName(url)}: ${mb(model.blob.size + (data?.blob.size ?? 0))}, kept in this browser`;
+  await listCached();
+  const name = baseName(url);
+  await loadModel({ label: name, url, cached, demo: false, model: new File([model.blob], name),
+    data: data ? new File([data.blob], `${name}.data`) : null });
+}
+
+/** The kept models, each with an Open and a Remove button. */
+async function listCached() {
+  if (!globalThis.caches) return;
+  const cache = await caches.open(MODEL_CACHE);
+  const urls = (await cache.keys()).map((r) => r.url);
+  const items = [];
+  for (const url of urls.filter((u) => !u.endsWith(".data"))) {
+    const size = (await Promise.all([url, `${url}.data`].map((u) => cache.match(u))))
+      .reduce((sum, r) => sum + Number(r?.headers.get("Content-Length") ?? 0), 0);
+    const item = document.createElement("li");
+    const open = Object.assign(document.createElement("button"), { textContent: "open", className: "open" });
+    const remove = Object.assign(document.createElement("button"), { textContent: "remove", className: "remove" });
+    open.addEventListener("click", () => openUrl(url));
+    remove.addEventListener("click", async () => {
+      await cache.delete(url);
+      await cache.delete(`${url}.data`);
+      await listCached();
+    });
+    item.append(`${url} (${mb(size)}) `, open, " ", remove);
+    items.push(item);
+  }
+  $("cached-list").replaceChildren(...items);
+  $("cached").hidden = items.length === 0;
+}
+
+$("url-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  openUrl($("model-url").value.trim());
 });
 
 // ---------------------------------------------------------------------------------- the audio
@@ -249,7 +370,7 @@ function setBusy(busy) {
 
 function readValues() {
   const values = { ...state.model.defaults };
-  for (const input of $("controls").querySelectorAll("input")) {
+  for (const input of document.querySelectorAll("#controls input, #more-controls input")) {
     const name = input.id.slice("input-".length);
     const text = input.value.trim();
     const meta = state.model.inputs.find((i) => i.name === name);
@@ -277,14 +398,21 @@ async function vamp() {
   state.result = null;
   setBusy(true);
   const started = performance.now();
+  const work = workOf(request.values, request.rows, state.audio.samples.length / state.audio.rate);
+  const eta = estimate(work);
+  state.eta = eta;
   state.timer = setInterval(() => {
-    $("run-status").textContent = `running ... ${((performance.now() - started) / 1000).toFixed(1)} s`;
+    const elapsed = (performance.now() - started) / 1000, total = eta.ms / 1000;
+    $("run-status").textContent = `running ... ${elapsed.toFixed(1)} s, ` + (elapsed < total
+      ? `about ${(total - elapsed).toFixed(1)} s left (${eta.source})`
+      : `longer than the ${total.toFixed(1)} s expected (${eta.source})`);
   }, 100);
   try {
     request.values.sample_rate = String(state.audio.rate); // int64 inputs travel as text
     const { outputs, ms } = await ask({ type: "run", audio: state.audio.samples, ...request });
     state.result = { outputs, values: request.values, rows: request.rows, ms };
-    $("run-status").textContent = `done in ${(ms / 1000).toFixed(1)} s`;
+    remember(work, ms);
+    $("run-status").textContent = `done in ${(ms / 1000).toFixed(1)} s (expected ${(eta.ms / 1000).toFixed(1)} s)`;
     showResult();
     setBusy(false);
   } catch (e) {
@@ -305,6 +433,34 @@ $("cancel").addEventListener("click", async () => {
   $("run-status").textContent = "cancelled";
   await loadModel(state.source);
 });
+
+// ---------------------------------------------------------------------------------- how long a run takes
+
+// A run's work, in units its time is about proportional to: each coarse step (times the feedback
+// passes) and each coarse-to-fine step runs a transformer over the clip's frames, and the codec's
+// encode and decode are about one step more; all of it for each variation.
+function workOf(values, rows, seconds) {
+  const number = (name, fallback) => Number(values[name] ?? fallback);
+  const steps = number("sampling_steps", 12) * number("feedback_steps", 1) + number("c2f_sampling_steps", 2) + 1;
+  return rows * seconds * number("time_stretch_factor", 1) * steps;
+}
+
+// This device's speed for this model (ms per unit of work), kept in localStorage from the last run.
+const speedKey = () => `vampnet-onnx speed: ${state.source.label}, ${state.model.backend}, ${state.model.threads} threads`;
+
+/** {ms, source}: from the last run's speed here, or a first-run guess from the model's size (a
+ * 13 MB model takes about 0.1 s, a 2.6 GB one about 3 s per unit, on one thread of a laptop). */
+function estimate(work) {
+  const measured = Number(localStorage.getItem(speedKey()));
+  if (measured > 0) return { ms: work * measured, source: "measured on this device" };
+  return { ms: work * (100 + state.model.size / 1e6), source: "a first guess: no run here yet" };
+}
+
+function remember(work, ms) {
+  try {
+    localStorage.setItem(speedKey(), String(ms / work));
+  } catch {} // storage may be off or full: the next estimate is a guess again
+}
 
 function showResult() {
   const { outputs, rows } = state.result;
@@ -332,7 +488,58 @@ function showResult() {
     row.append(player, link);
     box.append(row);
   }
-  drawCodes($("codes"), outputs.codes, outputs.mask_out, outputs.codes_out, rows > 1 ? " (variation 1)" : "");
+  const note = rows > 1 ? " (variation 1)" : "";
+  $("waveforms").hidden = false;
+  drawWaveforms($("waveforms"), state.audio.samples, audioOut.data.subarray(0, length), state.audio.rate,
+                outputs.mask_out, note);
+  drawCodes($("codes"), outputs.codes, outputs.mask_out, outputs.codes_out, note);
+}
+
+// ---------------------------------------------------------------------------------- the waveforms
+
+const WAVE = "#333333", KEPT_SHADE = "#cfe0f5";
+
+/** Input and output over time in seconds, the frames the mask keeps (codebook 0) shaded. */
+function drawWaveforms(canvas, input, output, rate, mask, note) {
+  const left = 60, plotW = 730, laneH = 80, top = 4, gap = 10, axisH = 32;
+  canvas.width = left + plotW + 10;
+  canvas.height = top + 2 * laneH + gap + axisH;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const seconds = Math.max(input.length, output.length) / rate;
+  const x = (s) => left + (s / seconds) * plotW;
+  const T = mask.dims[2], maskSeconds = output.length / rate; // the mask's frames span the output
+  const lanes = [["input", input, top], ["output" + note, output, top + laneH + gap]];
+  for (const [label, samples, y0] of lanes) {
+    ctx.fillStyle = KEPT_SHADE;
+    for (const [a, b] of keptRuns(mask)) {
+      ctx.fillRect(x((a / T) * maskSeconds), y0, x(((b + 1) / T) * maskSeconds) - x((a / T) * maskSeconds), laneH);
+    }
+    let peak = 1e-9;
+    for (const v of samples) peak = Math.max(peak, Math.abs(v));
+    ctx.fillStyle = WAVE;
+    const width = x(samples.length / rate) - left;
+    for (let px = 0; px < width; px++) { // each column: the min and max of its samples
+      const i0 = Math.floor((px / width) * samples.length), i1 = Math.max(i0 + 1, Math.floor(((px + 1) / width) * samples.length));
+      let lo = Infinity, hi = -Infinity;
+      for (let i = i0; i < i1 && i < samples.length; i++) { lo = Math.min(lo, samples[i]); hi = Math.max(hi, samples[i]); }
+      const mid = y0 + laneH / 2, scale = laneH / 2 / peak;
+      ctx.fillRect(left + px, mid - hi * scale, 1, Math.max(1, (hi - lo) * scale));
+    }
+    ctx.fillStyle = "#222";
+    ctx.font = "11px sans-serif";
+    ctx.textAlign = "right";
+    ctx.fillText(label.split(" ")[0], left - 6, y0 + laneH / 2 + 4);
+  }
+  const bottom = top + 2 * laneH + gap;
+  ctx.textAlign = "center";
+  const step = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60, 120].find((s) => seconds / s <= 12) ?? 300;
+  for (let s = 0; s <= seconds + 1e-9; s += step) {
+    ctx.fillRect(x(s), bottom, 1, 4);
+    ctx.fillText(`${Number(s.toFixed(1))}`, x(s), bottom + 14);
+  }
+  ctx.fillText(`time (s); shaded: kept from the input${note}`, left + plotW / 2, bottom + 28);
 }
 
 // ---------------------------------------------------------------------------------- the mask preview
@@ -531,10 +738,13 @@ window.vampnet = {
   get prepared() { return state.audio?.samples ?? null; },
   get result() { return state.result; },
   get outputUrls() { return state.outputUrls; },
+  get eta() { return state.eta; },
   get preview() { return state.preview; },
+  get runtime() { return state.model && { backend: state.model.backend, threads: state.model.threads, isolated: state.model.isolated }; },
 };
 
 setState("starting");
+listCached().catch(() => {}); // Cache Storage exists only in a secure context (https or localhost)
 fetch(DEMO_MODEL, { method: "HEAD" }).then((response) => {
   const size = Number(response.headers.get("Content-Length") ?? 0);
   if (response.ok) loadModel({ label: "the demo model (artifacts/demo/vampnet-tiny.onnx)", demo: true, model: DEMO_MODEL, data: null, size });

@@ -1,15 +1,30 @@
 // The model runs here, off the page's thread: the page stays responsive, and cancelling a run is
 // terminating this worker (onnxruntime-web has no way to stop a run half-way).
 //
-// Messages in:  {type: "load", model: ArrayBuffer | URL, data?: {name, buffer | url}}
+// Messages in:  {type: "load", model: ArrayBuffer | URL, data?: {name, buffer | url},
+//                backend: "auto" (WebGPU when the browser has an adapter) | "wasm"}
 //               {type: "run", audio: Float32Array, rows, values: {input name: number}}
-// Messages out: {type: "loaded", inputs, outputs, metadata} | {type: "result", outputs, ms}
+// Messages out: {type: "loaded", inputs, outputs, metadata, backend: "webgpu" | "wasm", threads, isolated}
+//               {type: "result", outputs, ms}
 //               {type: "error", message, memory: true when the browser ran out of memory}
-import * as ort from "./vendor/ort.wasm.bundle.min.mjs";
-
-ort.env.wasm.numThreads = 1; // the threaded build needs cross-origin isolation; one thread always works
+let ort = null; // onnxruntime-web, imported on the first load (which build depends on the backend)
 let session = null;
 let metadata = {};
+
+// Threads need SharedArrayBuffer, which browsers give only to a cross-origin isolated page (served
+// with COOP/COEP: docs/browser.md); elsewhere onnxruntime-web runs on one thread.
+const isolated = self.crossOriginIsolated === true;
+const threads = isolated ? Math.max(1, navigator.hardwareConcurrency || 1) : 1;
+
+/** "webgpu" when asked for and the browser gives an adapter, else "wasm". */
+async function pickBackend(wanted) {
+  if (wanted === "wasm" || !navigator.gpu) return "wasm";
+  try {
+    return (await navigator.gpu.requestAdapter()) ? "webgpu" : "wasm";
+  } catch {
+    return "wasm";
+  }
+}
 
 // onnxruntime-web does not expose the model's metadata_props, so they are read from the
 // protobuf: ModelProto field 14 (repeated StringStringEntryProto {key = 1, value = 2}).
@@ -75,13 +90,19 @@ async function bytesOf(source) {
   return new Uint8Array(await response.arrayBuffer());
 }
 
-async function load({ model, data }) {
+async function load({ model, data, backend: wanted = "auto" }) {
+  const backend = await pickBackend(wanted);
+  // the WebGPU build holds the wasm backend too (the fallback for the ops WebGPU lacks), but its
+  // larger asyncify wasm is fetched only when there is a GPU to use
+  ort = await import(backend === "webgpu" ? "./vendor/ort.webgpu.bundle.min.mjs" : "./vendor/ort.wasm.bundle.min.mjs");
+  ort.env.wasm.numThreads = threads;
   const bytes = await bytesOf(model);
   metadata = readMetadata(bytes);
-  const options = { executionProviders: ["wasm"] };
+  const options = { executionProviders: backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"] };
   if (data) options.externalData = [{ path: data.name, data: data.buffer ? new Uint8Array(data.buffer) : data.url }];
   session = await ort.InferenceSession.create(bytes, options);
-  postMessage({ type: "loaded", inputs: session.inputMetadata, outputs: session.outputNames, metadata });
+  postMessage({ type: "loaded", inputs: session.inputMetadata, outputs: session.outputNames, metadata,
+    backend, threads, isolated });
 }
 
 // Every input is fed (the model stores no defaults): the values given, the mask empty.

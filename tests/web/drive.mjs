@@ -7,7 +7,10 @@
 // cancel?: bool (start a run and cancel it), preview?: {preset?, values?, expect} (wait for the
 // first mask preview, pick the preset, type the values, wait for the preview whose values include
 // `expect`), screenshot?: file, idle_ms?: wait before picking the model, timeout_s?: for each
-// step (300)}. Its result: the page's state, error and notice lines,
+// step (300), url?: the page's address (default: URL), browser?: "webgpu" (a second Chromium
+// with its software WebGPU adapter; the default one has no GPU), open_url?: a model's address
+// to open (instead of `model`), remove_cached?: click the first kept model's remove button}. The
+// result lists every request the page made (`requests`). Its result: the page's state, error and notice lines,
 // the times (ms since the epoch) at which each step began and ended, and after a run the page's
 // preprocessed audio, its outputs, the downloaded WAV and the canvas's pixels in numbers. A model
 // that does not open ends the scenario there (its error line is the result).
@@ -18,22 +21,31 @@ const [chromium, url, scenariosFile, resultsFile] = process.argv.slice(2);
 const scenarios = JSON.parse(fs.readFileSync(scenariosFile, "utf8"));
 const TIMEOUT = 300_000;
 
-const browser = await puppeteer.launch({
+// Chromium's flags: without a GPU, or with the software WebGPU adapter (SwiftShader's Vulkan)
+const FLAGS = {
+  default: ["--disable-gpu"],
+  webgpu: ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader",
+           "--use-webgpu-adapter=swiftshader"],
+};
+const browsers = {};
+const browserFor = async (kind = "default") => (browsers[kind] ??= await puppeteer.launch({
   executablePath: chromium,
   headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
+  protocolTimeout: 3 * TIMEOUT, // a poll may wait behind a long WebGPU run (puppeteer's default: 180 s)
+  args: ["--no-sandbox", "--disable-dev-shm-usage", ...FLAGS[kind]],
+}));
 
 const settled = (page, states, timeout = TIMEOUT) =>
   page.waitForFunction((s) => s.includes(document.body.dataset.state), { timeout, polling: 100 }, states);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function runScenario(page, scenario) {
-  const log = [];
+async function runScenario(page, scenario, log) {
   page.on("console", (m) => log.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
   const timeout = (scenario.timeout_s ?? TIMEOUT / 1000) * 1000;
-  await page.goto(url);
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
+  await page.goto(scenario.url ?? url);
   await settled(page, ["ready", "error"]);
   const times = { page: Date.now() };
   let opened = true;
@@ -45,6 +57,23 @@ async function runScenario(page, scenario) {
     await settled(page, ["ready", "error"], timeout);
     times.loaded = Date.now();
     opened = (await page.evaluate(() => document.body.dataset.state)) === "ready";
+  }
+  if (scenario.open_url) {
+    times.model = Date.now();
+    await page.$eval("#model-url", (e, v) => { e.value = v; }, scenario.open_url);
+    await page.click("#url-form button");
+    await page.waitForFunction(() => document.body.dataset.state !== "ready", { timeout: 10_000 }).catch(() => {});
+    await settled(page, ["ready", "error"], timeout);
+    times.loaded = Date.now();
+    opened = (await page.evaluate(() => document.body.dataset.state)) === "ready";
+  }
+  let cached = null;
+  if (scenario.remove_cached) {
+    const listed = () => page.$$eval("#cached-list li", (es) => es.map((e) => e.textContent));
+    cached = { before: await listed() };
+    await page.click("#cached-list .remove");
+    await page.waitForFunction(() => document.getElementById("cached").hidden, { timeout: 10_000 });
+    cached.after = await listed();
   }
   if (scenario.audio && opened) {
     const before = await page.$eval("#audio-status", (e) => e.textContent);
@@ -105,7 +134,7 @@ async function runScenario(page, scenario) {
     };
     const text = (id) => (document.getElementById(id).hidden ? null : document.getElementById(id).textContent);
     const out = { state: document.body.dataset.state, error: text("error"), notice: text("notice"),
-      model: text("model-status"),
+      model: text("model-status"), backend: text("backend-status"), runtime: window.vampnet.runtime, cores: navigator.hardwareConcurrency,
       bodyText: document.body.innerText.length };
     const p = window.vampnet.preview;
     if (p) {
@@ -139,10 +168,24 @@ async function runScenario(page, scenario) {
         if (pixels[i] + pixels[i + 1] + pixels[i + 2] < 600) inked++;
       }
       out.canvas = { width: canvas.width, height: canvas.height, colours: colours.size, inked: inked / (pixels.length / 4) };
+      out.eta = window.vampnet.eta;
+      out.status = document.getElementById("run-status").textContent;
+      const waves = document.getElementById("waveforms");
+      const wp = waves.getContext("2d").getImageData(0, 0, waves.width, waves.height).data;
+      const count = (rgb) => {
+        let n = 0;
+        for (let i = 0; i < wp.length; i += 4) n += wp[i] === rgb[0] && wp[i + 1] === rgb[1] && wp[i + 2] === rgb[2];
+        return n;
+      };
+      out.waveforms = { hidden: waves.hidden, width: waves.width, height: waves.height,
+        wave: count([0x33, 0x33, 0x33]), kept: count([0xcf, 0xe0, 0xf5]), white: count([255, 255, 255]) };
     }
     return out;
   });
   result.times = times;
+  result.requests = requests;
+  result.download = await page.$eval("#download-status", (e) => e.textContent);
+  if (cached) result.cached = cached;
   result.ticks = ticks;
   if (previews) result.previews = previews;
   result.log = log;
@@ -156,15 +199,17 @@ async function runScenario(page, scenario) {
 const results = {};
 try {
   for (const scenario of scenarios) {
-    const page = await browser.newPage();
+    const page = await (await browserFor(scenario.browser)).newPage();
+    const log = [];
     try {
-      results[scenario.name] = await runScenario(page, scenario);
+      results[scenario.name] = await runScenario(page, scenario, log);
     } catch (e) {
-      results[scenario.name] = { failure: String(e?.stack ?? e) };
+      const status = await page.evaluate(() => document.body.innerText.slice(0, 2000)).catch(() => "");
+      results[scenario.name] = { failure: `${e?.stack ?? e}\nthe page: ${status}\nits log: ${log.join("\n")}` };
     }
     await page.close();
   }
 } finally {
-  await browser.close();
+  for (const browser of Object.values(browsers)) await browser.close();
 }
 fs.writeFileSync(resultsFile, JSON.stringify(results));
