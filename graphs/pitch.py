@@ -25,7 +25,7 @@ How each step is written, and why:
   symmetry of the DFT (x[m] ± x[N − m]) so each transform is two (N/2 + 1)-wide MatMuls. n_fft
   must be odd (no Nyquist bin), which sr // 64 is at 44.1 kHz.
 - Frames are gathered as whole blocks of `hop` samples; the overlap-add is a sum of the frames'
-  blocks shifted by their offsets, done by one reshaping trick (see `overlap_add`), no Loop.
+  blocks shifted by their offsets, done by one reshaping trick (see `pitch_overlap_add`), no Loop.
 - The time steps reproduce torch's float32 arange bit for bit (see `time_steps`): an ulp of t_i
   moves α by up to 2^-10 at t ≈ 5000.
 - angle() is atan2 built from Atan (ONNX has none), with the quadrant fixed by the signs.
@@ -376,7 +376,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
     weight_scale = _tensor("pitch_weight_scale", table.weight_scale)
 
     @onnxscript.script(vampnet, default_opset=op)
-    def stft(audio: FLOAT["B", "S"]) -> (FLOAT["B", "F", "K"], FLOAT["B", "F", "K"]):
+    def pitch_stft(audio: FLOAT["B", "S"]) -> (FLOAT["B", "F", "K"], FLOAT["B", "F", "K"]):
         """torch.stft(audio, n_fft, hop, return_complex=True) as (re, im), time-major (B, F, K)."""
         S = op.Shape(audio, start=1, end=2)
         F = (S - 1) / hop + 1
@@ -400,7 +400,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         return op.MatMul(u, cos_basis), op.MatMul(v, sin_basis)
 
     @onnxscript.script(vampnet, default_opset=op)
-    def overlap_add(frames: FLOAT["B", "T", "N"]) -> FLOAT["B", "L"]:
+    def pitch_overlap_add(frames: FLOAT["B", "T", "N"]) -> FLOAT["B", "L"]:
         """Σ_t frames[t] placed at t·hop: (B, hop·(T + blocks − 1)), frames padded to whole blocks.
 
         Block b of frame t lands on output block t + b. With the frames as rows (B, blocks, T) of
@@ -420,7 +420,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         return op.Reshape(op.ReduceSum(x, [1], keepdims=0), op.Concat(B, op.Constant(value_ints=[-1]), axis=0))
 
     @onnxscript.script(vampnet, default_opset=op)
-    def istft(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "L"]:
+    def pitch_istft(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "L"]:
         """torch.istft(spec, n_fft, hop) (rectangular window, centred, no length): (B, hop·(T − 1) + 1)."""
         cos_basis = op.Gather(op.Constant(value=inv_cos_table), dft_index(0, n_freq, n_freq, n_fft), axis=0)
         cos_basis = cos_basis * op.Constant(value=inv_weight)
@@ -432,7 +432,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         front = c - op.Pad(s, op.Constant(value_ints=[0, 0, 1, 0, 0, 0]))  # x[0 .. half]
         back = op.Slice(c, [1], op.Constant(value_ints=[n_freq]), [2]) + s  # x[N − m], m = 1 .. half
         back = op.Slice(back, op.Constant(value_ints=[half - 1]), op.Constant(value_ints=[-n_freq - 1]), [2], [-1])
-        y = overlap_add(op.Concat(front, back, axis=2))  # (B, hop·(T + blocks − 1))
+        y = pitch_overlap_add(op.Concat(front, back, axis=2))  # (B, hop·(T + blocks − 1))
         T = op.Shape(re, start=1, end=2)
         length = (T - 1) * hop + 1
         # window envelope: how many frames cover sample p = half + q of the uncropped signal
@@ -471,7 +471,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         return mag * op.Cos(acc), mag * op.Sin(acc)
 
     @onnxscript.script(vampnet, default_opset=op)
-    def resample(audio: FLOAT["B", "L"], row: INT64, out_length: INT64) -> FLOAT["B", "S"]:
+    def pitch_resample(audio: FLOAT["B", "L"], row: INT64, out_length: INT64) -> FLOAT["B", "S"]:
         """torchaudio Resample(orig, new) of `audio` for table row `row`, cropped or zero-padded to
         out_length samples.
 
@@ -527,9 +527,9 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         shifting = op.And(n != 0, op.Squeeze(S) > half)
         if shifting:
             row = n + MAX_SEMITONES
-            re, im = stft(audio)
+            re, im = pitch_stft(audio)
             re, im = phase_vocoder(re, im, row)
-            shifted = resample(istft(re, im), row, op.Squeeze(S))
+            shifted = pitch_resample(pitch_istft(re, im), row, op.Squeeze(S))
         else:
             shifted = op.Identity(audio)
         return shifted
@@ -539,10 +539,10 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         n_fft=n_fft,
         hop=hop,
         table=table,
-        stft=stft,
-        istft=istft,
+        stft=pitch_stft,
+        istft=pitch_istft,
         phase_vocoder=phase_vocoder,
-        resample=resample,
+        resample=pitch_resample,
         pitch_shift=pitch_shift,
     )
 

@@ -1,7 +1,7 @@
 """The shipped model runs the same in every runtime docs/runtimes.md names.
 
 On the tiny model, one clip, seed 7 and four settings (a changed temperature, a changed periodic
-prompt, an explicit mask, a beat prompt, a mask preview with `generate` 0), each runtime must give `codes_out` (and every other code output)
+prompt, an explicit mask, a beat prompt, a mask preview with `generate` 0, a 48 kHz clip shifted by 5 semitones), each runtime must give `codes_out` (and every other code output)
 identical to onnxruntime in Python, and audio within the project's float32 noise floor:
 
 * onnxruntime, the oldest supported version (1.17.3), in its own virtual environment;
@@ -49,9 +49,10 @@ def cases(tiny) -> dict[str, dict[str, np.ndarray]]:
         "beat_mask": interface_feeds(audio, seed=7, periodic_prompt=0, beat_mask_ms=50.0),
         "mask_preview": interface_feeds(audio, seed=7, periodic_prompt=3, onset_mask_width=2, dropout=0.2, generate=0),
         "other_seed": interface_feeds(audio, seed=8, temperature=0.6),
-        # stereo at 48 kHz mixed to mono: the in-graph resampler and loudness at another rate
-        "rate_48k": interface_feeds(app_case("tiny_prep_48k_stereo")["input_audio"].mean(0, keepdims=True),
-                                    seed=7, temperature=0.6, sample_rate=48000),
+        # stereo at 48 kHz mixed to mono, shifted up 5 semitones: the in-graph resampler, loudness
+        # and pitch shift at another rate
+        "rate_48k_pitch5": interface_feeds(app_case("tiny_prep_48k_stereo")["input_audio"].mean(0, keepdims=True),
+                                           seed=7, temperature=0.6, sample_rate=48000, pitch_shift=5),
     }
 
 
