@@ -153,13 +153,14 @@ def main_graph(config: GraphConfig):
         # upstream's app shifts the pitch of its preprocessed (padded) signal (graphs/pitch.py); the
         # onset and beat prompts read the shifted signal, and `encode` preprocesses it again. A
         # preview (generate 0) without those prompts hears no audio: no shift.
-        semitones = op.Clip(scalar(pitch_shift), -MAX_PITCH_SHIFT, MAX_PITCH_SHIFT)
         heard_at_all = op.Or(scalar(generate) != 0, op.Or(width > 0, beat_ms > 0.0))
-        if op.And(semitones != 0, heard_at_all):
-            heard = shift_pitch(hop_padded, semitones)
+        semitones = op.Where(heard_at_all, op.Clip(scalar(pitch_shift), -MAX_PITCH_SHIFT, MAX_PITCH_SHIFT), 0)
+        # the input itself for 0 semitones (an If inside); not called inside the If below: OpenVINO
+        # 2026.4's ONNX reader crashed on the shifter's Loops two Ifs deep
+        heard = shift_pitch(hop_padded, semitones)
+        if semitones != 0:
             to_encode = prepare(heard, model_rate, model_rate)
         else:
-            heard = op.Identity(hop_padded)
             to_encode = op.Identity(prepared)
         built_mask = build_mask(
             grid, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),

@@ -70,6 +70,20 @@ def assert_same_outputs(got: dict, want: dict, label: str) -> None:
     assert_audio_close(got["audio_out"], want["audio_out"], f"{label}: audio_out")
 
 
+# onnxruntime-web's wasm kernels and OpenVINO's round Atan, Sin, Cos and MatMul differently from
+# onnxruntime's native ones (by an ulp, on most elements). The pitch shift's phase vocoder carries a
+# difference in a quiet STFT bin's angle into every later frame of the bin (docs/pitch-shift.md),
+# so the shifted audio, and a few of the encoder's tokens, differ there (measured on this clip:
+# 7 of 1218 in wasm, 14 in OpenVINO); the mask, which the shift does not touch, stays identical.
+SHIFTED = "rate_48k_pitch5"
+
+
+def assert_nearly_same_shifted_codes(got: dict, want: dict, label: str) -> None:
+    np.testing.assert_array_equal(got["mask_out"], want["mask_out"], err_msg=label)
+    assert got["codes"].shape == want["codes"].shape, label
+    assert (got["codes"] == want["codes"]).mean() >= 0.98, label
+
+
 def assert_seed_matters(outputs: dict, label: str) -> None:
     """A changed seed changes the output: the runtime really reads the `seed` input."""
     assert (outputs["other_seed"]["codes_out"] != outputs["temperature"]["codes_out"]).mean() > 0.3, label
@@ -146,7 +160,11 @@ def run_js(backend: str, model: Path, feeds: dict, folder: Path) -> dict[str, np
 def test_onnxruntime_js_gives_the_same_outputs(tiny, cases, expected, tmp_path, backend):
     got = {case: run_js(backend, tiny.path, feeds, tmp_path / case) for case, feeds in cases.items()}
     for case in cases:
-        assert_same_outputs(got[case], expected[case], f"onnxruntime-{backend}, {case}")
+        label = f"onnxruntime-{backend}, {case}"
+        if backend == "web" and case == SHIFTED:
+            assert_nearly_same_shifted_codes(got[case], expected[case], label)
+        else:
+            assert_same_outputs(got[case], expected[case], label)
     assert_seed_matters(got, f"onnxruntime-{backend}")
 
 
@@ -162,7 +180,10 @@ def test_openvino_gives_the_same_outputs(tiny, cases, expected):
     for case, feeds in cases.items():
         result = compiled(feeds)
         got[case] = {key.get_any_name(): value for key, value in result.items()}
-        assert_same_outputs(got[case], expected[case], f"OpenVINO, {case}")
+        if case == SHIFTED:
+            assert_nearly_same_shifted_codes(got[case], expected[case], f"OpenVINO, {case}")
+        else:
+            assert_same_outputs(got[case], expected[case], f"OpenVINO, {case}")
     assert_seed_matters(got, "OpenVINO")
 
 
