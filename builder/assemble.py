@@ -32,7 +32,7 @@ from vampnet_onnx.builder.export import DOMAIN, component_function, export_compo
 from vampnet_onnx.builder.quantize import OPSET as INT8_OPSET, move_into_bodies, quantize_components
 from vampnet_onnx.graphs.model import GraphConfig, main_graph
 from vampnet_onnx.graphs.opsets import OPSET_VERSION
-from vampnet_onnx.graphs.portable import make_portable, ship, subgraphs
+from vampnet_onnx.graphs.portable import check_function_names, make_portable, ship, subgraphs
 from vampnet_onnx.graphs.sampling import MASK_TOKEN
 from vampnet_onnx.graphs.stages import injected_noise, prng_noise
 from vampnet_onnx import interface
@@ -207,7 +207,9 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     # main-graph names of the transformers' int8 weights and scales
     quantized = quantize_components(components) if weights == "int8" else []
 
-    model = main_graph(config).to_model_proto()
+    main = main_graph(config)
+    check_function_names(main)
+    model = main.to_model_proto()
     model = onnx.inliner.inline_selected_functions(model, [(DOMAIN, s) for s in STAGES])
     functions = [f for f in model.functions if f.name not in STAGES]
     functions += _noise_functions(injected_noise if noise_inputs else prng_noise, {f.name for f in functions})

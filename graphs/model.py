@@ -18,11 +18,12 @@ from vampnet_onnx.graphs.codec import decode, encode
 from vampnet_onnx.graphs.masks import build_mask, resolve_mask
 from vampnet_onnx.graphs.onsets import make_onset_detector
 from vampnet_onnx.graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.pitch import make_pitch_shifter
 from vampnet_onnx.graphs.sampling import MASK_TOKEN
 from vampnet_onnx.graphs.preprocess import clamp_rate, finite, loudness, prepare, restore
 from vampnet_onnx.graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
 from vampnet_onnx.graphs.stages import c2f_stage, coarse_stage, stretch_mask, stretch_time
-from vampnet_onnx.interface import MAX_FEEDBACK_STEPS, MAX_ONSET_WIDTH, MAX_TIME_STRETCH
+from vampnet_onnx.interface import MAX_FEEDBACK_STEPS, MAX_ONSET_WIDTH, MAX_PITCH_SHIFT, MAX_TIME_STRETCH
 from vampnet_onnx.interface import MAX_SAMPLING_STEPS as MAX_STEPS
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -85,6 +86,7 @@ def main_graph(config: GraphConfig):
     ADAPTERS = config.adapters
     onset_mask = make_onset_detector(config.sample_rate, config.hop_length).onset_mask
     beat_mask = make_beat_tracker(config.sample_rate, config.hop_length).beat_mask
+    shift_pitch = make_pitch_shifter(config.sample_rate).pitch_shift
 
     @onnxscript.script(default_opset=op)
     def vampnet(
@@ -114,6 +116,7 @@ def main_graph(config: GraphConfig):
         time_stretch_factor: INT64[1],
         onset_mask_width: INT64[1],
         beat_mask_ms: FLOAT[1],
+        pitch_shift: INT64[1],
         generate: INT64[1],
         adapter: INT64[1],
     ) -> tuple[
@@ -147,11 +150,23 @@ def main_graph(config: GraphConfig):
         hop_padded = op.Pad(prepared, op.Concat([0, 0], [0], frames * hop - op.Shape(prepared, start=1, end=2), axis=0))
         width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
         beat_ms = op.Where(op.Size(mask) == 0, scalar(beat_mask_ms), 0.0)  # beat_mask clamps it
+        # upstream's app shifts the pitch of its preprocessed (padded) signal (graphs/pitch.py); the
+        # onset and beat prompts read the shifted signal, and `encode` preprocesses it again. A
+        # preview (generate 0) without those prompts hears no audio: no shift.
+        heard_at_all = op.Or(scalar(generate) != 0, op.Or(width > 0, beat_ms > 0.0))
+        semitones = op.Where(heard_at_all, op.Clip(scalar(pitch_shift), -MAX_PITCH_SHIFT, MAX_PITCH_SHIFT), 0)
+        # the input itself for 0 semitones (an If inside); not called inside the If below: OpenVINO
+        # 2026.4's ONNX reader crashed on the shifter's Loops two Ifs deep
+        heard = shift_pitch(hop_padded, semitones)
+        if semitones != 0:
+            to_encode = prepare(heard, model_rate, model_rate)
+        else:
+            to_encode = op.Identity(prepared)
         built_mask = build_mask(
             grid, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
             scalar(suffix_s), scalar(periodic_prompt), scalar(periodic_prompt_width), scalar(dropout),
             scalar(ncc), scalar(upper_codebook_mask), op.Constant(value_float=FRAME_RATE),
-            onset_mask(grid, hop_padded, width), beat_mask(grid, hop_padded, beat_ms),
+            onset_mask(grid, heard, width), beat_mask(grid, heard, beat_ms),
         )
         input_mask = resolve_mask(mask, built_mask)
         # time stretch (upstream Interface.vamp): f× the frames, the added ones generated
@@ -160,7 +175,7 @@ def main_graph(config: GraphConfig):
         samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S at the input's rate
         fine_tune = op.Clip(scalar(adapter), 0, ADAPTERS)
         if scalar(generate) != 0:
-            input_codes = encode(prepared, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
+            input_codes = encode(to_encode, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
             row_codes = stretch_time(input_codes, stretch)
             row_coarse = coarse_stage(
                 row_codes, row_mask, derive_key(root, STREAM_COARSE), derive_key(root, STREAM_FEEDBACK),

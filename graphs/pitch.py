@@ -25,7 +25,13 @@ How each step is written, and why:
   symmetry of the DFT (x[m] ± x[N − m]) so each transform is two (N/2 + 1)-wide MatMuls. n_fft
   must be odd (no Nyquist bin), which sr // 64 is at 44.1 kHz.
 - Frames are gathered as whole blocks of `hop` samples; the overlap-add is a sum of the frames'
-  blocks shifted by their offsets, done by one reshaping trick (see `overlap_add`), no Loop.
+  blocks shifted by their offsets, done by one reshaping trick (see `pitch_overlap_add`).
+- Memory: the stretch (STFT, vocoder, ISTFT) runs in a Loop over STRETCH_FRAMES stretched frames
+  at a time, each iteration computing only the input frames its steps read and carrying the phase
+  sum (as limbs) and the signal so far; the resampler runs in a Loop over RESAMPLE_SAMPLES output
+  samples. Whole-clip tensors are then only a few copies of the audio, not (frames × 345 bins)
+  spectra or (samples × 26 taps) index grids. The signal is carried and grown, not emitted as Loop
+  scan outputs, which the ONNX reference evaluator concatenates instead of stacking.
 - The time steps reproduce torch's float32 arange bit for bit (see `time_steps`): an ulp of t_i
   moves α by up to 2^-10 at t ≈ 5000.
 - angle() is atan2 built from Atan (ONNX has none), with the quadrant fixed by the signs.
@@ -51,7 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxscript
 from onnx import numpy_helper
-from onnxscript import FLOAT, INT64
+from onnxscript import BOOL, FLOAT, INT64, graph
 
 from vampnet_onnx.graphs.opsets import op, vampnet
 
@@ -66,6 +72,10 @@ ROLLOFF = 0.99
 # (and the tail past the last whole pair of chunks one by one); measured equal to torch 2.13's
 # CPU arange bit for bit (tests/test_pitch.py checks it).
 ARANGE_LANES = 8
+# The stretch and the resampler work through the signal in pieces (Loops), so that their memory
+# does not grow with the clip beyond a few copies of the audio itself.
+STRETCH_FRAMES = 2048  # stretched frames per iteration: (B, 2048, 345) tensors, ~3 MB each
+RESAMPLE_SAMPLES = 1 << 15  # output samples per iteration: (2^15, 26) tensors, <= 7 MB each
 DIGIT_BITS = 10  # exact products i·r as 8 base-2^10 digits of i·r·2^53 (r·2^53 is a 54-bit integer)
 DIGITS = 8
 _LAST_CARRY = [DIGITS - 1]
@@ -302,9 +312,32 @@ def phase_limbs(x: FLOAT["B", "T", "K"]) -> (INT64["B", "T", "K"], INT64["B", "T
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def accumulate_phase(first: FLOAT["B", 1, "K"], increments: FLOAT["B", "T", "K"]) -> FLOAT["B", "T", "K"]:
-    """phase[t] = first + Σ_{u<t} increments[u], as torch's CPU cumsum (float32 summed in double,
-    each output rounded once to float32), from increments quantised to 2^-24 rad.
+def carry_limbs(
+    top: INT64["B", "T", "K"], mid: INT64["B", "T", "K"], low: INT64["B", "T", "K"]
+) -> (INT64["B", "T", "K"], INT64["B", "T", "K"], INT64["B", "T", "K"]):
+    """The same value top·2^22 + mid·2^11 + low (mid, low >= 0) with mid and low below 2^11."""
+    mask = op.Constant(value_int=2047)
+    low_bits = op.BitwiseAnd(low, mask)
+    mid = mid + (low - low_bits) / 2048  # exact multiples of 2^11
+    mid_bits = op.BitwiseAnd(mid, mask)
+    return top + (mid - mid_bits) / 2048, mid_bits, low_bits
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def phase_state(phase: FLOAT["B", 1, "K"]) -> INT64["B", 3, "K"]:
+    """A phase as the limbs (top, mid, low) that `accumulate_phase` starts from."""
+    top, mid, low = phase_limbs(phase)
+    return op.Concat(top, mid, low, axis=1)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def accumulate_phase(
+    state: INT64["B", 3, "K"], increments: FLOAT["B", "T", "K"]
+) -> (FLOAT["B", "T", "K"], INT64["B", 3, "K"]):
+    """phase[t] = start + Σ_{u<t} increments[u], as torch's CPU cumsum (float32 summed in double,
+    each output rounded once to float32), from increments quantised to 2^-24 rad; the start is
+    given as limbs (`phase_state`), and the limbs of start + Σ increments come back, so a long
+    sum can be taken in pieces.
 
     The quantised values are summed exactly in three integer limbs (each partial sum below 2^31
     for fewer than 2^19 steps), carried, and rounded once: top·2^-2 is exact while the phase is
@@ -312,20 +345,25 @@ def accumulate_phase(first: FLOAT["B", 1, "K"], increments: FLOAT["B", "T", "K"]
     the exact total (beyond 2^22 rad, within one ulp). A float32 CumSum instead drifts by many
     ulps over thousands of frames.
     """
-    f_top, f_mid, f_low = phase_limbs(first)
     top, mid, low = phase_limbs(increments)
+    start_top = op.Slice(state, [0], [1], [1])
+    start_mid = op.Slice(state, [1], [2], [1])
+    start_low = op.Slice(state, [2], [3], [1])
     axis = op.Constant(value_int=1)
-    low = op.CumSum(low, axis, exclusive=1) + f_low
-    mid = op.CumSum(mid, axis, exclusive=1) + f_mid
-    top = op.CumSum(top, axis, exclusive=1) + f_top
-    mask = op.Constant(value_int=2047)
-    low_bits = op.BitwiseAnd(low, mask)
-    mid = mid + (low - low_bits) / 2048  # exact multiples of 2^11
-    mid_bits = op.BitwiseAnd(mid, mask)
-    top = top + (mid - mid_bits) / 2048
-    fraction = op.Cast(mid_bits, to=FLOAT.dtype) * op.Constant(value_float=2.0**-13)
-    fraction = fraction + op.Cast(low_bits, to=FLOAT.dtype) * op.Constant(value_float=2.0**-24)
-    return op.Cast(top, to=FLOAT.dtype) * op.Constant(value_float=0.25) + fraction
+    sum_top, sum_mid, sum_low = carry_limbs(
+        op.CumSum(top, axis, exclusive=1) + start_top,
+        op.CumSum(mid, axis, exclusive=1) + start_mid,
+        op.CumSum(low, axis, exclusive=1) + start_low,
+    )
+    fraction = op.Cast(sum_mid, to=FLOAT.dtype) * op.Constant(value_float=2.0**-13)
+    fraction = fraction + op.Cast(sum_low, to=FLOAT.dtype) * op.Constant(value_float=2.0**-24)
+    phase = op.Cast(sum_top, to=FLOAT.dtype) * op.Constant(value_float=0.25) + fraction
+    end_top, end_mid, end_low = carry_limbs(
+        op.ReduceSum(top, [1], keepdims=1) + start_top,
+        op.ReduceSum(mid, [1], keepdims=1) + start_mid,
+        op.ReduceSum(low, [1], keepdims=1) + start_low,
+    )
+    return phase, op.Concat(end_top, end_mid, end_low, axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +379,7 @@ class PitchShifter:
     table: ShiftTable
     stft: onnxscript.OnnxFunction  # (B, S) -> (re, im) (B, F, n_fft // 2 + 1)
     istft: onnxscript.OnnxFunction  # (re, im) (B, T, K) -> (B, hop·(T − 1) + 1)
-    phase_vocoder: onnxscript.OnnxFunction  # (re, im, semitone index) -> (re, im) (B, T, K)
+    stretch: onnxscript.OnnxFunction  # (B, S) audio, semitone index -> istft(phase vocoder(stft))
     resample: onnxscript.OnnxFunction  # (B, L) audio, semitone index, S -> (B, S)
     pitch_shift: onnxscript.OnnxFunction  # (B, S) audio, semitones -> (B, S)
 
@@ -375,32 +413,49 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
     time_scale = _tensor("pitch_time_scale", table.time_scale)
     weight_scale = _tensor("pitch_weight_scale", table.weight_scale)
 
+
     @onnxscript.script(vampnet, default_opset=op)
-    def stft(audio: FLOAT["B", "S"]) -> (FLOAT["B", "F", "K"], FLOAT["B", "F", "K"]):
-        """torch.stft(audio, n_fft, hop, return_complex=True) as (re, im), time-major (B, F, K)."""
+    def frame_blocks(audio: FLOAT["B", "S"]) -> FLOAT["B", "N", hop]:
+        """torch.stft's centred signal (reflect-padded by half) zero-padded to F + blocks whole
+        blocks of hop samples: frame f is blocks f .. f + blocks − 1 (its first n_fft samples),
+        for every frame f <= F (frame F, past the last, is torch's zero padding of the vocoder)."""
         S = op.Shape(audio, start=1, end=2)
         F = (S - 1) / hop + 1
         x = op.Pad(audio, op.Constant(value_ints=[0, half, 0, half]), mode="reflect")  # (B, S + 2·half)
-        used = (F + blocks - 1) * hop  # whole blocks covering every frame (<= S + 2·half + hop)
-        x = op.Slice(op.Pad(x, op.Constant(value_ints=[0, 0, 0, blocks * hop])), [0], used, [1])
-        shape = op.Concat(op.Shape(audio, start=0, end=1), used / hop, op.Constant(value_ints=[hop]), axis=0)
-        t = op.Unsqueeze(op.Range(0, op.Squeeze(F), 1), [1])
-        index = t + op.Unsqueeze(op.Range(0, blocks, 1), [0])  # (F, blocks)
-        framed = op.Gather(op.Reshape(x, shape), index, axis=1)  # (B, F, blocks, hop)
+        used = (F + blocks) * hop  # reaches past frame F's last sample (S + 2·half <= used)
+        x = op.Slice(op.Pad(x, op.Constant(value_ints=[0, 0, 0, (blocks + 1) * hop])), [0], used, [1])
+        return op.Reshape(x, op.Concat(op.Shape(audio, start=0, end=1), used / hop, op.Constant(value_ints=[hop]), axis=0))
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def stft_frames(
+        source: FLOAT["B", "N", hop], first: INT64, count: INT64
+    ) -> (FLOAT["B", "C", "K"], FLOAT["B", "C", "K"]):
+        """Frames first .. first + count − 1 of torch.stft(audio, n_fft, hop) as (re, im),
+        time-major, from the audio's `frame_blocks`."""
+        t = op.Unsqueeze(op.Range(first, first + count, 1), [1])
+        index = t + op.Unsqueeze(op.Range(0, blocks, 1), [0])  # (count, blocks)
+        framed = op.Gather(source, index, axis=1)  # (B, count, blocks, hop)
         frames_shape = op.Concat(op.Shape(framed, start=0, end=2), op.Constant(value_ints=[blocks * hop]), axis=0)
         framed = op.Reshape(framed, frames_shape)
         # folded DFT: u = [y0, y1 + y(N−1), ..., y(half) + y(half+1)], v[m] = y[m] − y[N − m]
         head = op.Slice(framed, [0], op.Constant(value_ints=[n_freq]), [2])  # y[0 .. half]
         tail = op.Slice(framed, op.Constant(value_ints=[n_fft - 1]), op.Constant(value_ints=[half]), [2], [-1])
         u = head + op.Pad(tail, op.Constant(value_ints=[0, 0, 1, 0, 0, 0]))
-        v = op.Slice(head, [1], op.Constant(value_ints=[n_freq]), [2]) - tail  # (B, F, half)
+        v = op.Slice(head, [1], op.Constant(value_ints=[n_freq]), [2]) - tail  # (B, count, half)
         cos_basis = op.Gather(op.Constant(value=cos_table), dft_index(0, n_freq, n_freq, n_fft), axis=0)  # (K, K)
         sin_index = dft_index(1, n_freq, n_freq, n_fft)
         sin_basis = op.Gather(op.Constant(value=neg_sin_table), sin_index, axis=0)  # (half, K)
         return op.MatMul(u, cos_basis), op.MatMul(v, sin_basis)
 
     @onnxscript.script(vampnet, default_opset=op)
-    def overlap_add(frames: FLOAT["B", "T", "N"]) -> FLOAT["B", "L"]:
+    def pitch_stft(audio: FLOAT["B", "S"]) -> (FLOAT["B", "F", "K"], FLOAT["B", "F", "K"]):
+        """torch.stft(audio, n_fft, hop, return_complex=True) as (re, im), time-major (B, F, K)."""
+        F = (op.Squeeze(op.Shape(audio, start=1, end=2)) - 1) / hop + 1
+        re, im = stft_frames(frame_blocks(audio), op.Constant(value_int=0), F)
+        return re, im
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def pitch_overlap_add(frames: FLOAT["B", "T", "N"]) -> FLOAT["B", "L"]:
         """Σ_t frames[t] placed at t·hop: (B, hop·(T + blocks − 1)), frames padded to whole blocks.
 
         Block b of frame t lands on output block t + b. With the frames as rows (B, blocks, T) of
@@ -420,8 +475,9 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         return op.Reshape(op.ReduceSum(x, [1], keepdims=0), op.Concat(B, op.Constant(value_ints=[-1]), axis=0))
 
     @onnxscript.script(vampnet, default_opset=op)
-    def istft(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "L"]:
-        """torch.istft(spec, n_fft, hop) (rectangular window, centred, no length): (B, hop·(T − 1) + 1)."""
+    def overlapped_frames(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "L"]:
+        """The inverse DFTs of the frames, overlap-added: (B, hop·(T + blocks − 1)), the centred
+        signal before torch.istft divides by the window envelope and crops."""
         cos_basis = op.Gather(op.Constant(value=inv_cos_table), dft_index(0, n_freq, n_freq, n_fft), axis=0)
         cos_basis = cos_basis * op.Constant(value=inv_weight)
         # rows k = 1 .. half, columns m = 1 .. half: the (half + 1)-column grid without column 0
@@ -432,67 +488,94 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         front = c - op.Pad(s, op.Constant(value_ints=[0, 0, 1, 0, 0, 0]))  # x[0 .. half]
         back = op.Slice(c, [1], op.Constant(value_ints=[n_freq]), [2]) + s  # x[N − m], m = 1 .. half
         back = op.Slice(back, op.Constant(value_ints=[half - 1]), op.Constant(value_ints=[-n_freq - 1]), [2], [-1])
-        y = overlap_add(op.Concat(front, back, axis=2))  # (B, hop·(T + blocks − 1))
-        T = op.Shape(re, start=1, end=2)
+        return pitch_overlap_add(op.Concat(front, back, axis=2))
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def centred_istft(overlapped: FLOAT["B", "N"], T: INT64[1]) -> FLOAT["B", "L"]:
+        """torch.istft's output from the overlap-added frames of T frames: hop·(T − 1) + 1 samples
+        from `half` on, divided by the window envelope (how many frames cover each sample)."""
         length = (T - 1) * hop + 1
-        # window envelope: how many frames cover sample p = half + q of the uncropped signal
-        p = op.Range(0, op.Squeeze(length), 1) + half
+        p = op.Range(0, op.Squeeze(length), 1) + half  # sample p of the uncropped signal
         last = op.Min(p / hop, op.Squeeze(T) - 1)
         first = (op.Max(p - (n_fft - 1), 0) + (hop - 1)) / hop
         envelope = op.Cast(last - first + 1, to=FLOAT.dtype)
-        return op.Slice(y, op.Constant(value_ints=[half]), length + half, [1]) / envelope
+        return op.Slice(overlapped, op.Constant(value_ints=[half]), length + half, [1]) / envelope
 
     @onnxscript.script(vampnet, default_opset=op)
-    def phase_vocoder(
-        re: FLOAT["B", "F", "K"], im: FLOAT["B", "F", "K"], row: INT64
-    ) -> (FLOAT["B", "T", "K"], FLOAT["B", "T", "K"]):
-        """torchaudio.functional.phase_vocoder(spec, rate, phase_advance) for table row `row`."""
-        F = op.Shape(re, start=1, end=2)
-        steps = time_steps(op.Squeeze(F), op.Gather(op.Constant(value=rate_digits), row, axis=0))
-        whole = op.Floor(steps)
-        alpha = op.Unsqueeze(steps - whole, [1])  # (T, 1)
-        index = op.Cast(whole, to=INT64.dtype)
-        phases = angle(re, im)
-        norms = op.Sqrt(re * re + im * im)
-        pad = op.Constant(value_ints=[0, 0, 0, 0, 1, 0])  # frame F: zeros, as torch's padding
-        phases_padded = op.Pad(phases, pad)
-        norms_padded = op.Pad(norms, pad)
-        angle_0 = op.Gather(phases_padded, index, axis=1)
-        angle_1 = op.Gather(phases_padded, index + 1, axis=1)
+    def pitch_istft(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "L"]:
+        """torch.istft(spec, n_fft, hop) (rectangular window, centred, no length): (B, hop·(T − 1) + 1)."""
+        return centred_istft(overlapped_frames(re, im), op.Shape(re, start=1, end=2))
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def pitch_stretch(audio: FLOAT["B", "S"], row: INT64) -> FLOAT["B", "L"]:
+        """istft(phase_vocoder(stft(audio), rate, phase_advance)) for table row `row`, as
+        torch-pitch-shift's time stretch (torchaudio's phase vocoder), STRETCH_FRAMES stretched
+        frames per Loop iteration: each computes the input frames its steps read, their phase
+        increments (the phase sum goes on from the previous iteration's limbs), the stretched
+        frames and their inverse DFTs, and hands on the overlap it shares with the next."""
+        source = frame_blocks(audio)
+        F = (op.Squeeze(op.Shape(audio, start=1, end=2)) - 1) / hop + 1
+        steps = time_steps(F, op.Gather(op.Constant(value=rate_digits), row, axis=0))  # (T,)
+        T = op.Shape(steps)
+        last_step = op.Squeeze(T) - 1
+        re_0, im_0 = stft_frames(source, op.Constant(value_int=0), op.Constant(value_int=1))
+        state_0 = phase_state(angle(re_0, im_0))  # the phase starts at frame 0's angle
+        overlap = op.Constant(value_ints=[hop * (blocks - 1)])
+        signal_0 = op.Expand(op.Constant(value_float=0.0), op.Concat(op.Shape(audio, start=0, end=1), overlap, axis=0))
         advance_k = op.Constant(value=advance)
         two_pi = op.Constant(value_float=TWO_PI)
-        phase = angle_1 - angle_0 - advance_k
-        phase = phase - two_pi * op.Round(phase / two_pi)
-        phase = phase + advance_k
-        acc = accumulate_phase(op.Slice(phases, [0], [1], [1]), phase)
         one = op.Constant(value_float=1.0)
-        norm_0 = op.Gather(norms_padded, index, axis=1)
-        mag = alpha * op.Gather(norms_padded, index + 1, axis=1) + (one - alpha) * norm_0
-        return mag * op.Cos(acc), mag * op.Sin(acc)
+        zero = op.Constant(value_float=0.0)
+        # the body sees tensors only (onnxscript compares the outer values a body reads by `.value`)
+        chunk = op.Constant(value_int=STRETCH_FRAMES)
+        chunk_last = op.Constant(value_int=STRETCH_FRAMES - 1)
+        signal_padding = op.Constant(value_ints=[0, 0, 0, hop * STRETCH_FRAMES])
+
+        @graph()
+        def stretch_step(c: INT64, going: BOOL, state: INT64["B", 3, "K"], signal: FLOAT["B", "V"]):
+            i = op.Range(c * chunk, c * chunk + chunk, 1)
+            t = op.Gather(steps, op.Min(i, last_step))  # past the last step: silent frames below
+            whole = op.Floor(t)
+            alpha = op.Unsqueeze(t - whole, [1])  # (C, 1)
+            index = op.Cast(whole, to=INT64.dtype)
+            first = op.Gather(index, 0)  # the steps grow: frames first .. index[C − 1] + 1 are read
+            count = op.Gather(index, chunk_last) - first + 2
+            re, im = stft_frames(source, first, count)
+            real = op.Unsqueeze(op.Range(first, first + count, 1) < F, [0, 2])  # frame F: zeros, as torch pads
+            re = op.Where(real, re, zero)
+            im = op.Where(real, im, zero)
+            phases = angle(re, im)
+            norms = op.Sqrt(re * re + im * im)
+            local = index - first
+            phase = op.Gather(phases, local + 1, axis=1) - op.Gather(phases, local, axis=1) - advance_k
+            phase = phase - two_pi * op.Round(phase / two_pi)
+            phase, next_state = accumulate_phase(state, phase + advance_k)
+            mag = alpha * op.Gather(norms, local + 1, axis=1) + (one - alpha) * op.Gather(norms, local, axis=1)
+            mag = op.Where(op.Unsqueeze(i <= last_step, [1]), mag, zero)
+            # this chunk's frames start at hop·c·C, `overlap` samples before the signal so far ends
+            out = overlapped_frames(mag * op.Cos(phase), mag * op.Sin(phase))  # (B, hop·(C + blocks − 1))
+            start = op.Shape(signal, start=1, end=2) - overlap
+            placed = op.Pad(out, op.Concat(op.Constant(value_ints=[0]), start, op.Constant(value_ints=[0, 0]), axis=0))
+            return op.Identity(going), next_state, op.Pad(signal, signal_padding) + placed
+
+        chunks = (op.Squeeze(T) + chunk - 1) / chunk
+        # (the signal is carried whole: the reference evaluator concatenates Loop scan outputs
+        # instead of stacking them)
+        state, signal = op.Loop(chunks, None, state_0, signal_0, body=stretch_step)
+        return centred_istft(signal, T)
 
     @onnxscript.script(vampnet, default_opset=op)
-    def resample(audio: FLOAT["B", "L"], row: INT64, out_length: INT64) -> FLOAT["B", "S"]:
-        """torchaudio Resample(orig, new) of `audio` for table row `row`, cropped or zero-padded to
-        out_length samples.
-
-        out[m] = Σ_j audio[j]·w((j·new − m·orig)·base / (orig·new)), w(t) = sinc(t)·cos²(πt/12)·base/orig
-        for |t| < 6 (torchaudio's kernel at the same times; 0 beyond, where its float32 value is 0),
-        audio zero outside [0, L), and out[m] = 0 past ceil(new·L / orig).
-        """
+    def resample_at(audio: FLOAT["B", "L"], row: INT64, m: INT64["M"], produced: INT64) -> FLOAT["B", "M"]:
+        """Output samples m of torchaudio Resample(orig, new) for table row `row` (0 from
+        `produced` on): out[m] = Σ_j audio[j]·w((j·new − m·orig)·base / (orig·new)),
+        w(t) = sinc(t)·cos²(πt/12)·base/orig for |t| < 6 (torchaudio's kernel at the same times;
+        0 beyond, where its float32 value is 0), audio zero outside [0, L)."""
         orig = op.Gather(op.Constant(value=orig_rate), row)
         new = op.Gather(op.Constant(value=new_rate), row)
         L = op.Squeeze(op.Shape(audio, start=1, end=2))
-        # produced = ceil(new·L / orig), and for output m = a·new + p (p < new) the input position
-        # m·orig/new = a·orig + (p·orig)/new. p·orig and (L mod orig)·new can pass 2^31 (OpenVINO
-        # holds int64 as int32), so they are split at 256: 256·orig = c·new + r from the table.
-        whole = L / orig
-        rest = op.Reshape(L - whole * orig, [1])
-        n_quot = op.Gather(op.Gather(op.Constant(value=new_256), row, axis=0), 0)
-        n_rem = op.Gather(op.Gather(op.Constant(value=new_256), row, axis=0), 1)
-        rest_high = rest / 256
-        partial = rest_high * n_rem + (rest - rest_high * 256) * new  # < 2^26
-        produced = whole * new + rest_high * n_quot + floor_div(partial + orig - 1, orig)
-        m = op.Range(0, out_length, 1)  # (S,)
+        # output m = a·new + p (p < new) sits at input position m·orig/new = a·orig + (p·orig)/new;
+        # p·orig can pass 2^31 (OpenVINO holds int64 as int32), so it is split at 256:
+        # 256·orig = c·new + r from the table
         a = m / new
         p = m - a * new
         o_quot = op.Gather(op.Gather(op.Constant(value=orig_256), row, axis=0), 0)
@@ -503,7 +586,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         c = p_high * o_quot + k  # ⌊p·orig / new⌋
         residual = partial_p - k * new  # p·orig − c·new, in [0, new)
         d = op.Unsqueeze(op.Range(first_tap, last_tap + 1, 1), [0])  # (1, taps)
-        j = op.Unsqueeze(a * orig + c, [1]) + d  # (S, taps): input samples around m·orig/new
+        j = op.Unsqueeze(a * orig + c, [1]) + d  # (M, taps): input samples around m·orig/new
         offset = d * new - op.Unsqueeze(residual, [1])  # = j·new − m·orig, exact
         t = op.Cast(offset, to=FLOAT.dtype) * op.Gather(op.Constant(value=time_scale), row)
         zero = op.Constant(value_float=0.0)
@@ -515,8 +598,37 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         inside = op.And(op.And(op.Abs(t) < op.Constant(value_float=float(LOWPASS_WIDTH)), j >= 0), j < L)
         inside = op.And(inside, op.Unsqueeze(m < produced, [1]))
         weight = op.Where(inside, weight, zero)
-        samples = op.Gather(audio, op.Min(op.Max(j, 0), L - 1), axis=1)  # (B, S, taps)
+        samples = op.Gather(audio, op.Min(op.Max(j, 0), L - 1), axis=1)  # (B, M, taps)
         return op.ReduceSum(samples * weight, [2], keepdims=0)
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def pitch_resample(audio: FLOAT["B", "L"], row: INT64, out_length: INT64) -> FLOAT["B", "S"]:
+        """torchaudio Resample(orig, new) of `audio` for table row `row`, cropped or zero-padded to
+        out_length samples (out[m] = 0 past ceil(new·L / orig)), RESAMPLE_SAMPLES outputs per
+        Loop iteration."""
+        orig = op.Gather(op.Constant(value=orig_rate), row)
+        new = op.Gather(op.Constant(value=new_rate), row)
+        L = op.Squeeze(op.Shape(audio, start=1, end=2))
+        # produced = ceil(new·L / orig); (L mod orig)·new can pass 2^31, so it is split at 256:
+        # 256·new = c·orig + r from the table
+        whole = L / orig
+        rest = op.Reshape(L - whole * orig, [1])
+        n_quot = op.Gather(op.Gather(op.Constant(value=new_256), row, axis=0), 0)
+        n_rem = op.Gather(op.Gather(op.Constant(value=new_256), row, axis=0), 1)
+        rest_high = rest / 256
+        partial = rest_high * n_rem + (rest - rest_high * 256) * new  # < 2^26
+        produced = op.Squeeze(whole * new + rest_high * n_quot + floor_div(partial + orig - 1, orig))
+        chunk = op.Constant(value_int=RESAMPLE_SAMPLES)
+        out_0 = resample_at(audio, row, op.Range(0, chunk, 1), produced)
+
+        @graph()
+        def resample_step(c: INT64, going: BOOL, out: FLOAT["B", "M"]):
+            m = op.Range(c * chunk + chunk, c * chunk + 2 * chunk, 1)  # chunk 0 is out_0
+            return op.Identity(going), op.Concat(out, resample_at(audio, row, m, produced), axis=1)
+
+        chunks = (out_length + chunk - 1) / chunk
+        out = op.Loop(chunks - 1, None, out_0, body=resample_step)
+        return op.Slice(out, [0], op.Reshape(out_length, [1]), [1])
 
     @onnxscript.script(vampnet, default_opset=op)
     def pitch_shift(audio: FLOAT["B", "S"], semitones: INT64) -> FLOAT["B", "S"]:
@@ -527,9 +639,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         shifting = op.And(n != 0, op.Squeeze(S) > half)
         if shifting:
             row = n + MAX_SEMITONES
-            re, im = stft(audio)
-            re, im = phase_vocoder(re, im, row)
-            shifted = resample(istft(re, im), row, op.Squeeze(S))
+            shifted = pitch_resample(pitch_stretch(audio, row), row, op.Squeeze(S))
         else:
             shifted = op.Identity(audio)
         return shifted
@@ -539,10 +649,10 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         n_fft=n_fft,
         hop=hop,
         table=table,
-        stft=stft,
-        istft=istft,
-        phase_vocoder=phase_vocoder,
-        resample=resample,
+        stft=pitch_stft,
+        istft=pitch_istft,
+        stretch=pitch_stretch,
+        resample=pitch_resample,
         pitch_shift=pitch_shift,
     )
 

@@ -9,10 +9,13 @@
 - `narrow_concats`: a Concat of more than 7 inputs (the exported codec stacks its 14 codebooks)
   becomes Concats of at most 7; WebGPU allows 8 storage buffers per shader stage by default, inputs
   and output together.
+- `check_function_names`: onnxscript keeps one function per name when it gathers a model's local
+  functions, so two different functions of one name would silently share one body.
 """
 from __future__ import annotations
 
 import onnx
+import onnxscript
 from onnx import helper
 
 from vampnet_onnx.graphs.opsets import INT8_OPSET_VERSION, OPSET_VERSION
@@ -51,6 +54,31 @@ def callee_first(functions: list[onnx.FunctionProto]) -> list[onnx.FunctionProto
     for fid in sorted(by_id):
         visit(fid)
     return ordered
+
+
+def check_function_names(fn: onnxscript.OnnxFunction) -> None:
+    """ValueError if two different graph functions reachable from `fn` have the same name.
+
+    onnxscript collects the functions a model calls by name and keeps the first it meets: every
+    call to the other one then runs the wrong body, with no error until its shapes go wrong (the
+    pitch shifter's resampler, once also named `resample` like the preprocessing's, was run as
+    that one and resampled the shifted audio from rate 14 to 44544). Identical functions made
+    twice (the same factory called twice with the same constants) are fine."""
+    seen: dict[str, onnxscript.OnnxFunction] = {}
+
+    def visit(f: onnxscript.OnnxFunction) -> None:
+        for node in onnxscript.ir.traversal.RecursiveGraphIterator(f.function_ir.graph):
+            callee = node.meta.get("callee")
+            if not isinstance(callee, onnxscript.OnnxFunction) or seen.get(callee.name) is callee:
+                continue
+            if callee.name not in seen:
+                seen[callee.name] = callee
+                visit(callee)
+            elif seen[callee.name].to_function_proto() != callee.to_function_proto():
+                raise ValueError(f"two different graph functions are named {callee.name!r}: rename one "
+                                 "(onnxscript would run one body for both)")
+
+    visit(fn)
 
 
 def _with_loop_conditions(nodes) -> list[onnx.NodeProto]:

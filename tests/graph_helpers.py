@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from vampnet_onnx.graphs.opsets import OPSET_VERSION, vampnet
-from vampnet_onnx.graphs.portable import make_portable
+from vampnet_onnx.graphs.portable import check_function_names, make_portable
 
 IR_VERSION = 10
 RUNTIMES = ("ort", "ref")
@@ -33,6 +33,7 @@ def _functions(fn) -> list[onnx.FunctionProto]:
 
 def function_model(fn, *inputs: np.ndarray) -> onnx.ModelProto:
     """A model whose single node calls `fn` on graph inputs typed like `inputs`."""
+    check_function_names(fn)
     proto = fn.to_function_proto()
     if len(inputs) != len(proto.input):
         raise ValueError(f"{fn.name} takes {len(proto.input)} inputs, got {len(inputs)}")

@@ -377,6 +377,7 @@ FLAG_VALUES = {
     "time_stretch_factor": 2,  # tested on its own: the output is twice as long
     "onset_mask_width": 2,  # tested on its own: needs an input with onsets
     "beat_mask_ms": 50.0,  # tested on its own: needs an input with beats
+    "pitch_shift": 3,  # the codec hears the input 3 semitones up
     "adapter": 1,  # tested on its own (tests/test_adapters.py): needs a model with adapters
 }
 MASK_FLAGS = ("rand_mask_intensity", "prefix_s", "suffix_s", "periodic_prompt",
@@ -384,7 +385,7 @@ MASK_FLAGS = ("rand_mask_intensity", "prefix_s", "suffix_s", "periodic_prompt",
 COARSE_FLAGS = ("sampling_steps", "temperature", "mask_temperature", "top_p", "sample_cutoff", "feedback_steps")
 C2F_FLAGS = ("c2f_sampling_steps", "c2f_temperature", "c2f_mask_temperature", "c2f_top_p",
              "c2f_sample_cutoff")
-OWN_TEST_FLAGS = ("time_stretch_factor", "onset_mask_width", "beat_mask_ms", "adapter")  # test_*_flag; adapter: tests/test_adapters.py
+OWN_TEST_FLAGS = ("time_stretch_factor", "onset_mask_width", "beat_mask_ms", "pitch_shift", "adapter")  # test_*_flag; adapter: tests/test_adapters.py
 CODE_KEYS = ("codes", "mask_out", "coarse_codes", "codes_out")
 
 
@@ -496,6 +497,15 @@ def test_onset_flag(tmp_path, capsys, model_path):
     assert len(kept_frames) < masks[2].shape[2] / 2  # and much of the rest is generated
     np.testing.assert_array_equal(masks[2][:, :3], np.repeat(masks[2][:, :1], 3, axis=1))
     assert (masks[2][:, 3:] == 1).all()  # codebooks >= upper_codebook_mask still generated
+
+
+def test_pitch_flag(tmp_path, capsys, model_path, flag_wav, baseline):
+    """--pitch-shift changes what the codec hears (the input codes), not the mask; the output keeps
+    the input's length."""
+    got = run_flags(capsys, tmp_path, flag_wav, model_path, "--pitch-shift", FLAG_VALUES["pitch_shift"])
+    assert changed(got, baseline, "codes") > got["codes"].size / 4
+    np.testing.assert_array_equal(got["mask_out"], baseline["mask_out"])
+    assert got["audio"].shape == baseline["audio"].shape
 
 
 def test_beat_flag(tmp_path, capsys, model_path):

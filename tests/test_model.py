@@ -119,11 +119,14 @@ def test_same_seed_same_output_and_seeds_differ(tiny, clip):
 
 def test_reference_evaluator_equals_onnxruntime(tiny):
     """The portable graph (explicit Loop conditions, callee-first functions) runs in the ONNX
-    reference evaluator and gives the same tokens; audio differs by float32 noise only."""
+    reference evaluator and gives the same tokens; audio differs by float32 noise only. The clip
+    is taken as 48 kHz audio and shifted by 5 semitones: the in-graph resampler and the pitch
+    shift's Loops run too (the runtime matrix, tests/test_runtimes.py, for the other runtimes)."""
     from onnx.reference import ReferenceEvaluator
 
     audio = music(0.25, seed=5)
-    inputs = dict(seed=9, sampling_steps=3, c2f_sampling_steps=2, mask_temperature=4.0, temperature=0.9)
+    inputs = dict(seed=9, sampling_steps=3, c2f_sampling_steps=2, mask_temperature=4.0, temperature=0.9,
+                  sample_rate=48000, pitch_shift=5)
     ours = run(tiny, audio, **inputs)
     reference = ReferenceEvaluator(onnx.load(str(tiny.path)))
     theirs = dict(zip(OUTPUTS, reference.run(OUTPUTS, feeds(audio, **inputs))))

@@ -104,6 +104,7 @@ MIN_SAMPLE_RATE = 1000  # Hz; the graph clamps `sample_rate` to this range
 MAX_SAMPLE_RATE = 384000
 MAX_ONSET_WIDTH = 1 << 24  # frames; any width beyond the input keeps all of it anyway
 MAX_ADAPTERS = 64  # fine-tunes one model may hold (`build --coarse-lora NAME=FILE ...`)
+MAX_PITCH_SHIFT = 12  # semitones, as upstream's app offers
 MAX_BEAT_MS = 60_000.0  # a minute after every beat; librosa's slowest tempo has beats 8 s apart
 
 INPUTS: tuple[Input, ...] = (
@@ -170,6 +171,11 @@ INPUTS: tuple[Input, ...] = (
           "keep the first ms milliseconds after every beat of `audio` (librosa's beat tracker, "
           "docs/beats.md; 0 = off; ignored with an explicit mask)",
           outside="clamped; NaN: 0"),
+    Input("pitch_shift", "int64", 0, -MAX_PITCH_SHIFT, MAX_PITCH_SHIFT,
+          "semitones the preprocessed input is shifted by before it is encoded (0 = off); the "
+          "codec and the onset and beat prompts hear the shifted audio, as in upstream's app "
+          "(docs/pitch-shift.md)",
+          upstream="pitch shift amount"),
     Input("generate", "int64", 1, 0, 1,
           "0: only build the mask, a preview: `mask_out` as a full run's, the codec and both "
           "generation stages skipped: `codes`, `coarse_codes` and `codes_out` hold the mask "

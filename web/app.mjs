@@ -10,6 +10,7 @@ const WASM_MEMORY_LIMIT = 4 * 2 ** 30;
 const CONTROLS = [
   ["seed", "seed"], ["periodic_prompt", "periodic prompt"], ["upper_codebook_mask", "upper codebook mask"],
   ["onset_mask_width", "onset mask width"], ["beat_mask_ms", "beat mask (ms)"], ["dropout", "dropout"],
+  ["pitch_shift", "pitch shift (semitones)"],
   ["prefix_s", "prefix (s)"], ["suffix_s", "suffix (s)"], ["sampling_steps", "sampling steps"],
   ["temperature", "temperature"], ["top_p", "top-p"],
 ];
@@ -19,7 +20,7 @@ const NOT_CONTROLS = new Set(["audio", "mask", "sample_rate", "generate", "adapt
 // The controls that change the mask: the preview runs again when one of them changes.
 const MASK_CONTROLS = new Set(["seed", "periodic_prompt", "upper_codebook_mask", "onset_mask_width",
   "beat_mask_ms", "dropout", "prefix_s", "suffix_s", "rand_mask_intensity", "periodic_prompt_width", "ncc",
-  "time_stretch_factor"]);
+  "time_stretch_factor", "pitch_shift"]);
 const PREVIEW_DELAY_MS = 250; // wait for a pause in typing
 const MAX_VARIATIONS = 16;
 
