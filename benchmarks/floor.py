@@ -95,12 +95,62 @@ def ort_gemm_rate(threads: int, bits: int | None = None, accuracy_level: int = 0
     return best_rate(lambda: session.run(["y"], {"x": x}), 2 * m * k * n)
 
 
+def dynamic_int8_gemm_rate(threads: int) -> float:
+    """The same product with int8 activations too: x quantized at run time (DynamicQuantizeLinear,
+    uint8, one scale per tensor), times int8 weights with one scale per column (MatMulInteger),
+    scaled back to float; onnxruntime fuses the four standard ops into its DynamicQuantizeMatMul,
+    which multiplies uint8 × int8 (VNNI's vpdpbusd where the CPU has it)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vampnet_onnx.graphs.opsets import OPSET_VERSION
+
+    m, k, n = GEMM
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "q", "xz", "qz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "scale"], ["s"]),
+             helper.make_node("Mul", ["accf", "s"], ["y"])]
+    weights = [numpy_helper.from_array(q, "q"), numpy_helper.from_array(np.zeros(n, np.int8), "qz"),
+               numpy_helper.from_array(scale, "scale")]
+    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET_VERSION)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((1, m, k), dtype=np.float32)
+    return best_rate(lambda: session.run(["y"], {"x": x}), 2 * m * k * n)
+
+
 def lowbit_rates(threads: int) -> dict:
-    """The same product in onnxruntime with 8- and 4-bit weights: what fewer bits per weight buy here."""
+    """The same product in onnxruntime with 8- and 4-bit weights (float or int8 multiplies), and
+    with int8 weights and int8 activations: what fewer bits buy here."""
     rates = {f"int{bits}, accuracy level {level}": ort_gemm_rate(threads, bits, level)
              for bits in (8, 4) for level in (0, 4)}
+    rates[DYNAMIC] = dynamic_int8_gemm_rate(threads)
     print("low-bit GEMM " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in rates.items()), flush=True)
     return rates
+
+
+# `--gemm-only`'s advice: the kernel each `build --weights` choice runs (4-bit has no build option)
+WEIGHTS_KERNELS = {"float32": "onnxruntime", "int8": "int8, accuracy level 4"}
+DYNAMIC = "int8 weights and activations (DynamicQuantizeMatMul)"
+
+
+def fastest(rates: dict) -> str:
+    """Which `--weights` runs fastest on this CPU, from the GEMM rates of `gemm_rates` and `lowbit_rates`."""
+    choice = max(WEIGHTS_KERNELS, key=lambda w: rates[WEIGHTS_KERNELS[w]])
+    ranked = sorted(rates.items(), key=lambda kv: -kv[1])
+    lines = ["fastest kernels here: " + ", ".join(f"{k} {v:.0f}" for k, v in ranked) + " GFLOP/s",
+             f"build for this CPU: vampnet-onnx build --weights {choice} "
+             f"({rates[WEIGHTS_KERNELS[choice]] / rates['onnxruntime']:.2f}x float32's GEMM rate)"]
+    return "\n".join(lines)
 
 
 def torch_gemm_rate() -> float:
@@ -304,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gemm_only:
         torch_setup(args.threads)
-        gemm_rates(args.threads)
-        lowbit_rates(args.threads)
+        rates = {**gemm_rates(args.threads), **lowbit_rates(args.threads)}
+        print(fastest(rates), f"[{_cpu_name()}, {args.threads} threads]", sep="\n")
         return 0
     result = floor(args.dir, args.seconds, args.threads)
     print()
