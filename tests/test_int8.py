@@ -3,7 +3,7 @@ the tiny checkpoints.
 
 * It builds (opset 21, IR 10), runs, and onnxruntime fuses every int8 MatMul (the transformers'
   projections and classifiers) into MatMulNBits inside the step loops (no DequantizeLinear left to
-  run at each step); the codec decoder's convolutions read float16 weights through a Cast, the
+  run at each step), at accuracy level 4 (int8 multiplies); the codec decoder's convolutions read float16 weights through a Cast, the
   encoder stays float32.
 * Size: the int8 weights and their scales are <= 30 % of the float32 weights they replace (block
   64 at the tiny model's width 64; 128 at real size). The tiny transformers are mostly embedding
@@ -80,6 +80,10 @@ def test_int8_model_builds_and_fuses(int8, tmp_path):
     ort.InferenceSession(str(int8.path), options, providers=["CPUExecutionProvider"])
     nodes = [n for _, n in _nodes(onnx.load(options.optimized_model_filepath).graph)]
     assert sum(n.op_type == "MatMulNBits" for n in nodes) == 26 and not any(n.op_type == "DequantizeLinear" for n in nodes)
+    # onnxruntime's default accuracy level for the fused nodes: 4, its int8-compute kernel
+    levels = {onnx.helper.get_attribute_value(a) for n in nodes if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {4}
 
 
 def test_int8_dynamic_model_builds_and_fuses(int8_dynamic, tmp_path):
