@@ -11,7 +11,8 @@ Memory does not depend on the number of sampling steps (each step reuses the sam
 grows about linearly with the steps. Peak RSS is the process's high-water mark (VmHWM) over
 session load and run; the test signal is made in blocks, so that it adds no more than its own size.
 With `--file` the signal goes into a stereo 16-bit WAV first (written in blocks, before the
-measured process starts) and the run is what a user's is: read, mix, run, restore, write.
+measured process starts) and the run is what `vampnet-onnx vamp`'s is: read, mix, run (the arena
+handed back at its end), restore, write.
 With two lengths or more it prints the slope: the peak RSS's growth per second of audio (least
 squares over the lengths), the memory a longer clip costs beyond the weights.
 """
@@ -61,7 +62,8 @@ def write_wav(path: Path, seconds: float) -> None:
 
 
 def one_file_run(model: Path, src: Path, steps: int, c2f_steps: int, threads: int, onset_width: int) -> dict:
-    """`Model(model).vamp_file(src, <tmp>/out.wav)`: the whole path of a user's run, file to file."""
+    """`Model(model, release_memory=True).vamp_file(src, <tmp>/out.wav)`: the whole path of a run of
+    `vampnet-onnx vamp`, file to file."""
     import tempfile
 
     import soundfile as sf
@@ -69,7 +71,7 @@ def one_file_run(model: Path, src: Path, steps: int, c2f_steps: int, threads: in
     from vampnet_onnx.model import Model
 
     t0 = time.perf_counter()
-    vamp = Model(model, threads=threads)
+    vamp = Model(model, threads=threads, release_memory=True)  # as the vamp command
     load_s = time.perf_counter() - t0
     rss_loaded = rss()
     with tempfile.TemporaryDirectory() as tmp:

@@ -150,7 +150,8 @@ def build_parser() -> ArgumentParser:
 
 def cmd_vamp(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
-    model = Model(resolve_model(args.model), threads=args.threads or None)
+    # one run, then the output is written: hand the arena's peak back first (docs/performance.md)
+    model = Model(resolve_model(args.model), threads=args.threads or None, release_memory=True)
     seed = random_seed() if args.seed is None else args.seed
     how = "" if args.seed is not None else f" (random; pass --seed {seed} to reproduce)"
     print(f"seed: {seed}{how}", flush=True)  # before the run: an interrupted run can be repeated
