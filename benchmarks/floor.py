@@ -1,7 +1,7 @@
 """Compute floor: how close each stage of the model comes to this CPU's float32 matmul rate, at real size.
 
     python -m benchmarks.floor [--dir artifacts/realsize] [--seconds 10] [--threads 2] [--json FILE]
-    python -m benchmarks.floor --gemm-only   # just this CPU's GEMM rates, in seconds
+    python -m benchmarks.floor --gemm-only   # just this CPU's GEMM rates, and which --weights to build
 
 Uses the real-size build of `python -m benchmarks.realsize` in DIR, the clip and the work of
 `python -m benchmarks.benchmark` (encode, 12 coarse forwards, 2 c2f forwards per chunk, decode).
@@ -15,7 +15,9 @@ Per stage it reports:
              (measured before and after the runs, the best kept: other processes may share the CPU);
   % of floor floor / ORT seconds: 100 % would be the stage's work done at GEMM speed.
 It also times the same GEMM with 8- and 4-bit weights (onnxruntime's MatMulNBits, float or int8
-multiplies): what fewer bits per weight could buy on this CPU.
+multiplies) and with int8 weights and int8 activations (DynamicQuantizeMatMul): what fewer bits
+could buy on this CPU. `--gemm-only` ends with the kernels ranked and the `build --weights` choice
+(float32, int8 or int8-dynamic) whose kernel ran fastest here.
 "Everything else" (sampling, masks, the runtime's loops and copies) has no matmul work, so no floor.
 The floor is a lower bound: the graph codes in windows (≤ 5 % more codec work than the eager
 whole-clip run counted here), and the elementwise work between the matmuls is left out.
