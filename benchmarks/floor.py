@@ -97,6 +97,11 @@ def ort_gemm_rate(threads: int, bits: int | None = None, accuracy_level: int = 0
     return best_rate(lambda: session.run(["y"], {"x": x}), 2 * m * k * n)
 
 
+DYNAMIC = "int8 weights and activations (DynamicQuantizeMatMul)"
+# `--gemm-only`'s advice: the kernel each `build --weights` choice runs (4-bit has no build option)
+WEIGHTS_KERNELS = {"float32": "onnxruntime", "int8": "int8, accuracy level 4", "int8-dynamic": DYNAMIC}
+
+
 def dynamic_int8_gemm_rate(threads: int) -> float:
     """The same product with int8 activations too: x quantized at run time (DynamicQuantizeLinear,
     uint8, one scale per tensor), times int8 weights with one scale per column (MatMulInteger),
@@ -140,9 +145,6 @@ def lowbit_rates(threads: int) -> dict:
     return rates
 
 
-# `--gemm-only`'s advice: the kernel each `build --weights` choice runs (4-bit has no build option)
-WEIGHTS_KERNELS = {"float32": "onnxruntime", "int8": "int8, accuracy level 4"}
-DYNAMIC = "int8 weights and activations (DynamicQuantizeMatMul)"
 
 
 def fastest(rates: dict) -> str:
