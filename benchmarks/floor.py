@@ -1,7 +1,7 @@
 """Compute floor: how close each stage of the model comes to this CPU's float32 matmul rate, at real size.
 
     python -m benchmarks.floor [--dir artifacts/realsize] [--seconds 10] [--threads 2] [--json FILE]
-    python -m benchmarks.floor --gemm-only   # just this CPU's GEMM rates, in seconds
+    python -m benchmarks.floor --gemm-only   # just this CPU's GEMM rates, and which --weights to build
 
 Uses the real-size build of `python -m benchmarks.realsize` in DIR, the clip and the work of
 `python -m benchmarks.benchmark` (encode, 12 coarse forwards, 2 c2f forwards per chunk, decode).
@@ -15,7 +15,9 @@ Per stage it reports:
              (measured before and after the runs, the best kept: other processes may share the CPU);
   % of floor floor / ORT seconds: 100 % would be the stage's work done at GEMM speed.
 It also times the same GEMM with 8- and 4-bit weights (onnxruntime's MatMulNBits, float or int8
-multiplies): what fewer bits per weight could buy on this CPU.
+multiplies) and with int8 weights and int8 activations (DynamicQuantizeMatMul): what fewer bits
+could buy on this CPU. `--gemm-only` ends with the kernels ranked and the `build --weights` choice
+(float32, int8 or int8-dynamic) whose kernel ran fastest here.
 "Everything else" (sampling, masks, the runtime's loops and copies) has no matmul work, so no floor.
 The floor is a lower bound: the graph codes in windows (≤ 5 % more codec work than the eager
 whole-clip run counted here), and the elementwise work between the matmuls is left out.
@@ -95,12 +97,64 @@ def ort_gemm_rate(threads: int, bits: int | None = None, accuracy_level: int = 0
     return best_rate(lambda: session.run(["y"], {"x": x}), 2 * m * k * n)
 
 
+DYNAMIC = "int8 weights and activations (DynamicQuantizeMatMul)"
+# `--gemm-only`'s advice: the kernel each `build --weights` choice runs (4-bit has no build option)
+WEIGHTS_KERNELS = {"float32": "onnxruntime", "int8": "int8, accuracy level 4", "int8-dynamic": DYNAMIC}
+
+
+def dynamic_int8_gemm_rate(threads: int) -> float:
+    """The same product with int8 activations too: x quantized at run time (DynamicQuantizeLinear,
+    uint8, one scale per tensor), times int8 weights with one scale per column (MatMulInteger),
+    scaled back to float; onnxruntime fuses the four standard ops into its DynamicQuantizeMatMul,
+    which multiplies uint8 × int8 (VNNI's vpdpbusd where the CPU has it)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vampnet_onnx.graphs.opsets import OPSET_VERSION
+
+    m, k, n = GEMM
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "q", "xz", "qz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "scale"], ["s"]),
+             helper.make_node("Mul", ["accf", "s"], ["y"])]
+    weights = [numpy_helper.from_array(q, "q"), numpy_helper.from_array(np.zeros(n, np.int8), "qz"),
+               numpy_helper.from_array(scale, "scale")]
+    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET_VERSION)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((1, m, k), dtype=np.float32)
+    return best_rate(lambda: session.run(["y"], {"x": x}), 2 * m * k * n)
+
+
 def lowbit_rates(threads: int) -> dict:
-    """The same product in onnxruntime with 8- and 4-bit weights: what fewer bits per weight buy here."""
+    """The same product in onnxruntime with 8- and 4-bit weights (float or int8 multiplies), and
+    with int8 weights and int8 activations: what fewer bits buy here."""
     rates = {f"int{bits}, accuracy level {level}": ort_gemm_rate(threads, bits, level)
              for bits in (8, 4) for level in (0, 4)}
+    rates[DYNAMIC] = dynamic_int8_gemm_rate(threads)
     print("low-bit GEMM " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in rates.items()), flush=True)
     return rates
+
+
+
+
+def fastest(rates: dict) -> str:
+    """Which `--weights` runs fastest on this CPU, from the GEMM rates of `gemm_rates` and `lowbit_rates`."""
+    choice = max(WEIGHTS_KERNELS, key=lambda w: rates[WEIGHTS_KERNELS[w]])
+    ranked = sorted(rates.items(), key=lambda kv: -kv[1])
+    lines = ["fastest kernels here: " + ", ".join(f"{k} {v:.0f}" for k, v in ranked) + " GFLOP/s",
+             f"build for this CPU: vampnet-onnx build --weights {choice} "
+             f"({rates[WEIGHTS_KERNELS[choice]] / rates['onnxruntime']:.2f}x float32's GEMM rate)"]
+    return "\n".join(lines)
 
 
 def torch_gemm_rate() -> float:
@@ -304,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gemm_only:
         torch_setup(args.threads)
-        gemm_rates(args.threads)
-        lowbit_rates(args.threads)
+        rates = {**gemm_rates(args.threads), **lowbit_rates(args.threads)}
+        print(fastest(rates), f"[{_cpu_name()}, {args.threads} threads]", sep="\n")
         return 0
     result = floor(args.dir, args.seconds, args.threads)
     print()

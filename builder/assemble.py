@@ -195,17 +195,17 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`).
     `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them.
     `weights="int8"`: the transformers' and the codec decoder's weights in int8 (builder/quantize.py), opset INT8_OPSET;
-    `components` given are quantized in place.
+    "int8-dynamic": the same with int8 activations (opset 20); `components` given are quantized in place.
     `codec_window` (tests only): frames per codec window instead of the codec's own choice."""
     if weights not in interface.WEIGHTS or (weights != "float32" and not inline):
         raise ValueError(f"weights={weights!r} (inline={inline}): one of {interface.WEIGHTS}, int8 only inlined")
     config = graph_config(codec, coarse, c2f, codec_window)
-    if weights == "int8" and config.adapters and getattr(coarse, "adapter_fold", False):
+    if weights != "float32" and config.adapters and getattr(coarse, "adapter_fold", False):
         raise ValueError("int8 weights need adapters computed beside the weights: load the transformers "
                          "with fold=False (builder/transformer.py, AdapterLinear)")
     components = components or export_components(codec, coarse, c2f)
     # main-graph names of the transformers' int8 weights and scales
-    quantized = quantize_components(components) if weights == "int8" else []
+    quantized = quantize_components(components, weights) if weights != "float32" else []
 
     main = main_graph(config)
     check_function_names(main)
@@ -229,7 +229,7 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     model.graph.initializer.extend(outer_weights)
     if inline:
         model = ship(model, {(DOMAIN, name): [v.type for v in c.graph.output] for name, c in components.items()},
-                     opset=INT8_OPSET if quantized else OPSET_VERSION)
+                     opset=INT8_OPSET if weights == "int8" else OPSET_VERSION)
         move_into_bodies(model, quantized)  # where onnxruntime fuses them (builder/quantize.py)
     else:
         make_portable(model)
@@ -248,7 +248,7 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
         "codec_overlap_frames": config.codec_overlap,
         "max_sampling_steps": interface.MAX_SAMPLING_STEPS,
         "weights": weights,
-        **({"requires": f"opset {INT8_OPSET} (onnxruntime >= 1.18)"} if quantized else {}),
+        **({"requires": f"opset {INT8_OPSET} (onnxruntime >= 1.18)"} if weights == "int8" else {}),
         "defaults": interface.defaults_json(),
         "presets": interface.presets_json(),
         **({"adapters": json.dumps(list(adapter_names(coarse)))} if config.adapters else {}),

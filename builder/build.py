@@ -169,8 +169,8 @@ def check_adapters(adapters, coarse_lora=None, c2f_lora=None) -> list[tuple[str,
 
 def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora: Path | None = None,
                 c2f_lora: Path | None = None, log=print, weights: str = "float32", adapters=()) -> Path:
-    """`weights`: "float32", or "int8" for the transformers' and the codec decoder's weights
-    (builder/quantize.py)."""
+    """`weights`: "float32", or "int8" / "int8-dynamic" for the transformers' and the codec
+    decoder's weights (builder/quantize.py)."""
     adapters = check_adapters(adapters, coarse_lora, c2f_lora)
     output = Path(output)
     started = time.perf_counter()
@@ -181,7 +181,7 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
     step("loading checkpoints")
     codec_model = load_codec(codec)
     # int8 quantizes the base weights, so its adapters run beside them instead of folded in
-    fold = weights != "int8"
+    fold = weights == "float32"
     coarse_model = load_transformer(coarse, codec_model, "coarse", lora=coarse_lora,
                                     adapters=[(name, c) for name, c, _ in adapters], fold=fold)
     c2f_model = load_transformer(c2f, codec_model, "c2f", lora=c2f_lora,
@@ -209,14 +209,14 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
         # Assembly reads only the configurations: let the torch weights go before the next copies.
         codec_model, coarse_model, c2f_model = (_ConfigOnly(m) for m in (codec_model, coarse_model, c2f_model))
         gc.collect()
-        if weights == "int8":
-            step("quantizing the transformers' and the codec decoder's weights to int8")
-            quantize_components(components)
+        if weights != "float32":
+            step(f"quantizing the transformers' and the codec decoder's weights ({weights})")
+            quantize_components(components, weights)
         data = data_file(staging / output.name)
         # int8 fits one file, but onnxruntime maps external data instead of holding the protobuf
         # and a copy of it (2.0 GB peak instead of 3.8 GB at real size), and the assembly's copies
         # of the graph stay small
-        if weights == "int8" or sum(weights_size(c) for c in components.values()) >= PROTOBUF_LIMIT - (64 << 20):
+        if weights != "float32" or sum(weights_size(c) for c in components.values()) >= PROTOBUF_LIMIT - (64 << 20):
             step(f"moving the weights to {data.name}")
             externalize_weights(components, data)
         step("assembling the single model")

@@ -1,7 +1,7 @@
-"""Weight-only int8 quantization (`vampnet-onnx build --weights int8`).
+"""int8 quantization (`vampnet-onnx build --weights int8` and `--weights int8-dynamic`).
 
-    quantize_components(components) # in place: all of the below that --weights int8 does
-    quantize_component(model)      # in place: the transformers' MatMuls and classifier read int8 weights
+    quantize_components(components, weights) # in place: all of the below that --weights does
+    quantize_component(model, dynamic)     # in place: the transformers' MatMuls and classifier read int8 weights
     halve_convs(model)             # in place: the codec decoder's convolutions read float16 weights
     move_into_bodies(model, names) # in place: those initializers into the one Loop body that reads them
 
@@ -15,6 +15,14 @@ when q and scale are initializers of the graph that holds the MatMul: onnxruntim
 session ("Missing required weight") when they come from the outer scope, which is where the
 assembler puts weights. Each transformer is called from one Loop body, so its quantized weights
 move into that body (`move_into_bodies`), stored once as before.
+
+int8-dynamic: the same MatMuls multiply int8 by int8. The weight is int8 with one scale per
+column (symmetric); the activation x is quantized as the graph runs, to uint8 with one scale and
+zero point for the whole tensor (DynamicQuantizeLinear), and y = (MatMulInteger(xq, q) · x_scale) ·
+scale: standard ops of opset 20 (onnxruntime >= 1.17 fuses them into its DynamicQuantizeMatMul,
+VNNI's uint8 × int8 dot products where the CPU has them). One scale for a whole activation is
+coarser than MatMulNBits' float activations: token agreement with float32 is measured in
+tests/test_int8.py and docs/performance.md. Its weights move into the Loop bodies too.
 
 Codec decoder. Its Conv / ConvTranspose weights are stored as float16 and cast back to float32
 as the graph runs (milliseconds per decode window); that brings the file under 30 % of float32's. float16, not
@@ -38,12 +46,16 @@ TRANSFORMERS = ("coarse_transformer", "c2f_transformer")
 DECODER = "codec_decoder"
 
 
-def quantize_components(components: dict[str, onnx.ModelProto]) -> list[str]:
-    """In place, idempotent: the transformers and the codec decoder. Returns the main-graph names
-    (`component/initializer`) of the transformers' int8 weights and scales, which the assembler
-    moves into the Loop bodies."""
+DYNAMIC = "int8-dynamic"  # the --weights choice whose activations are int8 too
+
+
+def quantize_components(components: dict[str, onnx.ModelProto], weights: str = "int8") -> list[str]:
+    """In place, idempotent: the transformers and the codec decoder, for `weights` "int8" or
+    "int8-dynamic". Returns the main-graph names (`component/initializer`) of the transformers'
+    int8 weights and their scales, which the assembler moves into the Loop bodies."""
     halve_convs(components[DECODER])
-    return [f"{name}/{q}" for name in TRANSFORMERS for q in quantize_component(components[name])]
+    dynamic = weights == DYNAMIC
+    return [f"{name}/{q}" for name in TRANSFORMERS for q in quantize_component(components[name], dynamic)]
 
 
 def block_size(k: int) -> int | None:
@@ -74,6 +86,36 @@ def _dequantize(name: str, w: np.ndarray, node_name: str, new: list) -> onnx.Nod
                             name=f"{node_name}_dequantize", axis=0, block_size=block)
 
 
+def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """W (K, N) -> q int8 (K, N), scale (N,) with W ≈ q · scale, |q| <= 127."""
+    scale = np.abs(w).max(axis=0) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
+
+
+def _integer_matmul(x: str, name: str, w: np.ndarray, out: str, node_name: str, new: list) -> list[onnx.NodeProto]:
+    """out = x @ W in int8 × int8: x quantized at run time, W per column (appended to `new`)."""
+    q, scale = quantize_columns(w)
+    new += [numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale"),
+            numpy_helper.from_array(np.zeros(q.shape[1], np.int8), f"{name}_zero")]
+    return [helper.make_node("DynamicQuantizeLinear", [x], [f"{out}_xq", f"{out}_xs", f"{out}_xz"],
+                             name=f"{node_name}_quantize"),
+            helper.make_node("MatMulInteger", [f"{out}_xq", f"{name}_int8", f"{out}_xz", f"{name}_zero"],
+                             [f"{out}_int32"], name=node_name),
+            helper.make_node("Cast", [f"{out}_int32"], [f"{out}_sum"], name=f"{node_name}_float",
+                             to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{out}_xs", f"{name}_scale"], [f"{out}_scales"], name=f"{node_name}_scales"),
+            helper.make_node("Mul", [f"{out}_sum", f"{out}_scales"], [out], name=f"{node_name}_scale")]
+
+
+def _int8_matmul(x: str, name: str, w: np.ndarray, out: str, node_name: str, new: list,
+                 dynamic: bool) -> list[onnx.NodeProto]:
+    """The nodes that make out = x @ W from int8 weights (appended to `new`)."""
+    if dynamic:
+        return _integer_matmul(x, name, w, out, node_name, new)
+    return [_dequantize(name, w, node_name, new), helper.make_node("MatMul", [x, name], [out], name=node_name)]
+
+
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     found: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -90,22 +132,22 @@ def _pointwise(node: onnx.NodeProto, w: onnx.TensorProto) -> bool:
             and not any(attrs.get("pads", [0])) and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
 
 
-def _as_matmul(node: onnx.NodeProto, w: np.ndarray, new: list) -> list[onnx.NodeProto]:
+def _as_matmul(node: onnx.NodeProto, w: np.ndarray, new: list, dynamic: bool) -> list[onnx.NodeProto]:
     """Conv(x (B, K, T), W (N, K, 1), b) as Transpose -> MatMul(W (K, N) int8) -> Add b -> Transpose."""
     x, name, out = node.input[0], node.input[1], node.output[0]
     matrix = np.ascontiguousarray(w[:, :, 0].T)
     nodes = [helper.make_node("Transpose", [x], [f"{out}_btk"], name=f"{node.name}_in", perm=[0, 2, 1]),
-             _dequantize(name, matrix, node.name, new),
-             helper.make_node("MatMul", [f"{out}_btk", name], [f"{out}_btn"], name=node.name)]
+             *_int8_matmul(f"{out}_btk", name, matrix, f"{out}_btn", node.name, new, dynamic)]
     if len(node.input) > 2 and node.input[2]:
         nodes.append(helper.make_node("Add", [f"{out}_btn", node.input[2]], [f"{out}_biased"], name=f"{node.name}_bias"))
     nodes.append(helper.make_node("Transpose", [nodes[-1].output[0]], [out], name=f"{node.name}_out", perm=[0, 2, 1]))
     return nodes
 
 
-def quantize_component(model: onnx.ModelProto) -> list[str]:
+def quantize_component(model: onnx.ModelProto, dynamic: bool = False) -> list[str]:
     """In place; returns the names of all its int8 and scale initializers (those of an earlier
-    call included: idempotent). Float MatMul weights whose K is not a multiple of 16 stay float32."""
+    call included: idempotent). Float MatMul weights whose K is not a multiple of 16 stay float32.
+    `dynamic`: int8 activations too (MatMulInteger), else float activations (DequantizeLinear)."""
     inits = {t.name: t for t in model.graph.initializer}
     consumers = _consumers(model.graph)
     nodes, new, replaced = [], [], set()
@@ -116,18 +158,19 @@ def quantize_component(model: onnx.ModelProto) -> list[str]:
             nodes.append(node)
         elif node.op_type == "MatMul" and len(t.dims) == 2 and block_size(t.dims[0]) \
                 and all(c.op_type == "MatMul" and c.input[1] == name for c in consumers[name]):
-            nodes += [_dequantize(name, numpy_helper.to_array(t), node.name, new), node]
+            nodes += _int8_matmul(node.input[0], name, numpy_helper.to_array(t), node.output[0], node.name, new, dynamic)
             replaced.add(name)
         elif node.op_type == "Conv" and name.endswith(CLASSIFIER) and consumers[name] == [node] \
                 and _pointwise(node, t) and block_size(t.dims[1]):
-            nodes += _as_matmul(node, numpy_helper.to_array(t), new)
+            nodes += _as_matmul(node, numpy_helper.to_array(t), new, dynamic)
             replaced.add(name)
         else:
             nodes.append(node)
     if replaced:
-        _replace(model, replaced, new, nodes)
+        _replace(model, replaced, new, nodes, opset=None if dynamic else OPSET)
     names = {t.name for t in model.graph.initializer}
-    return [n for node in model.graph.node if node.op_type == "DequantizeLinear" for n in node.input if n in names]
+    return [n for node in model.graph.node if node.op_type in ("DequantizeLinear", "MatMulInteger", "Mul")
+            for n in node.input if n in names and n.endswith(("_int8", "_scale", "_zero"))]
 
 
 def halve_convs(model: onnx.ModelProto) -> int:
@@ -147,19 +190,19 @@ def halve_convs(model: onnx.ModelProto) -> int:
             replaced.add(t.name)
         nodes.append(node)
     if replaced:
-        _replace(model, replaced, new, nodes)
+        _replace(model, replaced, new, nodes, opset=None)  # Cast: any opset
     return len(replaced)
 
 
-def _replace(model: onnx.ModelProto, replaced: set[str], new: list, nodes: list) -> None:
+def _replace(model: onnx.ModelProto, replaced: set[str], new: list, nodes: list, opset: int | None = OPSET) -> None:
     keep = [t for t in model.graph.initializer if t.name not in replaced]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep + new)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    for opset in model.opset_import:
-        if opset.domain == "":
-            opset.version = max(opset.version, OPSET)
+    for entry in model.opset_import:
+        if entry.domain == "" and opset is not None:
+            entry.version = max(entry.version, opset)
 
 
 def _readers(graph: onnx.GraphProto, names: set[str], found: dict[str, list[onnx.GraphProto]]) -> None:

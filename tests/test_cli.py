@@ -88,15 +88,15 @@ def model_external(tmp_path_factory, model_path) -> Path:
 _SESSIONS: dict[tuple, Model] = {}
 
 
-def _cached_model(path, *, threads=None, providers=None):
+def _cached_model(path, *, threads=None, providers=None, release_memory=False):
     p = Path(path)
     try:
         st = p.stat()
     except OSError:
-        return Model(p, threads=threads, providers=providers)  # raises the real error
-    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, threads, tuple(providers or ()))
+        return Model(p, threads=threads, providers=providers, release_memory=release_memory)  # raises the real error
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, threads, tuple(providers or ()), release_memory)
     if key not in _SESSIONS:
-        _SESSIONS[key] = Model(p, threads=threads, providers=providers)
+        _SESSIONS[key] = Model(p, threads=threads, providers=providers, release_memory=release_memory)
     return _SESSIONS[key]
 
 

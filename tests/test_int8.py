@@ -1,8 +1,9 @@
-"""The int8 variant (`vampnet-onnx build --weights int8`, builder/quantize.py) from the tiny checkpoints.
+"""The int8 variants (`vampnet-onnx build --weights int8` / `int8-dynamic`, builder/quantize.py) from
+the tiny checkpoints.
 
 * It builds (opset 21, IR 10), runs, and onnxruntime fuses every int8 MatMul (the transformers'
   projections and classifiers) into MatMulNBits inside the step loops (no DequantizeLinear left to
-  run at each step); the codec decoder's convolutions read float16 weights through a Cast, the
+  run at each step), at accuracy level 4 (int8 multiplies); the codec decoder's convolutions read float16 weights through a Cast, the
   encoder stays float32.
 * Size: the int8 weights and their scales are <= 30 % of the float32 weights they replace (block
   64 at the tiny model's width 64; 128 at real size). The tiny transformers are mostly embedding
@@ -15,6 +16,9 @@
   so that one forward decides them: >= 97 % of the generated coarse tokens and >= 93 % of the
   fine ones equal float32's. Over 12 steps the tiny model's near-tied random logits let a few
   flips reorder the re-masking, and agreement falls to 30-65 % (coarse) and 5-30 % (fine).
+* int8-dynamic (int8 activations too) stays at opset 20 with standard ops, onnxruntime fuses every
+  one of its MatMulInteger into an int8 kernel (DynamicQuantizeMatMul, or MatMulIntegerToFloat
+  where q, k and v share one quantized input), and it meets the same logit and token bounds.
 """
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ N_COARSE, MASK = 4, 1024
 @pytest.fixture(scope="module")
 def int8(build_variant):
     return build_variant("tiny:int8")
+
+
+@pytest.fixture(scope="module")
+def int8_dynamic(build_variant):
+    return build_variant("tiny:int8-dynamic")
 
 
 def _session(model) -> ort.InferenceSession:
@@ -71,6 +80,26 @@ def test_int8_model_builds_and_fuses(int8, tmp_path):
     ort.InferenceSession(str(int8.path), options, providers=["CPUExecutionProvider"])
     nodes = [n for _, n in _nodes(onnx.load(options.optimized_model_filepath).graph)]
     assert sum(n.op_type == "MatMulNBits" for n in nodes) == 26 and not any(n.op_type == "DequantizeLinear" for n in nodes)
+    # onnxruntime's default accuracy level for the fused nodes: 4, its int8-compute kernel
+    levels = {onnx.helper.get_attribute_value(a) for n in nodes if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {4}
+
+
+def test_int8_dynamic_model_builds_and_fuses(int8_dynamic, tmp_path):
+    model = onnx.load(str(int8_dynamic.path))
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20)}
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["weights"] == "int8-dynamic" and "requires" not in meta
+    integer = [(d, n) for d, n in _nodes(model.graph) if n.op_type == "MatMulInteger"]
+    assert len(integer) == 26 and all(d > 0 for d, _ in integer)
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8_dynamic.path), options, providers=["CPUExecutionProvider"])
+    kinds = [n.op_type for _, n in _nodes(onnx.load(options.optimized_model_filepath).graph)]
+    assert kinds.count("DynamicQuantizeMatMul") + kinds.count("MatMulIntegerToFloat") == 26
+    assert "MatMulInteger" not in kinds
 
 
 def test_int8_weights_are_at_most_30_percent(tiny, int8):
@@ -83,8 +112,9 @@ def test_int8_weights_are_at_most_30_percent(tiny, int8):
     assert int8_bytes <= 0.30 * float_bytes, f"{int8_bytes} / {float_bytes}"
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["int8", "int8-dynamic"])
 @pytest.mark.parametrize("name", ["coarse_transformer", "c2f_transformer"])
-def test_int8_logits_close_to_float32(tiny, name):
+def test_int8_logits_close_to_float32(tiny, name, dynamic):
     g = golden("tiny_periodic")
     if name == "coarse_transformer":
         x = g["codes"][:, :N_COARSE].copy()
@@ -94,7 +124,7 @@ def test_int8_logits_close_to_float32(tiny, name):
     component = onnx.ModelProto()
     component.CopyFrom(tiny.components[name])
     want = _session(component.SerializeToString()).run(None, {"codes": x})[0]
-    assert quantize_component(component)
+    assert quantize_component(component, dynamic)
     got = _session(component.SerializeToString()).run(None, {"codes": x})[0]
     rms = np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2))
     assert rms <= 0.03, f"{name}: rms error {rms:.4f} of the logits' rms"
@@ -113,8 +143,10 @@ def test_float16_decoder_close_to_float32(tiny):
     assert snr >= 30, f"decoder: {snr:.1f} dB"  # 36 dB
 
 
+@pytest.mark.parametrize("variant", ["int8", "int8_dynamic"])
 @pytest.mark.parametrize("case", DETERMINISTIC_CASES[:2])
-def test_int8_tokens_agree_with_float32(tiny, int8, case):
+def test_int8_tokens_agree_with_float32(tiny, variant, case, request):
+    int8 = request.getfixturevalue(variant)
     g = golden(case)
     inputs = {**fixture_inputs(g), "sampling_steps": 1, "c2f_sampling_steps": 1}
     feeds = interface_feeds(g["preprocessed_audio"][:, 0], **inputs)

@@ -66,11 +66,15 @@ class PreparedAudio:
         return self.frames / self.sample_rate
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, str | None, str | None]:
-    """Read an audio file as float64 (frames, channels), validated.
+READ_BLOCK = 1 << 16  # frames read at a time: a long file costs its float32 mono mix, not float64 copies
 
-    Returns ``(data, sample_rate, subtype, format)``. Raises :class:`AudioError` for a missing
-    file, a folder, an unreadable or non-audio file, an empty file and NaN/inf samples.
+
+def load_audio(path: str | os.PathLike) -> PreparedAudio:
+    """Read ``path`` and mix it to mono (see ``prepare_audio``), block by block: the mean of the
+    channels in float64, stored as float32, so that only the mono mix is held whole.
+
+    Raises :class:`AudioError` for a missing, unreadable, empty or non-finite input, a sample rate
+    the model does not take, and an input whose mono mix is all zeros (silence: nothing to vamp).
     """
     import soundfile as sf
 
@@ -79,9 +83,15 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, str | None, st
         raise AudioError(f"input file not found: {p}")
     if p.is_dir():
         raise AudioError(f"input is a folder, not an audio file: {p}")
+    blocks = []
     try:
-        info = sf.info(str(p))
-        data, rate = sf.read(str(p), dtype="float64", always_2d=True)
+        with sf.SoundFile(str(p)) as f:
+            rate, channels, subtype, fmt = f.samplerate, f.channels, f.subtype, f.format
+            if 0 < rate <= MAX_SAMPLE_RATE:
+                for block in f.blocks(READ_BLOCK, dtype="float64", always_2d=True):
+                    if not np.all(np.isfinite(block)):
+                        raise AudioError(f"input contains NaN or infinite samples: {p}")
+                    blocks.append(block.mean(axis=1).astype(np.float32))
     except PermissionError as e:
         raise AudioError(f"cannot read {p}: permission denied") from e
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as e:
@@ -89,24 +99,16 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, str | None, st
             f"cannot read {p} as audio (not a WAV/FLAC/OGG/... file soundfile can read): "
             f"{one_line(e)}"
         ) from e
-    if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioError(f"input has no samples: {p}")
     if rate <= 0 or rate > MAX_SAMPLE_RATE:
         raise AudioError(f"input has a sample rate of {rate} Hz; the model takes 1 to {MAX_SAMPLE_RATE} Hz "
                          f"(resample the file first): {p}")
-    if not np.all(np.isfinite(data)):
-        raise AudioError(f"input contains NaN or infinite samples: {p}")
-    return data, int(rate), getattr(info, "subtype", None), getattr(info, "format", None)
-
-
-def load_audio(path: str | os.PathLike) -> PreparedAudio:
-    """Read ``path`` and mix it to mono (see ``prepare_audio``).
-
-    Raises :class:`AudioError` for a missing, unreadable, empty or non-finite input, a sample rate
-    the model does not take, and an input whose mono mix is all zeros (silence: nothing to vamp).
-    """
-    data, rate, subtype, fmt = read_audio(path)
-    return prepare_audio(data, rate, subtype=subtype, format=fmt, path=Path(path))
+    mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    if mono.shape[0] == 0 or channels == 0:
+        raise AudioError(f"input has no samples: {p}")
+    if not np.any(mono):
+        raise AudioError(f"input is silent (its mix to mono is all zeros): {p}")
+    return PreparedAudio(samples=mono, sample_rate=int(rate), frames=int(mono.shape[0]), channels=int(channels),
+                         subtype=subtype, format=fmt, path=p)
 
 
 def prepare_audio(data: np.ndarray, rate: int, *, subtype: str | None = None,
@@ -135,20 +137,25 @@ def prepare_audio(data: np.ndarray, rate: int, *, subtype: str | None = None,
 # postprocessing
 
 
-def restore(out: np.ndarray, ref: PreparedAudio, stretch: int = 1) -> np.ndarray:
+def restore(out: np.ndarray, ref: PreparedAudio, stretch: int = 1, into: np.ndarray | None = None) -> np.ndarray:
     """Model output (S,) (already at the input's rate and loudness) -> float32
     (ref.frames·stretch, ref.channels): trimmed or zero-padded to the input's frames times the
-    stretch, copied to each of the input's channels, scaled down to peak 1 if it exceeds it."""
-    y = np.asarray(out, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(y)):
+    stretch, copied to each of the input's channels, scaled down to peak 1 if it exceeds it.
+    ``into``: the array to fill (that shape, float32) instead of a new one. Works in float32 with no
+    whole-signal temporaries beyond the result: a long song's memory is the signal's own."""
+    y = np.asarray(out, dtype=np.float32).reshape(-1)
+    if not np.isfinite(y).all():
         raise AudioError("the model produced NaN or infinite samples")
     frames = ref.frames * int(stretch)
-    y = y[:frames] if y.shape[0] >= frames else np.pad(y, (0, frames - y.shape[0]))
-    y = np.repeat(y[:, None], ref.channels, axis=1)
-    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    n = min(frames, y.shape[0])
+    result = np.empty((frames, ref.channels), np.float32) if into is None else into
+    result[:n] = y[:n, None]
+    result[n:] = 0.0
+    peak = max(float(y[:n].max(initial=0.0)), -float(y[:n].min(initial=0.0)))
     if peak > 1.0:
-        y = y / peak
-    return y.astype(np.float32)
+        # float32 ÷ float32 rounds as float64 ÷ float64 then rounded to float32 does
+        result /= np.float32(peak)
+    return result
 
 
 # --------------------------------------------------------------------------------------------

@@ -123,8 +123,9 @@ def build_parser() -> ArgumentParser:
                    help=f"where to write the model (default: {DEFAULT_MODEL})")
     b.add_argument("--weights", choices=WEIGHTS, default=WEIGHTS[0],
                    help="int8: the transformers' matrix weights in block-wise int8 and the codec decoder's "
-                        "in float16, under 0.3x the size (opset 21: needs onnxruntime >= 1.18); "
-                        "default float32 (opset 20)")
+                        "in float16, under 0.3x the size (opset 21: needs onnxruntime >= 1.18); int8-dynamic: "
+                        "the same with int8 activations too (opset 20); `python -m benchmarks.floor "
+                        "--gemm-only` says which is fastest on this CPU; default float32 (opset 20)")
     b.set_defaults(func=cmd_build, _parser=b)
 
     # ---- demo
@@ -149,7 +150,8 @@ def build_parser() -> ArgumentParser:
 
 def cmd_vamp(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
-    model = Model(resolve_model(args.model), threads=args.threads or None)
+    # one run, then the output is written: hand the arena's peak back first (docs/performance.md)
+    model = Model(resolve_model(args.model), threads=args.threads or None, release_memory=True)
     seed = random_seed() if args.seed is None else args.seed
     how = "" if args.seed is not None else f" (random; pass --seed {seed} to reproduce)"
     print(f"seed: {seed}{how}", flush=True)  # before the run: an interrupted run can be repeated

@@ -274,7 +274,9 @@ class Model(Session):
         stretch = audio_out.shape[1] // S
         if stretch < 1 or audio_out.shape[1] != stretch * S:
             raise ModelError(f"the model returned {audio_out.shape[1]} samples for {S}: not a whole multiple")
-        audio = np.stack([restore(audio_out[r], prepared, stretch) for r in range(rows)])
+        audio = np.empty((rows, stretch * S, prepared.channels), np.float32)
+        for r in range(rows):
+            restore(audio_out[r], prepared, stretch, into=audio[r])
         return Vamped(audio, prepared.sample_rate, int(feeds["seed"]), out, model_s, controls)
 
 
