@@ -23,7 +23,8 @@ How each step is written, and why:
 - STFT and ISTFT are MatMuls with DFT bases gathered from a table of n_fft cosines (as in
   graphs/onsets.py: no ONNX DFT/STFT op, whose support varies between runtimes), folded by the
   symmetry of the DFT (x[m] ± x[N − m]) so each transform is two (N/2 + 1)-wide MatMuls. n_fft
-  must be odd (no Nyquist bin), which sr // 64 is at 44.1 kHz.
+  must be odd (no Nyquist bin), which sr // 64 is at 44.1 kHz; at a codec rate where it is even,
+  n_fft is one less (our choice: upstream's app only shifts at 44.1 kHz).
 - Frames are gathered as whole blocks of `hop` samples; the overlap-add is a sum of the frames'
   blocks shifted by their offsets, done by one reshaping trick (see `pitch_overlap_add`).
 - Memory: the stretch (STFT, vocoder, ISTFT) runs in a Loop over STRETCH_FRAMES stretched frames
@@ -386,10 +387,12 @@ class PitchShifter:
 
 def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
     """The graph functions of torch-pitch-shift's pitch_shift for one sample rate (constants baked in)."""
-    if int(sample_rate) != sample_rate or sample_rate // 64 % 2 == 0:
-        raise ValueError(f"sample rate must be an integer with sample_rate // 64 odd, got {sample_rate}")
+    if int(sample_rate) != sample_rate:
+        raise ValueError(f"sample rate must be an integer, got {sample_rate}")
     sample_rate = int(sample_rate)
-    n_fft = sample_rate // 64
+    # upstream shifts at 44.1 kHz only (n_fft 689); a codec whose rate makes sr // 64 even gets
+    # the odd size one below, which the folded transforms need
+    n_fft = sample_rate // 64 - (sample_rate // 64 + 1) % 2
     hop = n_fft // 32
     half = n_fft // 2  # centre padding; n_fft = 2·half + 1
     n_freq = half + 1
