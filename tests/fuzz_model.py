@@ -30,11 +30,9 @@ EXTREME_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-6, 1e-45, 1e6, 1e30, -1e30, 3.4e
 # chunk), so its step count is always fed and stays at or below one (clamped to 1); its upper clamp
 # (128 steps, 10 s here) is left to the CLI tests. The first case takes the most coarse steps.
 # Feedback passes and the time stretch multiply every step: their edges are drawn from short lists.
-# The pitch shift costs about a second per second of audio: on in 5 cases of 12, at its edges.
 FEW_STEPS = {"c2f_sampling_steps": [INT64_MIN, -(2**31), -1, 0, 1],
              "feedback_steps": [INT64_MIN, -1, 0, 1, 2, 9],
-             "time_stretch_factor": [INT64_MIN, -1, 0, 1, 2, 3, INT64_MAX],
-             "pitch_shift": [0, 0, 0, 0, 0, 0, INT64_MIN, -13, 1, 12, INT64_MAX, 0]}
+             "time_stretch_factor": [INT64_MIN, -1, 0, 1, 2, 3, INT64_MAX]}
 FIRST_CASE = {"sampling_steps": INT64_MAX}
 
 
