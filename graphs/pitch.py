@@ -79,8 +79,8 @@ STRETCH_FRAMES = 2048  # stretched frames per iteration: (B, 2048, 345) tensors,
 RESAMPLE_SAMPLES = 1 << 15  # output samples per iteration: (2^15, 26) tensors, <= 7 MB each
 DIGIT_BITS = 10  # exact products i·r as 8 base-2^10 digits of i·r·2^53 (r·2^53 is a 54-bit integer)
 DIGITS = 8
-_LAST_CARRY = [DIGITS - 1]
 _DIGIT_SCALES = [2.0 ** (-DIGIT_BITS * j) for j in range(DIGITS - 2)]  # the 6 digits of a 45-bit float
+_RATE_DIGIT_SCALES = [2.0 ** (DIGIT_BITS * d - 53) for d in range(DIGITS)]  # r from its digits
 _POWERS_1_20 = [1 << b for b in range(1, 21)]  # ⌊log2 q⌋ for q < 2^21 by comparisons
 _POWERS_0_22 = [1 << b for b in range(23)]  # 2^s, the low bits dropped from the fraction
 _ULPS = [2.0 ** (b - 24) for b in range(23)]  # float32 ulp 2^(e − 23) at index e + 1
@@ -175,23 +175,30 @@ def dft_index(first_row: INT64, end_row: INT64, columns: INT64, n: INT64) -> INT
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def carry_once(c: INT64["N", "D"]) -> INT64["N", "D"]:
-    """One carry pass over base-2^10 digits (least significant first); keeps the value."""
-    low = op.BitwiseAnd(c, op.Constant(value_int=1023))
-    carry = (c - low) / 1024  # an exact multiple of 1024
-    return low + op.Pad(op.Slice(carry, [0], _LAST_CARRY, [1]), op.Constant(value_ints=[0, 1, 0, 0]))
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def carry_4(c: INT64["N", "D"]) -> INT64["N", "D"]:
-    return carry_once(carry_once(carry_once(carry_once(c))))
+def carry_into(c: INT64["N", "D"], digit: INT64, carry: INT64["N"]) -> (INT64["N"], INT64["N"]):
+    """Digit `digit` of c plus the carry from below, as (its value in [0, 1024), the carry up)."""
+    v = op.Gather(c, digit, axis=1) + carry
+    low = op.BitwiseAnd(v, op.Constant(value_int=1023))
+    return low, (v - low) / 1024  # an exact multiple of 1024
 
 
 @onnxscript.script(vampnet, default_opset=op)
 def normalise_digits(c: INT64["N", "D"]) -> INT64["N", "D"]:
-    """Digits in [0, 1024): 3 passes bring digits below 2^30 to at most 1025, then a carry can
-    ripple through at most DIGITS positions (16 passes in all)."""
-    return carry_4(carry_4(carry_4(carry_4(c))))
+    """The same value with every base-2^10 digit in [0, 1024), carried from the least significant
+    digit up (digits below 2^30, so each digit plus carry stays below 2^31); the values are below
+    2^80, so nothing carries out of the top digit."""
+    d0, k = carry_into(c, 0, op.Constant(value_int=0))
+    d1, k = carry_into(c, 1, k)
+    d2, k = carry_into(c, 2, k)
+    d3, k = carry_into(c, 3, k)
+    d4, k = carry_into(c, 4, k)
+    d5, k = carry_into(c, 5, k)
+    d6, k = carry_into(c, 6, k)
+    d7, k = carry_into(c, 7, k)
+    one = op.Constant(value_ints=[1])
+    low = op.Concat(op.Unsqueeze(d0, one), op.Unsqueeze(d1, one), op.Unsqueeze(d2, one), op.Unsqueeze(d3, one), axis=1)
+    high = op.Concat(op.Unsqueeze(d4, one), op.Unsqueeze(d5, one), op.Unsqueeze(d6, one), op.Unsqueeze(d7, one), axis=1)
+    return op.Concat(low, high, axis=1)
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -272,44 +279,54 @@ def time_steps(frames: INT64, rate_digits: INT64["D"]) -> FLOAT["T"]:
     chunks as float32(i·r). Both are exact digit sums rounded once (round_digits); the count is
     the number of i with ⌊i·r⌋ < frames (torch: ceil(frames / r)). Exact for frames < 2^19.
     """
-    # r >= 1/2, so i < 2·frames + 2
-    candidates = op.Range(op.Constant(value_int=0), frames * 2 + 2, op.Constant(value_int=1))
+    # the count from a float32 estimate of frames / r (off by far less than 1 for frames < 2^19),
+    # settled exactly among the candidates around it
+    r = op.ReduceSum(op.Cast(rate_digits, to=FLOAT.dtype) * op.Constant(value_floats=_RATE_DIGIT_SCALES), keepdims=0)
+    estimate = op.Cast(op.Floor(op.Cast(frames, to=FLOAT.dtype) / r), to=INT64.dtype)
+    low = op.Max(estimate - 4, op.Constant(value_int=0))
+    candidates = op.Range(low, estimate + 5, op.Constant(value_int=1))
     whole = whole_part(normalise_digits(rate_multiples(candidates, rate_digits)))
-    count = op.ReduceSum(op.Cast(whole < frames, to=INT64.dtype), keepdims=0)
+    count = low + op.ReduceSum(op.Cast(whole < frames, to=INT64.dtype), keepdims=0)
     i = op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1))
     lanes = op.Constant(value_int=ARANGE_LANES)
     vectorised = count / (lanes * 2) * (lanes * 2)
-    first = op.Where(i < vectorised, i / lanes * lanes, i)
-    base = round_digits(rate_multiples(first, rate_digits))
+    # each chunk's base once: chunk u < vectorised / lanes starts at u·lanes, then one per tail index
+    chunks = vectorised / lanes
+    u = op.Range(op.Constant(value_int=0), chunks + count - vectorised, op.Constant(value_int=1))
+    base = round_digits(rate_multiples(op.Where(u < chunks, u * lanes, u - chunks + vectorised), rate_digits))
+    vector = i < vectorised
+    first = op.Where(vector, i / lanes * lanes, i)
+    base = op.Gather(base, op.Where(vector, i / lanes, i - vectorised + chunks))
     return round_digits(float_digits(base) + rate_multiples(i - first, rate_digits))
 
 
 @onnxscript.script(vampnet, default_opset=op)
 def angle(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "T", "K"]:
     """atan2(im, re) in (−π, π] from Atan on [0, 1]; angle(0) = 0. (im = −0 gives +π where torch
-    gives −π: the same angle modulo 2π, which is all the vocoder uses.)"""
+    gives −π: the same angle modulo 2π, which is all the vocoder uses.)
+
+    The quadrant is fixed with arithmetic rather than Where (several times slower in onnxruntime):
+    with a flag s in {0, 1}, |s·c − a| is c − a or a, bit for bit, for 0 <= a <= c."""
     ax = op.Abs(re)
     ay = op.Abs(im)
     small = op.Min(ax, ay)
     large = op.Max(ax, ay)
-    zero = op.CastLike(0.0, re)
-    a = op.Atan(small / op.Where(large > zero, large, op.CastLike(1.0, re)))
-    a = op.Where(ay > ax, op.CastLike(HALF_PI, re) - a, a)
-    a = op.Where(re < zero, op.CastLike(PI, re) - a, a)
-    return op.Where(im < zero, op.Neg(a), a)
+    a = op.Atan(small / (large + op.Cast(large == op.CastLike(0.0, re), to=FLOAT.dtype)))  # 0/1 for 0/0
+    a = op.Abs(op.Cast(ay > ax, to=FLOAT.dtype) * op.CastLike(HALF_PI, re) - a)  # π/2 − a above the diagonal
+    a = op.Abs(op.Cast(re < op.CastLike(0.0, re), to=FLOAT.dtype) * op.CastLike(PI, re) - a)  # π − a on the left
+    return a - op.Cast(im < op.CastLike(0.0, re), to=FLOAT.dtype) * (a + a)  # −a below the axis
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def phase_limbs(x: FLOAT["B", "T", "K"]) -> (INT64["B", "T", "K"], INT64["B", "T", "K"], INT64["B", "T", "K"]):
+def phase_limbs(x: FLOAT["B", "T", "K"]) -> (FLOAT["B", "T", "K"], FLOAT["B", "T", "K"], FLOAT["B", "T", "K"]):
     """u = round(x·2^24) (|x| < 128, so |u| < 2^31) as u = top·2^22 + mid·2^11 + low, with
-    0 <= mid, low < 2^11; every float32 step is exact (powers of two, Floor, and subtractions whose
-    result has at most 23 significant bits)."""
+    0 <= mid, low < 2^11, integers held in float32; every step is exact (powers of two, Floor,
+    and subtractions whose result has at most 23 significant bits)."""
     u = op.Round(x * op.Constant(value_float=2.0**24))
     top = op.Floor(u * op.Constant(value_float=2.0**-22))
     rest = u - top * op.Constant(value_float=2.0**22)
     mid = op.Floor(rest * op.Constant(value_float=2.0**-11))
-    low = rest - mid * op.Constant(value_float=2.0**11)
-    return op.Cast(top, to=INT64.dtype), op.Cast(mid, to=INT64.dtype), op.Cast(low, to=INT64.dtype)
+    return top, mid, rest - mid * op.Constant(value_float=2.0**11)
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -328,7 +345,14 @@ def carry_limbs(
 def phase_state(phase: FLOAT["B", 1, "K"]) -> INT64["B", 3, "K"]:
     """A phase as the limbs (top, mid, low) that `accumulate_phase` starts from."""
     top, mid, low = phase_limbs(phase)
-    return op.Concat(top, mid, low, axis=1)
+    return op.Cast(op.Concat(top, mid, low, axis=1), to=INT64.dtype)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def split_carry(x: FLOAT["B", "T", "K"]) -> (FLOAT["B", "T", "K"], FLOAT["B", "T", "K"]):
+    """(⌊x / 2^11⌋, x mod 2^11) of a non-negative integer x < 2^24 held in float32, exactly."""
+    carry = op.Floor(x * op.Constant(value_float=2.0**-11))
+    return carry, x - carry * op.Constant(value_float=2.0**11)
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -338,31 +362,34 @@ def accumulate_phase(
     """phase[t] = start + Σ_{u<t} increments[u], as torch's CPU cumsum (float32 summed in double,
     each output rounded once to float32), from increments quantised to 2^-24 rad; the start is
     given as limbs (`phase_state`), and the limbs of start + Σ increments come back, so a long
-    sum can be taken in pieces.
+    sum is taken in pieces of at most 2^11 steps.
 
-    The quantised values are summed exactly in three integer limbs (each partial sum below 2^31
-    for fewer than 2^19 steps), carried, and rounded once: top·2^-2 is exact while the phase is
-    below 2^22 rad and mid·2^-13 + low·2^-24 has 22 bits, so the float32 sum of the two rounds
-    the exact total (beyond 2^22 rad, within one ulp). A float32 CumSum instead drifts by many
-    ulps over thousands of frames.
+    The quantised values are summed exactly as integer limbs held in float32 (a piece's partial
+    sums stay below 2^23, so any summation order is exact), carried, and rounded once:
+    top·2^-2 is exact while the phase is below 2^22 rad, and mid·2^-13 + low·2^-24 has 22
+    bits, so the float32 sum of the two rounds the exact total (beyond 2^22 rad, within an ulp or
+    two). The limbs carried from piece to piece are int64. A float32 CumSum of the increments
+    themselves drifts by many ulps over thousands of frames.
     """
     top, mid, low = phase_limbs(increments)
-    start_top = op.Slice(state, [0], [1], [1])
-    start_mid = op.Slice(state, [1], [2], [1])
-    start_low = op.Slice(state, [2], [3], [1])
     axis = op.Constant(value_int=1)
-    sum_top, sum_mid, sum_low = carry_limbs(
-        op.CumSum(top, axis, exclusive=1) + start_top,
-        op.CumSum(mid, axis, exclusive=1) + start_mid,
-        op.CumSum(low, axis, exclusive=1) + start_low,
-    )
-    fraction = op.Cast(sum_mid, to=FLOAT.dtype) * op.Constant(value_float=2.0**-13)
-    fraction = fraction + op.Cast(sum_low, to=FLOAT.dtype) * op.Constant(value_float=2.0**-24)
-    phase = op.Cast(sum_top, to=FLOAT.dtype) * op.Constant(value_float=0.25) + fraction
+    top_sums = op.CumSum(top, axis, exclusive=1)
+    mid_sums = op.CumSum(mid, axis, exclusive=1)
+    low_sums = op.CumSum(low, axis, exclusive=1)
+    start = op.Cast(state, to=FLOAT.dtype)  # mid, low < 2^11; top exact below 2^24
+    low_carry, low_bits = split_carry(low_sums + op.Slice(start, [2], [3], [1]))
+    mid_carry, mid_bits = split_carry(mid_sums + op.Slice(start, [1], [2], [1]) + low_carry)
+    fraction = mid_bits * op.Constant(value_float=2.0**-13) + low_bits * op.Constant(value_float=2.0**-24)
+    whole = op.Slice(start, [0], [1], [1]) + (top_sums + mid_carry)
+    phase = whole * op.Constant(value_float=0.25) + fraction
+    # the piece's totals: the last exclusive sums plus the last limbs (integers, exact), in int64
+    last = op.Constant(value_ints=[-1])
+    end = op.Constant(value_ints=[2147483647])
+    sums = op.Concat(op.Slice(top_sums, last, end, [1]), op.Slice(mid_sums, last, end, [1]), op.Slice(low_sums, last, end, [1]), axis=1)
+    limbs = op.Concat(op.Slice(top, last, end, [1]), op.Slice(mid, last, end, [1]), op.Slice(low, last, end, [1]), axis=1)
+    total = state + op.Cast(sums + limbs, to=INT64.dtype)
     end_top, end_mid, end_low = carry_limbs(
-        op.ReduceSum(top, [1], keepdims=1) + start_top,
-        op.ReduceSum(mid, [1], keepdims=1) + start_mid,
-        op.ReduceSum(low, [1], keepdims=1) + start_low,
+        op.Slice(total, [0], [1], [1]), op.Slice(total, [1], [2], [1]), op.Slice(total, [2], [3], [1])
     )
     return phase, op.Concat(end_top, end_mid, end_low, axis=1)
 
@@ -400,6 +427,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
     table = ShiftTable.for_rate(sample_rate)
     window_rate = math.pi / (2 * LOWPASS_WIDTH)  # Hann window of the sinc: cos²(π·t / 12)
     first_tap, last_tap = table.taps
+    taps = last_tap - first_tap + 1
     m = np.arange(n_fft)
     cos_table = _tensor("pitch_cos_table", np.cos(2 * np.pi * m / n_fft).astype(np.float32))
     neg_sin_table = _tensor("pitch_neg_sin_table", (-np.sin(2 * np.pi * m / n_fft)).astype(np.float32))
@@ -544,9 +572,10 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
             first = op.Gather(index, 0)  # the steps grow: frames first .. index[C − 1] + 1 are read
             count = op.Gather(index, chunk_last) - first + 2
             re, im = stft_frames(source, first, count)
-            real = op.Unsqueeze(op.Range(first, first + count, 1) < F, [0, 2])  # frame F: zeros, as torch pads
-            re = op.Where(real, re, zero)
-            im = op.Where(real, im, zero)
+            # frame F: zeros, as torch pads (a product with 0/1 rather than a slower Where)
+            real = op.Cast(op.Unsqueeze(op.Range(first, first + count, 1) < F, [0, 2]), to=FLOAT.dtype)
+            re = re * real
+            im = im * real
             phases = angle(re, im)
             norms = op.Sqrt(re * re + im * im)
             local = index - first
@@ -554,7 +583,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
             phase = phase - two_pi * op.Round(phase / two_pi)
             phase, next_state = accumulate_phase(state, phase + advance_k)
             mag = alpha * op.Gather(norms, local + 1, axis=1) + (one - alpha) * op.Gather(norms, local, axis=1)
-            mag = op.Where(op.Unsqueeze(i <= last_step, [1]), mag, zero)
+            mag = mag * op.Cast(op.Unsqueeze(i <= last_step, [1]), to=FLOAT.dtype)
             # this chunk's frames start at hop·c·C, `overlap` samples before the signal so far ends
             out = overlapped_frames(mag * op.Cos(phase), mag * op.Sin(phase))  # (B, hop·(C + blocks − 1))
             start = op.Shape(signal, start=1, end=2) - overlap
@@ -568,28 +597,25 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         return centred_istft(signal, T)
 
     @onnxscript.script(vampnet, default_opset=op)
-    def resample_at(audio: FLOAT["B", "L"], row: INT64, m: INT64["M"], produced: INT64) -> FLOAT["B", "M"]:
-        """Output samples m of torchaudio Resample(orig, new) for table row `row` (0 from
-        `produced` on): out[m] = Σ_j audio[j]·w((j·new − m·orig)·base / (orig·new)),
-        w(t) = sinc(t)·cos²(πt/12)·base/orig for |t| < 6 (torchaudio's kernel at the same times;
-        0 beyond, where its float32 value is 0), audio zero outside [0, L)."""
+    def resample_phases(row: INT64, phases: INT64) -> (FLOAT["P", "D"], INT64["P"]):
+        """torchaudio Resample(orig, new)'s weights for output phases p < `phases` of table row
+        `row`, and c_p = ⌊p·orig/new⌋. Output m = a·new + p sits at input position
+        a·orig + p·orig/new, so its weights depend on p only: w_p[d] = w((d·new − r_p)·base /
+        (orig·new)) for input sample a·orig + c_p + d, d in [first_tap, last_tap], r_p = p·orig −
+        c_p·new, w(t) = sinc(t)·cos²(πt/12)·base/orig for |t| < 6 (torchaudio's kernel at the same
+        times; 0 beyond, where its float32 value is 0)."""
         orig = op.Gather(op.Constant(value=orig_rate), row)
         new = op.Gather(op.Constant(value=new_rate), row)
-        L = op.Squeeze(op.Shape(audio, start=1, end=2))
-        # output m = a·new + p (p < new) sits at input position m·orig/new = a·orig + (p·orig)/new;
+        p = op.Range(op.Constant(value_int=0), phases, op.Constant(value_int=1))
         # p·orig can pass 2^31 (OpenVINO holds int64 as int32), so it is split at 256:
         # 256·orig = c·new + r from the table
-        a = m / new
-        p = m - a * new
         o_quot = op.Gather(op.Gather(op.Constant(value=orig_256), row, axis=0), 0)
         o_rem = op.Gather(op.Gather(op.Constant(value=orig_256), row, axis=0), 1)
         p_high = p / 256
         partial_p = p_high * o_rem + (p - p_high * 256) * orig  # < 2^27
         k = floor_div(partial_p, new)
-        c = p_high * o_quot + k  # ⌊p·orig / new⌋
-        residual = partial_p - k * new  # p·orig − c·new, in [0, new)
+        residual = partial_p - k * new  # p·orig − c_p·new, in [0, new)
         d = op.Unsqueeze(op.Range(first_tap, last_tap + 1, 1), [0])  # (1, taps)
-        j = op.Unsqueeze(a * orig + c, [1]) + d  # (M, taps): input samples around m·orig/new
         offset = d * new - op.Unsqueeze(residual, [1])  # = j·new − m·orig, exact
         t = op.Cast(offset, to=FLOAT.dtype) * op.Gather(op.Constant(value=time_scale), row)
         zero = op.Constant(value_float=0.0)
@@ -598,17 +624,49 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         sinc = op.Where(t == zero, one, op.Sin(pi_t) / op.Where(t == zero, one, pi_t))
         window = op.Cos(t * op.Constant(value_float=window_rate))
         weight = sinc * window * window * op.Gather(op.Constant(value=weight_scale), row)
-        inside = op.And(op.And(op.Abs(t) < op.Constant(value_float=float(LOWPASS_WIDTH)), j >= 0), j < L)
-        inside = op.And(inside, op.Unsqueeze(m < produced, [1]))
-        weight = op.Where(inside, weight, zero)
-        samples = op.Gather(audio, op.Min(op.Max(j, 0), L - 1), axis=1)  # (B, M, taps)
-        return op.ReduceSum(samples * weight, [2], keepdims=0)
+        weight = op.Where(op.Abs(t) < op.Constant(value_float=float(LOWPASS_WIDTH)), weight, zero)
+        return weight, p_high * o_quot + k
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def sliding_windows(x: FLOAT["B", "N"]) -> FLOAT["B", "R", "D"]:
+        """Every run of `taps` consecutive samples: windows[:, r, k] = x[:, r + k] for
+        r <= N − taps. taps copies of x read back as rows one sample longer put x[r + k] at
+        row k, column r; a transpose makes the runs rows, which a Gather copies whole."""
+        B = op.Shape(x, start=0, end=1)
+        N = op.Shape(x, start=1, end=2)
+        copies = op.Expand(op.Unsqueeze(x, [1]), op.Concat(B, op.Constant(value_ints=[taps]), N, axis=0))
+        flat = op.Pad(op.Reshape(copies, op.Concat(B, op.Constant(value_ints=[-1]), axis=0)),
+                      op.Constant(value_ints=[0, 0, 0, taps]))
+        skewed = op.Reshape(flat, op.Concat(B, op.Constant(value_ints=[taps]), N + 1, axis=0))
+        runs = op.Slice(skewed, op.Constant(value_ints=[0]), N - (taps - 1), op.Constant(value_ints=[2]))
+        return op.Transpose(runs, perm=[0, 2, 1])
+
+    @onnxscript.script(vampnet, default_opset=op)
+    def resample_at(
+        padded: FLOAT["B", "N"], weights: FLOAT["P", "D"], starts: INT64["P"], row: INT64, m: INT64["M"], produced: INT64
+    ) -> FLOAT["B", "M"]:
+        """Output samples m of torchaudio Resample(orig, new) for table row `row` (0 from
+        `produced` on), from the audio zero-padded by -first_tap samples in front and at least
+        last_tap behind, and the phases' weights and c_p (`resample_phases`): out[m] = Σ_d
+        audio[a·orig + c_p + d]·w_p[d] for m = a·new + p."""
+        orig = op.Gather(op.Constant(value=orig_rate), row)
+        new = op.Gather(op.Constant(value=new_rate), row)
+        read = op.Min(m, produced - 1)  # samples past `produced` read the last one's taps, then become 0
+        a = floor_div(read, new)
+        p = read - a * new
+        first = a * orig + op.Gather(starts, p)  # its window's first sample in `padded`
+        low = op.Gather(first, 0)  # `first` grows with m
+        high = op.Gather(first, op.Shape(first) - 1)
+        segment = op.Slice(padded, op.Reshape(low, [1]), high + taps, op.Constant(value_ints=[1]))
+        samples = op.Gather(sliding_windows(segment), first - low, axis=1)  # (B, M, taps)
+        out = op.ReduceSum(samples * op.Gather(weights, p, axis=0), [2], keepdims=0)
+        return op.Where(m < produced, out, op.Constant(value_float=0.0))
 
     @onnxscript.script(vampnet, default_opset=op)
     def pitch_resample(audio: FLOAT["B", "L"], row: INT64, out_length: INT64) -> FLOAT["B", "S"]:
         """torchaudio Resample(orig, new) of `audio` for table row `row`, cropped or zero-padded to
         out_length samples (out[m] = 0 past ceil(new·L / orig)), RESAMPLE_SAMPLES outputs per
-        Loop iteration."""
+        Loop iteration; the weights of each output phase are computed once."""
         orig = op.Gather(op.Constant(value=orig_rate), row)
         new = op.Gather(op.Constant(value=new_rate), row)
         L = op.Squeeze(op.Shape(audio, start=1, end=2))
@@ -621,13 +679,15 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         rest_high = rest / 256
         partial = rest_high * n_rem + (rest - rest_high * 256) * new  # < 2^26
         produced = op.Squeeze(whole * new + rest_high * n_quot + floor_div(partial + orig - 1, orig))
+        weights, starts = resample_phases(row, op.Min(new, produced))
+        padded = op.Pad(audio, op.Constant(value_ints=[0, -first_tap, 0, last_tap + 1]))
         chunk = op.Constant(value_int=RESAMPLE_SAMPLES)
-        out_0 = resample_at(audio, row, op.Range(0, chunk, 1), produced)
+        out_0 = resample_at(padded, weights, starts, row, op.Range(0, chunk, 1), produced)
 
         @graph()
         def resample_step(c: INT64, going: BOOL, out: FLOAT["B", "M"]):
             m = op.Range(c * chunk + chunk, c * chunk + 2 * chunk, 1)  # chunk 0 is out_0
-            return op.Identity(going), op.Concat(out, resample_at(audio, row, m, produced), axis=1)
+            return op.Identity(going), op.Concat(out, resample_at(padded, weights, starts, row, m, produced), axis=1)
 
         chunks = (out_length + chunk - 1) / chunk
         out = op.Loop(chunks - 1, None, out_0, body=resample_step)
