@@ -61,6 +61,7 @@ from onnx import numpy_helper
 from onnxscript import BOOL, FLOAT, INT64, graph
 
 from vampnet_onnx.graphs.opsets import op, vampnet
+from vampnet_onnx.graphs.preprocess import sliding_windows
 
 SAMPLE_RATE = 44100  # VampNet's codec rate
 MAX_SEMITONES = 12  # upstream's UI range, −12 … +12
@@ -628,20 +629,6 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         return weight, p_high * o_quot + k
 
     @onnxscript.script(vampnet, default_opset=op)
-    def sliding_windows(x: FLOAT["B", "N"]) -> FLOAT["B", "R", "D"]:
-        """Every run of `taps` consecutive samples: windows[:, r, k] = x[:, r + k] for
-        r <= N − taps. taps copies of x read back as rows one sample longer put x[r + k] at
-        row k, column r; a transpose makes the runs rows, which a Gather copies whole."""
-        B = op.Shape(x, start=0, end=1)
-        N = op.Shape(x, start=1, end=2)
-        copies = op.Expand(op.Unsqueeze(x, [1]), op.Concat(B, op.Constant(value_ints=[taps]), N, axis=0))
-        flat = op.Pad(op.Reshape(copies, op.Concat(B, op.Constant(value_ints=[-1]), axis=0)),
-                      op.Constant(value_ints=[0, 0, 0, taps]))
-        skewed = op.Reshape(flat, op.Concat(B, op.Constant(value_ints=[taps]), N + 1, axis=0))
-        runs = op.Slice(skewed, op.Constant(value_ints=[0]), N - (taps - 1), op.Constant(value_ints=[2]))
-        return op.Transpose(runs, perm=[0, 2, 1])
-
-    @onnxscript.script(vampnet, default_opset=op)
     def resample_at(
         padded: FLOAT["B", "N"], weights: FLOAT["P", "D"], starts: INT64["P"], row: INT64, m: INT64["M"], produced: INT64
     ) -> FLOAT["B", "M"]:
@@ -658,7 +645,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         low = op.Gather(first, 0)  # `first` grows with m
         high = op.Gather(first, op.Shape(first) - 1)
         segment = op.Slice(padded, op.Reshape(low, [1]), high + taps, op.Constant(value_ints=[1]))
-        samples = op.Gather(sliding_windows(segment), first - low, axis=1)  # (B, M, taps)
+        samples = op.Gather(sliding_windows(segment, op.Constant(value_int=taps)), first - low, axis=1)  # (B, M, taps)
         out = op.ReduceSum(samples * op.Gather(weights, p, axis=0), [2], keepdims=0)
         return op.Where(m < produced, out, op.Constant(value_float=0.0))
 

@@ -118,22 +118,42 @@ def resample_kernel(old: INT64, new: INT64) -> FLOAT["N", "W"]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
+def sliding_windows(x: FLOAT["B", "N"], width: INT64) -> FLOAT["B", "R", "W"]:
+    """Every run of `width` consecutive samples as a row: windows[:, r, k] = x[:, r + k] for
+    r <= N − width, so that a Gather of rows copies whole runs (an element-wise Gather of the
+    same samples is several times slower). `width` copies of x read back as rows one sample
+    longer put x[r + k] at row k, column r; a transpose makes the runs rows."""
+    B = op.Shape(x, start=0, end=1)
+    N = op.Shape(x, start=1, end=2)
+    w = op.Reshape(width, op.Constant(value_ints=[1]))
+    copies = op.Expand(op.Unsqueeze(x, [1]), op.Concat(B, w, N, axis=0))  # (B, width, N)
+    flat = op.Reshape(copies, op.Concat(B, op.Constant(value_ints=[-1]), axis=0))
+    flat = op.Pad(flat, op.Concat(op.Constant(value_ints=[0, 0, 0]), w, axis=0))
+    skewed = op.Reshape(flat, op.Concat(B, w, N + 1, axis=0))  # row k starts k samples later
+    runs = op.Slice(skewed, op.Constant(value_ints=[0]), N - w + 1, op.Constant(value_ints=[2]))
+    return op.Transpose(runs, perm=[0, 2, 1])
+
+
+@onnxscript.script(vampnet, default_opset=op)
 def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]:
     """x resampled from rate `old` to `new` (reduced by their gcd, old != new), as julius:
     M = floor(new·L/old) samples (at least one), sample j = new·k + i read around input k·old + i·old/new."""
     kernel = resample_kernel(old, new)
     w = half_width(old, new)
-    taps = op.Range(-w, w + 1, 1)
     L = op.Squeeze(op.Shape(x, start=1, end=2))
     total = op.Max(new * L / old, 1)
     step = op.Max(TAPS_PER_STEP / (2 * w + 1), 1)
+    padded = op.Pad(x, op.Concat(op.Constant(value_ints=[0]), op.Reshape(w, [1]), op.Constant(value_ints=[0]), op.Reshape(w, [1]), axis=0), mode="edge")  # replicate padding
     y = op.Expand(op.CastLike(0.0, x), op.Concat(op.Shape(x, start=0, end=1), [0], axis=0))
     for c in range(op.Div(total + step - 1, step)):
         j = op.Range(c * step, op.Min(c * step + step, total), 1)
         phase = op.Mod(j, new)
-        centre = j / new * old + phase * old / new  # k·old + floor(i·old/new)
-        source = op.Clip(op.Unsqueeze(centre, [1]) + op.Unsqueeze(taps, [0]), 0, L - 1)  # replicate padding
-        piece = op.ReduceSum(op.Gather(x, source, axis=1) * op.Gather(kernel, phase, axis=0), [2], keepdims=0)
+        centre = j / new * old + phase * old / new  # k·old + floor(i·old/new) <= L − 1: its taps start there in `padded`
+        low = op.Gather(centre, 0)  # `centre` grows with j
+        high = op.Gather(centre, op.Shape(centre) - 1)
+        segment = op.Slice(padded, op.Reshape(low, [1]), high + 2 * w + 1, op.Constant(value_ints=[1]))
+        samples = op.Gather(sliding_windows(segment, 2 * w + 1), centre - low, axis=1)  # (B, J, 2W + 1)
+        piece = op.ReduceSum(samples * op.Gather(kernel, phase, axis=0), [2], keepdims=0)
         y = op.Concat(y, piece, axis=1)
     return y
 
