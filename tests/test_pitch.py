@@ -83,6 +83,52 @@ def test_pitch_down5_matches_upstream_to_its_own_conditioning():
     assert err.max() <= 5e-3
 
 
+def torch_pitch_shift(audio: np.ndarray, semitones: int, stft_dtype=torch.float32) -> np.ndarray:
+    """torch-pitch-shift's computation in torch itself: torch.stft (optionally in float64, rounded
+    to complex64), torchaudio's phase_vocoder written out in torch ops, torch.istft, then the
+    numpy reference's resampler (well-conditioned: it moves its output by about what its input moves)."""
+    x = torch.from_numpy(audio).to(stft_dtype)
+    spec = torch.stft(x, N_FFT, HOP, window=torch.ones(N_FFT, dtype=stft_dtype), return_complex=True).to(torch.complex64)
+    advance = torch.linspace(0, math.pi * HOP, N_FFT // 2 + 1)[..., None]
+    steps = torch.arange(0, spec.size(-1), P.stretch_rate(semitones), dtype=torch.float32)
+    alphas = steps % 1.0
+    phase_0 = spec[..., :1].angle()
+    spec = torch.nn.functional.pad(spec, [0, 2])
+    s0, s1 = spec.index_select(-1, steps.long()), spec.index_select(-1, (steps + 1).long())
+    phase = s1.angle() - s0.angle() - advance
+    phase = phase - 2 * math.pi * torch.round(phase / (2 * math.pi)) + advance
+    phase = torch.cumsum(torch.cat([phase_0, phase[..., :-1]], dim=-1), -1)
+    stretched = torch.polar(alphas * s1.abs() + (1 - alphas) * s0.abs(), phase)
+    y = torch.istft(stretched, N_FFT, HOP, window=torch.ones(N_FFT)).numpy()
+    y = ref.torchaudio_resample(y, P.SAMPLE_RATE, int(P.SAMPLE_RATE / 2.0 ** (semitones / 12)))
+    S = audio.shape[-1]
+    return y[:, :S] if y.shape[1] >= S else np.pad(y, ((0, 0), (0, S - y.shape[1])))
+
+
+def test_down5_is_ill_conditioned_in_torch_itself():
+    """Why tiny_pitch_down5 cannot be matched to 1e-4: torch's own result moves by ~2.5e-3 when
+    each input sample moves by one float32 ulp, and an exact (float64) STFT rounded to complex64
+    lands as far from torch's float32 FFT as the graph does from the fixture (docs/pitch-shift.md
+    has the numbers). The same perturbation moves tiny_pitch_up3 by ~3e-5."""
+    rng = np.random.default_rng(0)
+
+    def moved_by_an_ulp(x: np.ndarray) -> np.ndarray:
+        return np.nextafter(x, np.where(rng.random(x.shape) < 0.5, -np.inf, np.inf).astype(np.float32))
+
+    def max_error(a, b):
+        return np.abs(a.astype(np.float64) - b).max()
+
+    audio, want = load_case("tiny_pitch_down5")
+    torch_32 = torch_pitch_shift(audio, -5)
+    assert max_error(torch_32, want) <= ATOL  # the computation is upstream's (on this CPU)
+    assert max_error(torch_pitch_shift(moved_by_an_ulp(audio), -5), torch_32) > 1e-3
+    exact_stft = torch_pitch_shift(audio, -5, stft_dtype=torch.float64)
+    assert max_error(exact_stft, torch_32) > 1e-3
+    assert max_error(shift(audio, -5), want) <= 1.5 * max_error(exact_stft, want)
+    up, up_want = load_case("tiny_pitch_up3")
+    assert max_error(torch_pitch_shift(moved_by_an_ulp(up), 3), torch_pitch_shift(up, 3)) <= ATOL
+
+
 def test_numpy_reference_matches_upstream():
     audio, want = load_case("tiny_pitch_up3")
     assert np.abs(ref.pitch_shift(audio, 3) - want).max() <= ATOL
