@@ -28,11 +28,12 @@ How each step is written, and why:
 - Frames are gathered as whole blocks of `hop` samples; the overlap-add is a sum of the frames'
   blocks shifted by their offsets, done by one reshaping trick (see `pitch_overlap_add`).
 - Memory: the stretch (STFT, vocoder, ISTFT) runs in a Loop over STRETCH_FRAMES stretched frames
-  at a time, each iteration computing only the input frames its steps read and carrying the phase
-  sum (as limbs) and the signal so far; the resampler runs in a Loop over RESAMPLE_SAMPLES output
-  samples. Whole-clip tensors are then only a few copies of the audio, not (frames × 345 bins)
-  spectra or (samples × 26 taps) index grids. The signal is carried and grown, not emitted as Loop
-  scan outputs, which the ONNX reference evaluator concatenates instead of stacking.
+  at a time, each iteration computing its time steps and only the input frames they read,
+  carrying the phase sum (as limbs) and the overlap with the next iteration, and emitting the
+  samples it has finished as a scan output; the resampler runs in a Loop over RESAMPLE_SAMPLES
+  output samples the same way (`joined` puts the pieces together in every runtime). Whole-clip
+  tensors are then only a few copies of the audio, not (frames × 345 bins) spectra, (samples ×
+  26 taps) grids or int64 sample indices, and each sample is copied once, not once per iteration.
 - The time steps reproduce torch's float32 arange bit for bit (see `time_steps`): an ulp of t_i
   moves α by up to 2^-10 at t ≈ 5000.
 - angle() is atan2 built from Atan (ONNX has none), with the quadrant fixed by the signs, in
