@@ -582,8 +582,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         re_0, im_0 = stft_frames(source, op.Constant(value_int=0), op.Constant(value_int=1))
         state_0 = phase_state(angle(re_0, im_0))  # the phase starts at frame 0's angle
         overlap = op.Constant(value_ints=[hop * (blocks - 1)])
-        B = op.Shape(audio, start=0, end=1)
-        tail_0 = op.Expand(op.Constant(value_float=0.0), op.Concat(B, overlap, axis=0))
+        signal_0 = op.Expand(op.Constant(value_float=0.0), op.Concat(op.Shape(audio, start=0, end=1), overlap, axis=0))
         advance_k = op.Constant(value=advance)
         two_pi = op.Constant(value_float=TWO_PI)
         one = op.Constant(value_float=1.0)
@@ -591,11 +590,10 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         # the body sees tensors only (onnxscript compares the outer values a body reads by `.value`)
         chunk = op.Constant(value_int=STRETCH_FRAMES)
         chunk_last = op.Constant(value_int=STRETCH_FRAMES - 1)
-        tail_padding = op.Constant(value_ints=[0, 0, 0, hop * STRETCH_FRAMES])
-        piece = op.Constant(value_ints=[hop * STRETCH_FRAMES])
+        signal_padding = op.Constant(value_ints=[0, 0, 0, hop * STRETCH_FRAMES])
 
         @graph()
-        def stretch_step(c: INT64, going: BOOL, state: INT64["B", 3, "K"], tail: FLOAT["B", "V"]):
+        def stretch_step(c: INT64, going: BOOL, state: INT64["B", 3, "K"], signal: FLOAT["B", "V"]):
             i = op.Range(c * chunk, c * chunk + chunk, 1)
             t = arange_at(op.Min(i, last_step), count, digits)  # past the last step: silent frames below
             whole = op.Floor(t)
@@ -616,16 +614,19 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
             phase, next_state = accumulate_phase(state, phase + advance_k)
             mag = alpha * op.Gather(norms, local + 1, axis=1) + (one - alpha) * op.Gather(norms, local, axis=1)
             mag = mag * op.Cast(op.Unsqueeze(i <= last_step, [1]), to=FLOAT.dtype)
-            # this chunk's frames start at hop·c·C, where the previous chunk's `overlap` last
-            # samples (its tail) still lack this chunk's frames; the first hop·C samples are final
+            # this chunk's frames start at hop·c·C, `overlap` samples before the signal so far ends
             out = overlapped_frames(mag * op.Cos(phase), mag * op.Sin(phase))  # (B, hop·(C + blocks − 1))
-            out = out + op.Pad(tail, tail_padding)
-            done = op.Unsqueeze(op.Slice(out, op.Constant(value_ints=[0]), piece, op.Constant(value_ints=[1])), [0])
-            return op.Identity(going), next_state, op.Slice(out, piece, op.Constant(value_ints=[2147483647]), op.Constant(value_ints=[1])), done
+            start = op.Shape(signal, start=1, end=2) - overlap
+            placed = op.Pad(out, op.Concat(op.Constant(value_ints=[0]), start, op.Constant(value_ints=[0, 0]), axis=0))
+            return op.Identity(going), next_state, op.Pad(signal, signal_padding) + placed
 
         chunks = (op.Squeeze(T) + chunk - 1) / chunk
-        state, tail, pieces = op.Loop(chunks, None, state_0, tail_0, body=stretch_step)
-        return centred_istft(op.Concat(joined(pieces, B, piece), tail, axis=1), T)
+        # The signal is carried and grown (copied whole in every iteration). Emitting each
+        # iteration's finished samples as a scan output and carrying only the overlap gave
+        # other samples at the iterations' seams in onnxruntime 1.17.3, in the whole model
+        # only (not in this function on its own); the resampler's scan outputs are fine there.
+        state, signal = op.Loop(chunks, None, state_0, signal_0, body=stretch_step)
+        return centred_istft(signal, T)
 
     @onnxscript.script(vampnet, default_opset=op)
     def resample_phases(row: INT64, phases: INT64) -> (FLOAT["P", "D"], INT64["P"]):
