@@ -29,11 +29,10 @@ How each step is written, and why:
   blocks shifted by their offsets, done by one reshaping trick (see `pitch_overlap_add`).
 - Memory: the stretch (STFT, vocoder, ISTFT) runs in a Loop over STRETCH_FRAMES stretched frames
   at a time, each iteration computing its time steps and only the input frames they read,
-  carrying the phase sum (as limbs) and the overlap with the next iteration, and emitting the
-  samples it has finished as a scan output; the resampler runs in a Loop over RESAMPLE_SAMPLES
-  output samples the same way (`joined` puts the pieces together in every runtime). Whole-clip
-  tensors are then only a few copies of the audio, not (frames × 345 bins) spectra, (samples ×
-  26 taps) grids or int64 sample indices, and each sample is copied once, not once per iteration.
+  carrying the phase sum (as limbs) and the signal so far; the resampler runs in a Loop over
+  RESAMPLE_SAMPLES output samples, each iteration's samples a scan output (`joined` puts them
+  together in every runtime). Whole-clip tensors are then only a few copies of the audio, not
+  (frames × 345 bins) spectra, (samples × 26 taps) grids or int64 sample indices.
 - The time steps reproduce torch's float32 arange bit for bit (see `time_steps`): an ulp of t_i
   moves α by up to 2^-10 at t ≈ 5000.
 - angle() is atan2 built from Atan (ONNX has none), with the quadrant fixed by the signs, in
