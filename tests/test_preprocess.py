@@ -52,6 +52,19 @@ def test_resampler_reference_evaluator():
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-6 * np.abs(x).max())
 
 
+def test_resampler_in_pieces_in_both_runtimes():
+    """Long input: the output is made of several Loop iterations' pieces (scan outputs), which the
+    reference evaluator concatenates and onnxruntime stacks (`joined` takes either); both give the
+    single-piece computation, julius's, in order."""
+    x = noise(2, 16000)  # 8 kHz -> 44.1 kHz: 88200 outputs, three pieces of 39568
+    ours = run_function(P.resample, x, np.int64(8000), np.int64(44100))
+    theirs = run_function(P.resample, x, np.int64(8000), np.int64(44100), runtime="ref")
+    want = ref.julius_resample(x, 8000, 44100)
+    assert ours.shape == theirs.shape == want.shape
+    np.testing.assert_allclose(ours, want, rtol=0, atol=1e-6 * np.abs(x).max())
+    np.testing.assert_allclose(theirs, want, rtol=0, atol=1e-6 * np.abs(x).max())
+
+
 def test_equal_rates_are_the_identity_and_tiny_inputs_give_a_sample():
     x = noise(2, 5)
     np.testing.assert_array_equal(run_function(P.resample, x, np.int64(SR), np.int64(SR)), x)
