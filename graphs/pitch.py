@@ -28,11 +28,11 @@ How each step is written, and why:
 - Frames are gathered as whole blocks of `hop` samples; the overlap-add is a sum of the frames'
   blocks shifted by their offsets, done by one reshaping trick (see `pitch_overlap_add`).
 - Memory: the stretch (STFT, vocoder, ISTFT) runs in a Loop over STRETCH_FRAMES stretched frames
-  at a time, each iteration computing its time steps and only the input frames they read,
-  carrying the phase sum (as limbs) and the signal so far; the resampler runs in a Loop over
-  RESAMPLE_SAMPLES output samples, each iteration's samples a scan output (`joined` puts them
-  together in every runtime). Whole-clip tensors are then only a few copies of the audio, not
-  (frames × 345 bins) spectra, (samples × 26 taps) grids or int64 sample indices.
+  at a time, each iteration computing only the input frames its steps read and carrying the phase
+  sum (as limbs) and the signal so far; the resampler runs in a Loop over RESAMPLE_SAMPLES output
+  samples. Whole-clip tensors are then only a few copies of the audio, not (frames × 345 bins)
+  spectra or (samples × 26 taps) index grids. The signal is carried and grown, not emitted as Loop
+  scan outputs, which the ONNX reference evaluator concatenates instead of stacking.
 - The time steps reproduce torch's float32 arange bit for bit (see `time_steps`): an ulp of t_i
   moves α by up to 2^-10 at t ≈ 5000.
 - angle() is atan2 built from Atan (ONNX has none), with the quadrant fixed by the signs, in
@@ -69,7 +69,7 @@ from onnx import numpy_helper
 from onnxscript import BOOL, FLOAT, INT64, graph
 
 from vampnet_onnx.graphs.opsets import op, vampnet
-from vampnet_onnx.graphs.preprocess import joined, sliding_windows
+from vampnet_onnx.graphs.preprocess import sliding_windows
 
 SAMPLE_RATE = 44100  # VampNet's codec rate
 MAX_SEMITONES = 12  # upstream's UI range, −12 … +12
@@ -280,41 +280,33 @@ def round_digits(c: INT64["N", "D"]) -> FLOAT["N"]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def arange_count(frames: INT64, rate_digits: INT64["D"]) -> INT64:
-    """len(torch.arange(0, frames, r)) for r = Σ digit_d·2^(10d − 53): the number of i with
-    ⌊i·r⌋ < frames (torch: ceil(frames / r)), from a float32 estimate of frames / r (off by far
-    less than 1 for frames < 2^19) settled exactly among the candidates around it."""
+def time_steps(frames: INT64, rate_digits: INT64["D"]) -> FLOAT["T"]:
+    """torch.arange(0, frames, r, dtype=float32) on CPU, bit for bit, for r = Σ digit_d·2^(10d − 53).
+
+    torch computes chunks of ARANGE_LANES values as float32(base + k·r) from base = float32(i0·r)
+    (i0 the chunk's first index, k < ARANGE_LANES), and the values past the last whole pair of
+    chunks as float32(i·r). Both are exact digit sums rounded once (round_digits); the count is
+    the number of i with ⌊i·r⌋ < frames (torch: ceil(frames / r)). Exact for frames < 2^19.
+    """
+    # the count from a float32 estimate of frames / r (off by far less than 1 for frames < 2^19),
+    # settled exactly among the candidates around it
     r = op.ReduceSum(op.Cast(rate_digits, to=FLOAT.dtype) * op.Constant(value_floats=_RATE_DIGIT_SCALES), keepdims=0)
     estimate = op.Cast(op.Floor(op.Cast(frames, to=FLOAT.dtype) / r), to=INT64.dtype)
     low = op.Max(estimate - 4, op.Constant(value_int=0))
     candidates = op.Range(low, estimate + 5, op.Constant(value_int=1))
     whole = whole_part(normalise_digits(rate_multiples(candidates, rate_digits)))
-    return low + op.ReduceSum(op.Cast(whole < frames, to=INT64.dtype), keepdims=0)
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def arange_at(i: INT64["N"], count: INT64, rate_digits: INT64["D"]) -> FLOAT["N"]:
-    """Values i (< count) of torch.arange(0, frames, r, dtype=float32) on CPU, bit for bit, given
-    its length `count` (`arange_count`).
-
-    torch computes chunks of ARANGE_LANES values as float32(base + k·r) from base = float32(i0·r)
-    (i0 the chunk's first index, k < ARANGE_LANES), and the values past the last whole pair of
-    chunks as float32(i·r). Both are exact digit sums rounded once (round_digits). Exact for
-    frames < 2^19.
-    """
+    count = low + op.ReduceSum(op.Cast(whole < frames, to=INT64.dtype), keepdims=0)
+    i = op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1))
     lanes = op.Constant(value_int=ARANGE_LANES)
     vectorised = count / (lanes * 2) * (lanes * 2)
-    first = op.Where(i < vectorised, i / lanes * lanes, i)
-    base = round_digits(rate_multiples(first, rate_digits))
+    # each chunk's base once: chunk u < vectorised / lanes starts at u·lanes, then one per tail index
+    chunks = vectorised / lanes
+    u = op.Range(op.Constant(value_int=0), chunks + count - vectorised, op.Constant(value_int=1))
+    base = round_digits(rate_multiples(op.Where(u < chunks, u * lanes, u - chunks + vectorised), rate_digits))
+    vector = i < vectorised
+    first = op.Where(vector, i / lanes * lanes, i)
+    base = op.Gather(base, op.Where(vector, i / lanes, i - vectorised + chunks))
     return round_digits(float_digits(base) + rate_multiples(i - first, rate_digits))
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def time_steps(frames: INT64, rate_digits: INT64["D"]) -> FLOAT["T"]:
-    """torch.arange(0, frames, r, dtype=float32) on CPU, bit for bit, for r = Σ digit_d·2^(10d − 53)
-    (the stretch computes each Loop iteration's part with `arange_at` instead)."""
-    count = arange_count(frames, rate_digits)
-    return arange_at(op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1)), count, rate_digits)
 
 
 @onnxscript.script(vampnet, default_opset=op)
@@ -453,8 +445,6 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
     inv_sin_table = _tensor("pitch_inv_sin_table", (2 * np.sin(2 * np.pi * m / n_fft) / n_fft).astype(np.float32))
     inv_weight = _tensor("pitch_inv_weight", np.array([1.0] + [2.0] * half, np.float32)[:, None])
     advance = _tensor("pitch_phase_advance", phase_advance(hop, n_freq))
-    # a_col = ⌈(col − n_fft + 1) / hop⌉: the first frame over sample row·hop + col is row + a_col
-    first_frame_offset = _tensor("pitch_first_frame_offset", np.array([[-((n_fft - 1 - col) // hop) for col in range(hop)]], np.float32))
     rate_digits = _tensor("pitch_rate_digits", table.rate_digits)
     orig_rate = _tensor("pitch_orig_rate", table.orig)
     new_rate = _tensor("pitch_new_rate", table.new)
@@ -543,22 +533,13 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
     @onnxscript.script(vampnet, default_opset=op)
     def centred_istft(overlapped: FLOAT["B", "N"], T: INT64[1]) -> FLOAT["B", "L"]:
         """torch.istft's output from the overlap-added frames of T frames: hop·(T − 1) + 1 samples
-        from `half` on, divided by the window envelope (how many frames cover each sample).
-
-        Sample q = row·hop + col of the uncropped signal lies in frames max(0, row + a_col) …
-        min(row, T − 1), a_col = ⌈(col − n_fft + 1) / hop⌉, so the envelope is computed per
-        block of hop samples from the row numbers, in float32 (exact below 2^24 rows), rather
-        than from int64 sample indices four times the audio's size."""
+        from `half` on, divided by the window envelope (how many frames cover each sample)."""
         length = (T - 1) * hop + 1
-        rows = (length + half + hop - 1) / hop
-        B = op.Shape(overlapped, start=0, end=1)
-        x = op.Slice(overlapped, op.Constant(value_ints=[0]), rows * hop, op.Constant(value_ints=[1]))
-        x = op.Reshape(x, op.Concat(B, rows, op.Constant(value_ints=[hop]), axis=0))
-        row = op.Unsqueeze(op.Cast(op.Range(0, op.Squeeze(rows), 1), to=FLOAT.dtype), [1])  # (rows, 1)
-        first = op.Max(row + op.Constant(value=first_frame_offset), op.Constant(value_float=0.0))
-        last = op.Min(row, op.Cast(T - 1, to=FLOAT.dtype))
-        x = op.Reshape(x / (last - first + op.Constant(value_float=1.0)), op.Concat(B, op.Constant(value_ints=[-1]), axis=0))
-        return op.Slice(x, op.Constant(value_ints=[half]), length + half, op.Constant(value_ints=[1]))
+        p = op.Range(0, op.Squeeze(length), 1) + half  # sample p of the uncropped signal
+        last = op.Min(p / hop, op.Squeeze(T) - 1)
+        first = (op.Max(p - (n_fft - 1), 0) + (hop - 1)) / hop
+        envelope = op.Cast(last - first + 1, to=FLOAT.dtype)
+        return op.Slice(overlapped, op.Constant(value_ints=[half]), length + half, [1]) / envelope
 
     @onnxscript.script(vampnet, default_opset=op)
     def pitch_istft(re: FLOAT["B", "T", "K"], im: FLOAT["B", "T", "K"]) -> FLOAT["B", "L"]:
@@ -574,10 +555,9 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         frames and their inverse DFTs, and hands on the overlap it shares with the next."""
         source = frame_blocks(audio)
         F = (op.Squeeze(op.Shape(audio, start=1, end=2)) - 1) / hop + 1
-        digits = op.Gather(op.Constant(value=rate_digits), row, axis=0)
-        count = arange_count(F, digits)  # stretched frames; each iteration computes its time steps
-        T = op.Reshape(count, op.Constant(value_ints=[1]))
-        last_step = count - 1
+        steps = time_steps(F, op.Gather(op.Constant(value=rate_digits), row, axis=0))  # (T,)
+        T = op.Shape(steps)
+        last_step = op.Squeeze(T) - 1
         re_0, im_0 = stft_frames(source, op.Constant(value_int=0), op.Constant(value_int=1))
         state_0 = phase_state(angle(re_0, im_0))  # the phase starts at frame 0's angle
         overlap = op.Constant(value_ints=[hop * (blocks - 1)])
@@ -594,7 +574,7 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         @graph()
         def stretch_step(c: INT64, going: BOOL, state: INT64["B", 3, "K"], signal: FLOAT["B", "V"]):
             i = op.Range(c * chunk, c * chunk + chunk, 1)
-            t = arange_at(op.Min(i, last_step), count, digits)  # past the last step: silent frames below
+            t = op.Gather(steps, op.Min(i, last_step))  # past the last step: silent frames below
             whole = op.Floor(t)
             alpha = op.Unsqueeze(t - whole, [1])  # (C, 1)
             index = op.Cast(whole, to=INT64.dtype)
@@ -620,10 +600,8 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
             return op.Identity(going), next_state, op.Pad(signal, signal_padding) + placed
 
         chunks = (op.Squeeze(T) + chunk - 1) / chunk
-        # The signal is carried and grown (copied whole in every iteration). Emitting each
-        # iteration's finished samples as a scan output and carrying only the overlap gave
-        # other samples at the iterations' seams in onnxruntime 1.17.3, in the whole model
-        # only (not in this function on its own); the resampler's scan outputs are fine there.
+        # (the signal is carried whole: the reference evaluator concatenates Loop scan outputs
+        # instead of stacking them)
         state, signal = op.Loop(chunks, None, state_0, signal_0, body=stretch_step)
         return centred_istft(signal, T)
 
@@ -699,15 +677,15 @@ def make_pitch_shifter(sample_rate: int = SAMPLE_RATE) -> PitchShifter:
         weights, starts = resample_phases(row, op.Min(new, produced))
         padded = op.Pad(audio, op.Constant(value_ints=[0, -first_tap, 0, last_tap + 1]))
         chunk = op.Constant(value_int=RESAMPLE_SAMPLES)
+        out_0 = resample_at(padded, weights, starts, row, op.Range(0, chunk, 1), produced)
 
         @graph()
-        def resample_step(c: INT64, going: BOOL):
-            m = op.Range(c * chunk, c * chunk + chunk, 1)
-            return op.Identity(going), op.Unsqueeze(resample_at(padded, weights, starts, row, m, produced), [0])
+        def resample_step(c: INT64, going: BOOL, out: FLOAT["B", "M"]):
+            m = op.Range(c * chunk + chunk, c * chunk + 2 * chunk, 1)  # chunk 0 is out_0
+            return op.Identity(going), op.Concat(out, resample_at(padded, weights, starts, row, m, produced), axis=1)
 
         chunks = (out_length + chunk - 1) / chunk
-        pieces = op.Loop(chunks, None, body=resample_step)
-        out = joined(pieces, op.Shape(audio, start=0, end=1), op.Reshape(chunk, op.Constant(value_ints=[1])))
+        out = op.Loop(chunks - 1, None, out_0, body=resample_step)
         return op.Slice(out, [0], op.Reshape(out_length, [1]), [1])
 
     @onnxscript.script(vampnet, default_opset=op)

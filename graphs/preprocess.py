@@ -18,10 +18,8 @@ the input is replicate-padded; output sample j = n·k + i reads input samples k�
 convolves each phase with 2w + old taps, most of them outside the ±24 window (exactly the clamped
 value there, which is 1e-23 of the rest): here each output sample gathers only the 2W + 1 taps
 around its own position, W = ceil(24·old / (min(old, new)·0.945)), so the cost is the same small
-number of taps for any pair of rates (44101 → 44100 has 44100 phases); the taps are gathered as
-whole runs from `sliding_windows`. The output is computed in pieces of at most TAPS_PER_STEP taps,
-each a Loop iteration's scan output (`joined`), so memory does not grow with the input beyond the
-signal itself.
+number of taps for any pair of rates (44101 → 44100 has 44100 phases). The output is computed in
+chunks of at most TAPS_PER_STEP taps (a Loop), so memory does not grow with the input.
 
 Loudness (`loudness`): audiotools' Meter on CPU: K-weighting (a high shelf, then a high pass, RBJ
 biquads, filtered exactly as an IIR), 0.4 s blocks every 0.1 s, the end zero-padded so every
@@ -43,7 +41,7 @@ import math
 import numpy as np
 import onnxscript
 from onnx import numpy_helper
-from onnxscript import BOOL, FLOAT, INT64, graph
+from onnxscript import BOOL, FLOAT, INT64
 
 from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.interface import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
@@ -137,17 +135,6 @@ def sliding_windows(x: FLOAT["B", "N"], width: INT64) -> FLOAT["B", "R", "W"]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def joined(pieces: FLOAT, batch: INT64[1], width: INT64[1]) -> FLOAT["B", "N"]:
-    """A Loop's scan output of (1, B, width) pieces as one (B, n·width) signal, piece after piece.
-    onnxruntime stacks the pieces to (n, 1, B, width), the ONNX reference evaluator concatenates
-    them to (n, B, width): the Reshape takes either. (Emitting each Loop iteration's samples,
-    rather than carrying and growing the signal, copies every sample once instead of once per
-    iteration.)"""
-    x = op.Reshape(pieces, op.Concat(op.Constant(value_ints=[-1]), batch, width, axis=0))
-    return op.Reshape(op.Transpose(x, perm=[1, 0, 2]), op.Concat(batch, op.Constant(value_ints=[-1]), axis=0))
-
-
-@onnxscript.script(vampnet, default_opset=op)
 def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]:
     """x resampled from rate `old` to `new` (reduced by their gcd, old != new), as julius:
     M = floor(new·L/old) samples (at least one), sample j = new·k + i read around input k·old + i·old/new."""
@@ -155,13 +142,11 @@ def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]
     w = half_width(old, new)
     L = op.Squeeze(op.Shape(x, start=1, end=2))
     total = op.Max(new * L / old, 1)
-    step = op.Min(op.Max(TAPS_PER_STEP / (2 * w + 1), 1), total)
-    last = total - 1
+    step = op.Max(TAPS_PER_STEP / (2 * w + 1), 1)
     padded = op.Pad(x, op.Concat(op.Constant(value_ints=[0]), op.Reshape(w, [1]), op.Constant(value_ints=[0]), op.Reshape(w, [1]), axis=0), mode="edge")  # replicate padding
-
-    @graph()
-    def resample_step(c: INT64, going: BOOL):
-        j = op.Min(op.Range(c * step, c * step + step, 1), last)  # the last piece repeats sample M − 1: cut below
+    y = op.Expand(op.CastLike(0.0, x), op.Concat(op.Shape(x, start=0, end=1), [0], axis=0))
+    for c in range(op.Div(total + step - 1, step)):
+        j = op.Range(c * step, op.Min(c * step + step, total), 1)
         phase = op.Mod(j, new)
         centre = j / new * old + phase * old / new  # k·old + floor(i·old/new) <= L − 1: its taps start there in `padded`
         low = op.Gather(centre, 0)  # `centre` grows with j
@@ -169,11 +154,8 @@ def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]
         segment = op.Slice(padded, op.Reshape(low, [1]), high + 2 * w + 1, op.Constant(value_ints=[1]))
         samples = op.Gather(sliding_windows(segment, 2 * w + 1), centre - low, axis=1)  # (B, J, 2W + 1)
         piece = op.ReduceSum(samples * op.Gather(kernel, phase, axis=0), [2], keepdims=0)
-        return op.Identity(going), op.Unsqueeze(piece, [0])
-
-    pieces = op.Loop((total + step - 1) / step, None, body=resample_step)
-    y = joined(pieces, op.Shape(x, start=0, end=1), op.Reshape(step, [1]))
-    return op.Slice(y, op.Constant(value_ints=[0]), op.Reshape(total, [1]), op.Constant(value_ints=[1]))
+        y = op.Concat(y, piece, axis=1)
+    return y
 
 
 @onnxscript.script(vampnet, default_opset=op)

@@ -53,9 +53,8 @@ def test_resampler_reference_evaluator():
 
 
 def test_resampler_in_pieces_in_both_runtimes():
-    """Long input: the output is made of several Loop iterations' pieces (scan outputs), which the
-    reference evaluator concatenates and onnxruntime stacks (`joined` takes either); both give the
-    single-piece computation, julius's, in order."""
+    """Long input: the output is made in several Loop iterations; onnxruntime and the reference
+    evaluator both give julius's result, the pieces in order."""
     x = noise(2, 16000)  # 8 kHz -> 44.1 kHz: 88200 outputs, three pieces of 39568
     ours = run_function(P.resample, x, np.int64(8000), np.int64(44100))
     theirs = run_function(P.resample, x, np.int64(8000), np.int64(44100), runtime="ref")
