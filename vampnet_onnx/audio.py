@@ -9,9 +9,10 @@ hands its output back at the input's rate and loudness (docs/preprocessing.md). 
   rate and channel count, and returns a :class:`PreparedAudio`: the mean of the channels (upstream's
   ``to_mono``) at the file's own rate, which the model takes with ``sample_rate``, plus what
   ``restore`` needs to give the output the input's shape.
-* ``restore`` copies the model's mono output to every channel of the input, trimmed or padded to
-  the input's length times the stretch, and scales it down to peak 1 if it exceeds it (so that
-  integer formats never clip; the only case where the output ends up quieter than the input).
+* ``restore`` gives the model's mono output every channel of the input (a read-only view: one
+  mono array repeated, no copy per channel), trimmed or padded to the input's length times the
+  stretch, and scales it down to peak 1 if it exceeds it (so that integer formats never clip; the
+  only case where the output ends up quieter than the input).
 * ``atomic_writer`` / ``write_audio`` write outputs through a temporary file in the destination
   folder and ``os.replace``; on any error or KeyboardInterrupt no temporary or half-written file
   is left behind, and a path that is the input file is refused.
@@ -137,25 +138,25 @@ def prepare_audio(data: np.ndarray, rate: int, *, subtype: str | None = None,
 # postprocessing
 
 
-def restore(out: np.ndarray, ref: PreparedAudio, stretch: int = 1, into: np.ndarray | None = None) -> np.ndarray:
-    """Model output (S,) (already at the input's rate and loudness) -> float32
-    (ref.frames·stretch, ref.channels): trimmed or zero-padded to the input's frames times the
-    stretch, copied to each of the input's channels, scaled down to peak 1 if it exceeds it.
-    ``into``: the array to fill (that shape, float32) instead of a new one. Works in float32 with no
-    whole-signal temporaries beyond the result: a long song's memory is the signal's own."""
-    y = np.asarray(out, dtype=np.float32).reshape(-1)
+def restore(out: np.ndarray, ref: PreparedAudio, stretch: int = 1) -> np.ndarray:
+    """Model output (rows, S) (already at the input's rate and loudness) -> float32
+    (rows, ref.frames·stretch, ref.channels): each row trimmed or zero-padded to the input's frames
+    times the stretch and scaled down to peak 1 if it exceeds it, the same samples in every channel.
+    A read-only view that repeats one mono array across the channels; the model's own output array
+    when it needs no change (it has the right length and peak <= 1), so that a long song's output
+    is held once, not once per channel."""
+    y = np.asarray(out, dtype=np.float32)
     if not np.isfinite(y).all():
         raise AudioError("the model produced NaN or infinite samples")
     frames = ref.frames * int(stretch)
-    n = min(frames, y.shape[0])
-    result = np.empty((frames, ref.channels), np.float32) if into is None else into
-    result[:n] = y[:n, None]
-    result[n:] = 0.0
-    peak = max(float(y[:n].max(initial=0.0)), -float(y[:n].min(initial=0.0)))
-    if peak > 1.0:
+    if y.shape[1] != frames:
+        n = min(frames, y.shape[1])
+        y = np.concatenate([y[:, :n], np.zeros((y.shape[0], frames - n), np.float32)], axis=1)
+    peak = np.maximum(y.max(axis=1, initial=0.0), -y.min(axis=1, initial=0.0))
+    if (peak > 1.0).any():
         # float32 ÷ float32 rounds as float64 ÷ float64 then rounded to float32 does
-        result /= np.float32(peak)
-    return result
+        y = y / np.maximum(peak, np.float32(1.0))[:, None]
+    return np.broadcast_to(y[:, :, None], (y.shape[0], frames, ref.channels))
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,26 +349,59 @@ def atomic_writer() -> Iterator[AtomicOutputs]:
         yield outs
 
 
+WRITE_BLOCK = 1 << 16  # frames handed to the encoder at a time
+
+
+class _KeepingReason:
+    """A binary file for soundfile's virtual I/O that keeps the OSError of a failed write (a full
+    disk) and reports a short write instead, so that libsndfile fails cleanly ("System error.")
+    and the caller can give the reason."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            return 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
 def write_audio_file(tmp: Path, data: np.ndarray, rate: int, fmt: str, subtype: str,
                      dest: Path | None = None) -> None:
     """Write ``data`` (frames, channels) to ``tmp`` with an explicit format; AudioError on failure.
 
-    The file is encoded in memory and then written with Python's I/O: libsndfile reports a failed
-    write (a full disk) only as "System error.", Python with its reason.
+    Encoded WRITE_BLOCK frames at a time straight into the file (no copy of the whole encoded
+    file, and ``data`` may be a read-only view such as ``restore``'s); a failed write (a full disk)
+    is reported with Python's reason, not libsndfile's "System error.".
     """
     import soundfile as sf
 
     name = dest if dest is not None else tmp
-    encoded = io.BytesIO()
     try:
-        sf.write(encoded, data, rate, format=fmt, subtype=subtype)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"cannot write {name} ({fmt}/{subtype}, {rate} Hz): {one_line(e)}") from e
-    try:
-        with open(tmp, "wb") as f:
-            f.write(encoded.getbuffer())
+        f = open(tmp, "wb")
     except OSError as e:
         raise AudioError(f"cannot write {name}: {os_error_text(e)}") from e
+    sink = _KeepingReason(f)
+    failed = None
+    with f:
+        try:
+            with sf.SoundFile(sink, "w", samplerate=rate, channels=data.shape[1], format=fmt, subtype=subtype) as out:
+                for start in range(0, data.shape[0], WRITE_BLOCK):
+                    out.write(np.ascontiguousarray(data[start:start + WRITE_BLOCK]))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, AssertionError) as e:
+            failed = e
+    if sink.error is not None:
+        raise AudioError(f"cannot write {name}: {os_error_text(sink.error)}") from sink.error
+    if failed is not None:
+        raise AudioError(f"cannot write {name} ({fmt}/{subtype}, {rate} Hz): {one_line(failed)}") from failed
 
 
 def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, *,

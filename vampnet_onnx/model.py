@@ -60,7 +60,8 @@ CODE_OUTPUTS = ("codes", "mask_out", "coarse_codes", "codes_out")
 
 @dataclass
 class Vamped:
-    """What a run made: ``audio`` (rows, frames, channels) float32 at ``rate``, the seed it used,
+    """What a run made: ``audio`` (rows, frames, channels) float32 at ``rate`` (read-only: a view
+    that repeats each row's mono output across the channels; copy it to change it), the seed it used,
     the model's raw outputs (``codes``, ``mask_out``, ``coarse_codes``, ``codes_out``, ``audio_out``)
     and the seconds the model ran."""
 
@@ -274,9 +275,7 @@ class Model(Session):
         stretch = audio_out.shape[1] // S
         if stretch < 1 or audio_out.shape[1] != stretch * S:
             raise ModelError(f"the model returned {audio_out.shape[1]} samples for {S}: not a whole multiple")
-        audio = np.empty((rows, stretch * S, prepared.channels), np.float32)
-        for r in range(rows):
-            restore(audio_out[r], prepared, stretch, into=audio[r])
+        audio = restore(audio_out, prepared, stretch)  # a view of audio_out where it needs no change
         return Vamped(audio, prepared.sample_rate, int(feeds["seed"]), out, model_s, controls)
 
 
