@@ -267,10 +267,15 @@ async function openUrl(address) {
     return showError(`"${address}" is not an address`);
   }
   let model, data, cached;
+  setState("loading-model");
   try {
     const cache = await caches.open(MODEL_CACHE);
     cached = Boolean(await cache.match(url));
-    if (!cached && await download(cache, url)) await download(cache, `${url}.data`, true);
+    // the .data first: a kept .onnx means its .data (if any) was kept whole before it
+    if (!cached) {
+      await download(cache, `${url}.data`, true);
+      await download(cache, url);
+    }
     // the kept files, read back as Blobs (the browser keeps large ones on disk, not in memory);
     // no request at all: a model kept without its .data has none
     model = { blob: await (await cache.match(url)).blob() };

@@ -31,7 +31,8 @@ const browsers = {};
 const browserFor = async (kind = "default") => (browsers[kind] ??= await puppeteer.launch({
   executablePath: chromium,
   headless: true,
-  protocolTimeout: 3 * TIMEOUT, // a poll may wait behind a long WebGPU run (puppeteer's default: 180 s)
+  // one wait is one protocol call: it must outlast the longest step (puppeteer's default: 180 s)
+  protocolTimeout: Math.max(3 * TIMEOUT, ...scenarios.map((s) => 2 * (s.timeout_s ?? 0) * 1000)),
   args: ["--no-sandbox", "--disable-dev-shm-usage", ...FLAGS[kind]],
 }));
 
