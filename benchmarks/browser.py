@@ -1,26 +1,34 @@
-"""Benchmark: how large a model the browser holds: the in-browser page (web/) with one model in headless Chromium.
+"""Benchmark: the in-browser page (web/) with one model in headless Chromium, as a visitor uses it.
 
-    python -m benchmarks.browser MODEL.onnx [--data MODEL.onnx.data] [--seconds 1] [--no-run] [--json FILE]
+    python -m benchmarks.browser MODEL.onnx [--seconds 10] [--no-run] [--screenshot FILE] [--json FILE]
+    python -m benchmarks.browser MODEL.onnx --picker [--data MODEL.onnx.data] [--seconds 1] [--no-run]
 
-Serves the page with `vampnet_onnx.web.make_server` (no demo model, so the page starts with none) and
-drives it with tests/web/drive.mjs (puppeteer-core, installed into .cache/web-tests as the page's tests
-install it; Chromium from the system, onnxruntime-web from web/vendor/: `npm ci --prefix web`): opens
-MODEL and its .data with the page's file picker and, unless --no-run, vamps SECONDS of the benchmarks'
-synthetic clip (benchmarks/realsize.py, `test_signal`) with the model's default settings.
+Serves the page as `vampnet-onnx web` does (`vampnet_onnx.web.make_server`, cross-origin isolated),
+with MODEL's folder as /artifacts/demo/, and drives it with tests/web/drive.mjs (puppeteer-core,
+installed into .cache/web-tests as the page's tests install it; Chromium from the system,
+onnxruntime-web from web/vendor/: `npm ci --prefix web`) in one fresh browser profile, on wasm:
 
-Prints one row in the format of the README's table ("How large a model the browser holds"):
-* weights: the .onnx and .data files together;
-* opens?: yes, with the seconds from picking the files to the page's "ready" and from pressing run to
-  "done"; or no, with the page's error line (a model that does not open is not run);
-* peak RSS above idle: the sum of VmRSS over Chromium's processes (every process under the node that
-  drives it), polled every 0.1 s, less idle: the median of that sum over 2 s with the page loaded and no
-  model picked. Pages shared between processes count once per process; taking off idle cancels most of
-  that. With a run, the peak while loading and the peak of load and run.
+1. first visit: opens MODEL by its address (download, kept in Cache Storage, opened), then vamps
+   SECONDS of the benchmarks' synthetic clip (benchmarks/realsize.py, `test_signal`) with the
+   model's default settings on every core (threads: `navigator.hardwareConcurrency`);
+2. second visit (a new tab, `?threads=1`): opens the same address, now from Cache Storage (the
+   requests the page made for the model are counted: none is expected), and vamps the same clip on
+   one thread.
+
+--picker instead opens MODEL (and --data) with the page's file picker once and vamps on every core:
+the rows of docs/browser.md's "How large a model the browser holds".
+
+Times: from pressing "open" (or picking the files) to the page's "ready", and from pressing run to
+"done". Peak RSS above idle: the sum of VmRSS over Chromium's processes (every process under the
+node that drives it), polled every 0.1 s, less idle: the median of that sum over 2 s with the tab
+loaded and no model opened. Pages shared between processes count once per process; taking off idle
+cancels most of that. Given for the load and for load and run, per visit.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -30,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urljoin
 
 import soundfile as sf
 
@@ -67,20 +76,25 @@ def tree_rss(root: int) -> int:
     return total
 
 
-def drive(files: list[Path], seconds: float | None) -> tuple[dict, list[tuple[float, int]]]:
-    """The page's result for one scenario, and (time in ms since the epoch, bytes) of Chromium's RSS."""
+def drive(scenarios: list[dict], folder: Path, seconds: float | None) -> tuple[dict, list[tuple[float, int]]]:
+    """The page's results for the scenarios (one browser), and (time in ms since the epoch, bytes)
+    of Chromium's RSS. `folder` is served as /artifacts/demo/; with `seconds`, each scenario vamps
+    that much of the benchmarks' clip."""
     packages = npm_ci(DRIVER, CACHE / "web-tests", scripts=("drive.mjs",))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "demo").mkdir()  # served as the demo model's folder, empty: the page starts with no model
-        server = web.make_server("127.0.0.1", 0, demo=tmp / "demo")
+        server = web.make_server("127.0.0.1", 0, demo=folder)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        scenario = {"name": "model", "model": [str(f) for f in files], "idle_ms": IDLE_MS, "timeout_s": TIMEOUT_S}
+        url = f"http://127.0.0.1:{server.server_address[1]}/web/"
         if seconds:
             sf.write(tmp / "clip.wav", test_signal(seconds)[0], SAMPLE_RATE, subtype="PCM_16")  # the benchmarks' clip
-            scenario.update(audio=str(tmp / "clip.wav"), run=True)
-        (tmp / "scenarios.json").write_text(json.dumps([scenario]))
-        url = f"http://127.0.0.1:{server.server_address[1]}/web/"
+        for scenario in scenarios:
+            scenario.update(idle_ms=IDLE_MS, timeout_s=TIMEOUT_S, url=url + scenario.get("query", ""))
+            if "open_url" in scenario:  # the page's address field takes absolute ones
+                scenario["open_url"] = urljoin(url, scenario["open_url"])
+            if seconds:
+                scenario.update(audio=str(tmp / "clip.wav"), run=True)
+        (tmp / "scenarios.json").write_text(json.dumps(scenarios))
         cmd = [node(), str(packages / "drive.mjs"), chromium(), url,
                str(tmp / "scenarios.json"), str(tmp / "results.json")]
         samples = []
@@ -100,74 +114,136 @@ def drive(files: list[Path], seconds: float | None) -> tuple[dict, list[tuple[fl
         server.server_close()
         if proc.returncode != 0:
             sys.exit(f"drive.mjs failed ({proc.returncode}):\n{output[-3000:]}")
-        result = json.loads((tmp / "results.json").read_text())["model"]
-    if "failure" in result:
-        sys.exit(f"drive.mjs failed: {result['failure']}")
-    return result, samples
+        results = json.loads((tmp / "results.json").read_text())
+    for name, result in results.items():
+        if "failure" in result:
+            sys.exit(f"drive.mjs failed ({name}): {result['failure']}")
+    return results, samples
 
 
-def measure(model: Path, data: Path | None, seconds: float | None) -> dict:
-    files = [model] + ([data] if data else [])
-    result, samples = drive(files, seconds)
+def visit(result: dict, samples: list[tuple[float, int]], model_url: str | None = None) -> dict:
+    """One scenario's figures: times, the page's lines, peak RSS above this tab's idle."""
     times = result["times"]
     between = lambda start, end: [rss for t, rss in samples if start <= t <= end]  # noqa: E731
     idle = statistics.median(between(times["page"], times["model"]))
-    opened = "run" in times or result["state"] == "ready"
-    report = {
-        "model": str(model), "data": str(data) if data else None,
-        "weights_bytes": sum(f.stat().st_size for f in files),
-        "opened": opened, "state": result["state"], "error": result["error"], "model_line": result["model"],
+    ran = "ran" in times
+    return {
+        "opened": "run" in times or result["state"] == "ready", "state": result["state"], "error": result["error"],
+        "model_line": result["model"], "backend_line": result["backend"], "download_line": result["download"],
+        "threads": (result.get("runtime") or {}).get("threads"),
         "load_s": (times["loaded"] - times["model"]) / 1000,
-        "clip_s": seconds, "run_s": (times["ran"] - times["run"]) / 1000 if "ran" in times else None,
+        "run_s": (times["ran"] - times["run"]) / 1000 if ran else None,
         "idle_rss_bytes": idle,
-        # the samples end when node has closed the browser: the last ones are only lower
         "peak_load_rss_above_idle_bytes": max(between(times["model"], times["loaded"]), default=idle) - idle,
-        "peak_rss_above_idle_bytes": max(between(times["model"], float("inf"))) - idle,
+        # the samples end when node has closed the browser: the last ones are only lower
+        "peak_rss_above_idle_bytes": max(between(times["model"], times.get("ran", times["loaded"]))) - idle,
+        **({"model_requests": sum(u.split("?")[0] in (model_url, model_url + ".data") for u in result["requests"])}
+           if model_url else {}),
+    }
+
+
+def about(files: list[Path], seconds: float | None, visits: dict) -> dict:
+    return {
+        "model": str(files[0]), "data": str(files[1]) if len(files) > 1 else None,
+        "weights_bytes": sum(f.stat().st_size for f in files), "clip_s": seconds, **visits,
         "chromium": subprocess.run([chromium(), "--version"], capture_output=True, text=True).stdout.strip(),
         "onnxruntime_web": (web.WEB / "vendor" / "VERSION").read_text().strip(),
-        "machine": f"{platform.system()} {platform.machine()}",
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "command": "python -m benchmarks.browser " + shlex.join(sys.argv[1:]),
     }
-    return report
+
+
+def measure(model: Path, seconds: float | None, screenshot: Path | None = None) -> dict:
+    """The two visits by address (module docstring)."""
+    data = model.with_name(model.name + ".data")
+    files = [model] + ([data] if data.is_file() else [])
+    first = {"name": "first", "open_url": f"../artifacts/demo/{model.name}", "query": "?backend=wasm"}
+    if screenshot:
+        first["screenshot"] = str(screenshot.resolve())
+    second = {"name": "cached", "open_url": first["open_url"], "query": "?backend=wasm&threads=1"}
+    results, samples = drive([first, second], model.parent, seconds)
+    url = urljoin(results["first"]["requests"][0], first["open_url"])
+    return about(files, seconds, {name: visit(results[name], samples, url) for name in ("first", "cached")})
+
+
+def measure_picker(model: Path, data: Path | None, seconds: float | None) -> dict:
+    """One visit opening the files with the picker (module docstring)."""
+    files = [model] + ([data] if data else [])
+    with tempfile.TemporaryDirectory() as empty:  # the demo folder, empty: the page starts with no model
+        results, samples = drive([{"name": "picker", "model": [str(f) for f in files]}], Path(empty), seconds)
+    return about(files, seconds, {"picker": visit(results["picker"], samples)})
 
 
 def size(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def row(r: dict) -> str:
-    what = f"load + a {r['clip_s']:g} s clip, default settings" if r["run_s"] is not None else "load"
-    if not r["opened"]:
-        opens = f"no: {r['error']}"
+gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+
+
+def picker_row(r: dict) -> str:
+    v = r["picker"]
+    what = f"load + a {r['clip_s']:g} s clip, default settings" if v["run_s"] is not None else "load"
+    if not v["opened"]:
+        opens = f"no: {v['error']}"
     else:
-        opens = f"yes, in {r['load_s']:.1f} s"
-        if r["run_s"] is not None:
-            opens += f"; runs in {r['run_s']:.1f} s" if r["state"] == "done" else f"; the run fails: {r['error']}"
-    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
-    peak = gb(r["peak_rss_above_idle_bytes"])
-    if r["run_s"] is not None:
-        peak = f"{gb(r['peak_load_rss_above_idle_bytes'])} loading, {peak} in all"
+        opens = f"yes, in {v['load_s']:.1f} s"
+        if v["run_s"] is not None:
+            opens += f"; runs in {v['run_s']:.1f} s" if v["state"] == "done" else f"; the run fails: {v['error']}"
+    peak = gb(v["peak_rss_above_idle_bytes"])
+    if v["run_s"] is not None:
+        peak = f"{gb(v['peak_load_rss_above_idle_bytes'])} loading, {peak} in all"
     return f"| {Path(r['model']).name} ({what}) | {size(r['weights_bytes'])} | {opens} | {peak} |"
+
+
+def visits_table(r: dict) -> list[str]:
+    first, cached = r["first"], r["cached"]
+    run = lambda v: (f"{v['run_s']:.1f} s" if v["state"] == "done" else f"fails: {v['error']}") \
+        if v["run_s"] is not None else "—"  # noqa: E731
+    failed = next((v["error"] for v in (first, cached) if not v["opened"]), None)
+    if failed:
+        return [f"| {Path(r['model']).name} | {size(r['weights_bytes'])} | does not open: {failed} |"]
+    clip = f"{r['clip_s']:g} s clip" if r["clip_s"] else "no run"
+    return [
+        f"| model | weights | first load (download + open) | {clip}, {first['threads']} threads | "
+        f"{clip}, {cached['threads']} thread | peak RSS above idle | second load (from cache) |",
+        "|---|---|---|---|---|---|---|",
+        f"| {Path(r['model']).name} | {size(r['weights_bytes'])} | {first['load_s']:.1f} s | {run(first)} | {run(cached)} | "
+        f"{gb(max(first['peak_rss_above_idle_bytes'], cached['peak_rss_above_idle_bytes']))} "
+        f"({gb(first['peak_load_rss_above_idle_bytes'])} loading) | {cached['load_s']:.1f} s, "
+        f"{cached['model_requests']} requests for the model |",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", type=Path, help="the .onnx file")
-    parser.add_argument("--data", type=Path, help="its external weights (.onnx.data), opened with it")
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of the clip to vamp (default: 1)")
+    parser.add_argument("model", type=Path, help="the .onnx file (its .onnx.data beside it, as `build` writes it)")
+    parser.add_argument("--seconds", type=float, help="length of the clip to vamp (default: 10; --picker: 1)")
     parser.add_argument("--no-run", action="store_true", help="only open the model")
+    parser.add_argument("--picker", action="store_true", help="open the files with the file picker, once")
+    parser.add_argument("--data", type=Path, help="--picker: its external weights, opened with it")
+    parser.add_argument("--screenshot", type=Path, help="a picture of the page after the first visit's run")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args()
     for f in (args.model, args.data):
         if f and not f.is_file():
             sys.exit(f"no such file: {f}")
-    r = measure(args.model, args.data, None if args.no_run else args.seconds)
-    print("| model | weights | opens? | peak RSS above idle |")
-    print("|---|---|---|---|")
-    print(row(r))
-    print(f"\nthe page: state {r['state']}; model line: {r['model_line']}; error line: {r['error']}")
-    print(f"{r['chromium']} (headless), onnxruntime-web {r['onnxruntime_web']}, {r['machine']}; "
-          f"idle page {r['idle_rss_bytes'] / 1e9:.2f} GB")
+    if args.data and not args.picker:
+        sys.exit("--data goes with --picker; by address the page fetches MODEL.onnx.data beside MODEL")
+    seconds = None if args.no_run else args.seconds or (1.0 if args.picker else 10.0)
+    if args.picker:
+        r = measure_picker(args.model, args.data, seconds)
+        lines = ["| model | weights | opens? | peak RSS above idle |", "|---|---|---|---|", picker_row(r)]
+        visits = [r["picker"]]
+    else:
+        r = measure(args.model, seconds, args.screenshot)
+        lines = visits_table(r)
+        visits = [r["first"], r["cached"]]
+    print("\n".join(lines) + "\n")
+    for v in visits:
+        print(f"the page: state {v['state']}; {v['backend_line']}; model line: {v['model_line']}; "
+              f"download line: {v['download_line']}; error line: {v['error']}; idle {gb(v['idle_rss_bytes'])}")
+    print(f"{r['chromium']} (headless), onnxruntime-web {r['onnxruntime_web']}, {r['machine']}")
     print(f"command: {r['command']}")
     write_json(args.json, r)
 

@@ -29,7 +29,7 @@ from torch.export import Dim
 
 from vampnet_onnx.builder.codec import Codec, codec_window_frames, receptive_field_frames
 from vampnet_onnx.builder.export import DOMAIN, component_function, export_component
-from vampnet_onnx.builder.quantize import OPSET as INT8_OPSET, move_into_bodies, quantize_components
+from vampnet_onnx.builder.quantize import OPSET as INT8_OPSET, WEB, move_into_bodies, quantize_components
 from vampnet_onnx.graphs.model import GraphConfig, main_graph
 from vampnet_onnx.graphs.opsets import OPSET_VERSION
 from vampnet_onnx.graphs.portable import check_function_names, make_portable, ship, subgraphs
@@ -195,7 +195,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     inputs NOISE_INPUTS instead of the seeded PRNG (graphs/stages.py, `injected_noise`).
     `inline=False` (the inlining benchmark only) keeps the local functions, as onnxruntime reads them.
     `weights="int8"`: the transformers' and the codec decoder's weights in int8 (builder/quantize.py), opset INT8_OPSET;
-    "int8-dynamic": the same with int8 activations (opset 20); `components` given are quantized in place.
+    "int8-dynamic": the same with int8 activations (opset 20); "web": int8-dynamic with the weights
+    left in the main graph, where onnxruntime-web reads them; `components` given are quantized in place.
     `codec_window` (tests only): frames per codec window instead of the codec's own choice."""
     if weights not in interface.WEIGHTS or (weights != "float32" and not inline):
         raise ValueError(f"weights={weights!r} (inline={inline}): one of {interface.WEIGHTS}, int8 only inlined")
@@ -230,7 +231,8 @@ def assemble(codec: Codec, coarse, c2f, metadata: dict[str, str] | None = None,
     if inline:
         model = ship(model, {(DOMAIN, name): [v.type for v in c.graph.output] for name, c in components.items()},
                      opset=INT8_OPSET if weights == "int8" else OPSET_VERSION)
-        move_into_bodies(model, quantized)  # where onnxruntime fuses them (builder/quantize.py)
+        if weights != WEB:  # onnxruntime-web reads no external data of a body's initializers
+            move_into_bodies(model, quantized)  # where onnxruntime fuses them (builder/quantize.py)
     else:
         make_portable(model)
 

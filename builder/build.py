@@ -169,7 +169,7 @@ def check_adapters(adapters, coarse_lora=None, c2f_lora=None) -> list[tuple[str,
 
 def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora: Path | None = None,
                 c2f_lora: Path | None = None, log=print, weights: str = "float32", adapters=()) -> Path:
-    """`weights`: "float32", or "int8" / "int8-dynamic" for the transformers' and the codec
+    """`weights`: "float32", or "int8" / "int8-dynamic" / "web" for the transformers' and the codec
     decoder's weights (builder/quantize.py)."""
     adapters = check_adapters(adapters, coarse_lora, c2f_lora)
     output = Path(output)

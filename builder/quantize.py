@@ -1,4 +1,4 @@
-"""int8 quantization (`vampnet-onnx build --weights int8` and `--weights int8-dynamic`).
+"""int8 quantization (`vampnet-onnx build --weights int8`, `--weights int8-dynamic` and `--weights web`).
 
     quantize_components(components, weights) # in place: all of the below that --weights does
     quantize_component(model, dynamic)     # in place: the transformers' MatMuls and classifier read int8 weights
@@ -24,6 +24,12 @@ VNNI's uint8 × int8 dot products where the CPU has them). One scale for a whole
 coarser than MatMulNBits' float activations: token agreement with float32 is measured in
 tests/test_int8.py and docs/performance.md. Its weights move into the Loop bodies too.
 
+web: int8-dynamic's weights, left in the main graph (the assembler does not move them into the
+Loop bodies), so that they sit in the .data file where onnxruntime-web finds them: its wasm build
+reads the external data of main-graph initializers only ("external data path could not be
+canonicalized" for a body's). MatMulInteger keeps the weights int8 in the browser's memory, where
+the DequantizeLinear form of "int8" costs about twice as much; docs/browser.md measures both.
+
 Codec decoder. Its Conv / ConvTranspose weights are stored as float16 and cast back to float32
 as the graph runs (milliseconds per decode window); that brings the file under 30 % of float32's. float16, not
 int8: a decoder's error lands in the audio directly, and on the tiny test decoder int8 weights
@@ -47,14 +53,15 @@ DECODER = "codec_decoder"
 
 
 DYNAMIC = "int8-dynamic"  # the --weights choice whose activations are int8 too
+WEB = "web"  # int8-dynamic with its weights in the main graph (the browser's variant)
 
 
 def quantize_components(components: dict[str, onnx.ModelProto], weights: str = "int8") -> list[str]:
-    """In place, idempotent: the transformers and the codec decoder, for `weights` "int8" or
-    "int8-dynamic". Returns the main-graph names (`component/initializer`) of the transformers'
+    """In place, idempotent: the transformers and the codec decoder, for `weights` "int8",
+    "int8-dynamic" or "web". Returns the main-graph names (`component/initializer`) of the transformers'
     int8 weights and their scales, which the assembler moves into the Loop bodies."""
     halve_convs(components[DECODER])
-    dynamic = weights == DYNAMIC
+    dynamic = weights in (DYNAMIC, WEB)
     return [f"{name}/{q}" for name in TRANSFORMERS for q in quantize_component(components[name], dynamic)]
 
 

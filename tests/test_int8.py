@@ -102,6 +102,20 @@ def test_int8_dynamic_model_builds_and_fuses(int8_dynamic, tmp_path):
     assert "MatMulInteger" not in kinds
 
 
+def test_web_variant_keeps_the_int8_weights_in_the_main_graph(build_variant):
+    """--weights web: int8-dynamic's MatMulIntegers in the step loops, reading int8 weights that stay
+    initializers of the main graph (so `build` puts them in the .data file, where onnxruntime-web
+    reads them; tests/test_web.py runs it in the browser)."""
+    model = onnx.load(str(build_variant("tiny:web").path))
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20)}
+    assert {p.key: p.value for p in model.metadata_props}["weights"] == "web"
+    integer = [(d, n) for d, n in _nodes(model.graph) if n.op_type == "MatMulInteger"]
+    assert len(integer) == 26 and all(d > 0 for d, _ in integer)
+    main = {t.name for t in model.graph.initializer}
+    assert all(n.input[1] in main and n.input[1].endswith("_int8") for _, n in integer)
+    assert not [t.name for t in _initializers(model.graph) if t.name.endswith("_int8") and t.name not in main]
+
+
 def test_int8_weights_are_at_most_30_percent(tiny, int8):
     floats = {t.name: t for t in _initializers(onnx.load(str(tiny.path)).graph)}
     quantized = [t for t in _initializers(onnx.load(str(int8.path)).graph) if t.name.endswith(("_int8", "_scale"))]

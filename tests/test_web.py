@@ -107,24 +107,53 @@ def too_large_model(folder: Path) -> list[Path]:
     return [model, data]
 
 
-def with_external_data(model: Path, folder: Path) -> list[Path]:
-    """The model saved again with its weights in a .data file beside it."""
+def with_external_data(model: Path, folder: Path, name: str = "external") -> list[Path]:
+    """The model saved again with its weights (those of the Loop bodies too) in a .data file beside it."""
     import onnx
 
-    path = folder / "external.onnx"
-    onnx.save_model(onnx.load(str(model)), path, save_as_external_data=True, location="external.onnx.data",
+    path = folder / f"{name}.onnx"
+    onnx.save_model(onnx.load(str(model)), path, save_as_external_data=True, location=f"{name}.onnx.data",
                     size_threshold=1024)
-    return [path, folder / "external.onnx.data"]
+    return [path, folder / f"{name}.onnx.data"]
+
+
+def as_built(base, weights: str, folder: Path) -> list[Path]:
+    """The tiny model with `weights` as `vampnet-onnx build` writes it (builder/build.py): the
+    components quantized, their weights moved to vampnet.onnx.data, the model assembled around them."""
+    import onnx
+
+    from vampnet_onnx.builder.assemble import assemble
+    from vampnet_onnx.builder.build import externalize_weights, save_model
+    from vampnet_onnx.builder.quantize import quantize_components
+
+    components = {name: onnx.ModelProto.FromString(c.SerializeToString()) for name, c in base.components.items()}
+    quantize_components(components, weights)
+    folder.mkdir(parents=True, exist_ok=True)
+    externalize_weights(components, folder / "vampnet.onnx.data")
+    written = save_model(assemble(base.codec, base.coarse, base.c2f, components=components, weights=weights),
+                         folder / "vampnet.onnx")
+    assert written == [folder / "vampnet.onnx"]  # the weights are in the .data file already
+    return [folder / "vampnet.onnx", folder / "vampnet.onnx.data"]
 
 
 @pytest.fixture(scope="module")
-def servers(tiny, tmp_path_factory):
+def web_variant(tiny, tmp_path_factory) -> list[Path]:
+    return as_built(tiny, "web", tmp_path_factory.mktemp("web-variant"))
+
+
+@pytest.fixture(scope="module")
+def servers(tiny, web_variant, tmp_path_factory):
     """The page on 127.0.0.1 (ephemeral ports) with the tiny model as its demo model: as
-    `vampnet-onnx web` serves it ("isolated") and without the cross-origin isolation headers."""
+    `vampnet-onnx web` serves it ("isolated") and without the cross-origin isolation headers.
+    Beside it, for opening by address: the model with a .data file, and web/vampnet.onnx, the
+    browser's variant (`--weights web`) as `build` writes it."""
     vendored_runtime()
     demo = tmp_path_factory.mktemp("demo")
     os.symlink(tiny.path, demo / "vampnet-tiny.onnx")
-    with_external_data(tiny.path, demo)  # a model with a .data file, for opening by address
+    with_external_data(tiny.path, demo)
+    (demo / "web").mkdir()
+    for path in web_variant:
+        os.symlink(path, demo / "web" / path.name)
     servers = {"isolated": web.make_server("127.0.0.1", 0, demo=demo),
                "plain": web.make_server("127.0.0.1", 0, demo=demo, isolated=False)}
     for server in servers.values():
@@ -162,6 +191,11 @@ def page(servers, tiny, build_variant, tmp_path_factory):
         {"name": "external data", "model": [str(p) for p in with_external_data(tiny.path, folder)]},
         {"name": "int8", "model": [str(build_variant("tiny:int8").path)], "audio": str(folder / "clip.wav"),
          "values": SETTINGS, "run": True},
+        {"name": "web variant", "open_url": f"{servers['isolated']}/artifacts/demo/web/vampnet.onnx",
+         "url": f"{servers['isolated']}/web/?threads=1", "audio": str(folder / "clip.wav"), "values": SETTINGS,
+         "run": True},
+        {"name": "int8 with its .data", "model": [str(p) for p in with_external_data(
+            build_variant("tiny:int8").path, folder, "int8-external")]},
         {"name": "bad model", "model": [str(folder / "bad.onnx")]},
         {"name": "bad audio", "audio": str(folder / "bad.wav")},
         {"name": "too large", "model": [str(p) for p in too_large_model(folder)]},
@@ -373,6 +407,21 @@ def test_the_page_vamps_with_the_int8_variant(page, build_variant):
     assert np.isfinite(got["audio_out"]).all() and np.any(got["audio_out"])
 
 
+def test_the_web_variant_opens_as_built_and_vamps_like_python_onnxruntime(page, servers, web_variant):
+    """`--weights web` keeps its int8 weights in the main graph, so onnxruntime-web finds them in the
+    .data file `build` writes: opened by address as written, it gives Python onnxruntime's codes
+    (MatMulInteger is integer arithmetic: exact in both). `?threads=1` holds the page to one thread."""
+    result = page["web variant"]
+    assert result["state"] == "done" and result["error"] is None, result
+    assert result["runtime"] == {"backend": "wasm", "threads": 1, "isolated": True}, result["runtime"]
+    url = f"{servers['isolated']}/artifacts/demo/web/vampnet.onnx"
+    assert url in result["requests"] and f"{url}.data" in result["requests"], result["requests"]
+    got, want = page_outputs(result), python_outputs(web_variant[0], result)
+    for name in OUTPUTS[1:]:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert_audio_close(got["audio_out"], want["audio_out"], "the web variant's audio_out")
+
+
 def test_a_model_opened_by_address_is_kept_and_opened_again_without_a_request(page, servers):
     """Downloaded with its .data file (progress in MB), kept in Cache Storage; the next visit opens it
     with no request for either file, and the kept model can be removed."""
@@ -393,6 +442,8 @@ def test_a_model_opened_by_address_is_kept_and_opened_again_without_a_request(pa
     ("bad model", "cannot load the model bad.onnx: "),
     ("bad audio", "cannot use bad.wav as audio: not an audio file this browser can decode"),
     ("too large", "cannot load big.onnx: the model (5.37 GB) does not fit in the browser's memory"),
+    # onnxruntime-web reads no external data of a Loop body's initializers
+    ("int8 with its .data", "cannot load int8-external.onnx: it keeps weights of its loops in its .data file"),
 ])
 def test_the_page_reports_errors_on_one_line(page, scenario, expected):
     result = page[scenario]

@@ -124,7 +124,8 @@ def build_parser() -> ArgumentParser:
     b.add_argument("--weights", choices=WEIGHTS, default=WEIGHTS[0],
                    help="int8: the transformers' matrix weights in block-wise int8 and the codec decoder's "
                         "in float16, under 0.3x the size (opset 21: needs onnxruntime >= 1.18); int8-dynamic: "
-                        "the same with int8 activations too (opset 20); `python -m benchmarks.floor "
+                        "the same with int8 activations too (opset 20); web: int8-dynamic for the browser page "
+                        "(weights in the .data file, where onnxruntime-web reads them); `python -m benchmarks.floor "
                         "--gemm-only` says which is fastest on this CPU; default float32 (opset 20)")
     b.set_defaults(func=cmd_build, _parser=b)
 

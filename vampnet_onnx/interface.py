@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 FORMAT_VERSION = "2"  # 2: every input a plain graph input, parameters of shape (1,)
-WEIGHTS = ("float32", "int8", "int8-dynamic")  # what `build --weights` makes; the model's metadata `weights` says which
+WEIGHTS = ("float32", "int8", "int8-dynamic", "web")  # what `build --weights` makes; the model's metadata `weights` says which
 PARAMETER_SHAPE = (1,)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 

@@ -91,7 +91,7 @@ async function loadModel(source) {
     $("model-status").textContent = "no model loaded";
     return showError(`cannot load ${source.label}: ${memoryText(size)}`);
   }
-  const message = { type: "load", backend: $("backend").value };
+  const message = { type: "load", backend: $("backend").value, threads: REQUESTED_THREADS };
   const transfer = [];
   try {
     if (source.model instanceof File) {
@@ -117,7 +117,10 @@ async function loadModel(source) {
     $("model-status").textContent = "no model loaded";
     return showError(e.memory
       ? `cannot load ${source.label}: ${memoryText(size)} (${e.message})`
-      : `cannot load the model ${source.label}: ${e.message}`);
+      : /external data path could not be canonicalized/.test(e.message)
+        ? `cannot load ${source.label}: it keeps weights of its loops in its .data file, which onnxruntime-web ` +
+          `cannot read (build the browser's variant with \`vampnet-onnx build --weights web\`; ${e.message})`
+        : `cannot load the model ${source.label}: ${e.message}`);
   } finally {
     if (message.data) URL.revokeObjectURL(message.data.url);
   }
@@ -211,6 +214,9 @@ function control(name, label, value) {
   return wrap;
 }
 
+// ?threads=N in the address: at most N threads (default: every core, where the page is isolated)
+const REQUESTED_THREADS = Number(new URLSearchParams(location.search).get("threads")) || null;
+
 // ?backend=wasm in the address picks WebAssembly from the start
 $("backend").value = new URLSearchParams(location.search).get("backend") === "wasm" ? "wasm" : "auto";
 $("backend").addEventListener("change", () => state.source && loadModel(state.source));
@@ -231,29 +237,25 @@ $("model-file").addEventListener("change", (event) => {
 const MODEL_CACHE = "vampnet-onnx models";
 const baseName = (url) => decodeURIComponent(new URL(url).pathname.split("/").pop() || "model.onnx");
 
-/** The kept response for url, or the download of it (progress in the page), then kept; null when
- * `optional` and the server has no such file. */
+/** Downloads url into the cache (progress in the page), streamed: the file goes to the cache's
+ * disk as it arrives, never whole into this page's memory. Returns false when `optional` and the
+ * server has no such file. */
 async function download(cache, url, optional = false) {
   const response = await fetch(url, { cache: "no-store" });
   if (!response.ok) {
-    if (optional && response.status === 404) return null;
+    if (optional && response.status === 404) return false;
     throw new Error(`cannot download ${url}: HTTP ${response.status}`);
   }
   const total = Number(response.headers.get("Content-Length")) || 0;
-  const reader = response.body.getReader();
-  const chunks = [];
   let received = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    received += value.length;
+  const counted = response.body.pipeThrough(new TransformStream({ transform(chunk, controller) {
+    received += chunk.length;
     $("download-status").textContent = `downloading ${baseName(url)}: ${mb(received)}${total ? ` of ${mb(total)}` : ""}`;
-  }
-  const blob = new Blob(chunks);
-  await cache.put(url, new Response(blob, { headers: { "Content-Type": "application/octet-stream",
-    "Content-Length": String(blob.size) } }));
-  return { blob };
+    controller.enqueue(chunk);
+  } }));
+  const headers = { "Content-Type": "application/octet-stream", ...(total ? { "Content-Length": String(total) } : {}) };
+  await cache.put(url, new Response(counted, { headers }));
+  return true;
 }
 
 async function openUrl(address) {
@@ -265,18 +267,20 @@ async function openUrl(address) {
     return showError(`"${address}" is not an address`);
   }
   let model, data, cached;
+  setState("loading-model");
   try {
     const cache = await caches.open(MODEL_CACHE);
-    const kept = await cache.match(url);
-    cached = Boolean(kept);
-    if (cached) { // no request at all: a model kept without its .data has none
-      model = { blob: await kept.blob() };
-      const keptData = await cache.match(`${url}.data`);
-      data = keptData ? { blob: await keptData.blob() } : null;
-    } else {
-      model = await download(cache, url);
-      data = await download(cache, `${url}.data`, true);
+    cached = Boolean(await cache.match(url));
+    // the .data first: a kept .onnx means its .data (if any) was kept whole before it
+    if (!cached) {
+      await download(cache, `${url}.data`, true);
+      await download(cache, url);
     }
+    // the kept files, read back as Blobs (the browser keeps large ones on disk, not in memory);
+    // no request at all: a model kept without its .data has none
+    model = { blob: await (await cache.match(url)).blob() };
+    const keptData = await cache.match(`${url}.data`);
+    data = keptData ? { blob: await keptData.blob() } : null;
   } catch (e) {
     $("download-status").textContent = "";
     return showError(firstLine(e));

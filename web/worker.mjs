@@ -2,7 +2,8 @@
 // terminating this worker (onnxruntime-web has no way to stop a run half-way).
 //
 // Messages in:  {type: "load", model: ArrayBuffer | URL, data?: {name, buffer | url},
-//                backend: "auto" (WebGPU when the browser has an adapter) | "wasm"}
+//                backend: "auto" (WebGPU when the browser has an adapter) | "wasm",
+//                threads?: at most this many (default: every core)}
 //               {type: "run", audio: Float32Array, rows, values: {input name: number}}
 // Messages out: {type: "loaded", inputs, outputs, metadata, backend: "webgpu" | "wasm", threads, isolated}
 //               {type: "result", outputs, ms}
@@ -14,7 +15,7 @@ let metadata = {};
 // Threads need SharedArrayBuffer, which browsers give only to a cross-origin isolated page (served
 // with COOP/COEP: docs/browser.md); elsewhere onnxruntime-web runs on one thread.
 const isolated = self.crossOriginIsolated === true;
-const threads = isolated ? Math.max(1, navigator.hardwareConcurrency || 1) : 1;
+const cores = Math.max(1, navigator.hardwareConcurrency || 1);
 
 /** "webgpu" when asked for and the browser gives an adapter, else "wasm". */
 async function pickBackend(wanted) {
@@ -90,7 +91,8 @@ async function bytesOf(source) {
   return new Uint8Array(await response.arrayBuffer());
 }
 
-async function load({ model, data, backend: wanted = "auto" }) {
+async function load({ model, data, backend: wanted = "auto", threads: most = null }) {
+  const threads = isolated ? Math.min(cores, Math.max(1, most ?? cores)) : 1;
   const backend = await pickBackend(wanted);
   // the WebGPU build holds the wasm backend too (the fallback for the ops WebGPU lacks), but its
   // larger asyncify wasm is fetched only when there is a GPU to use

@@ -6,7 +6,7 @@
 // A scenario: {name, model?: [files], audio?: file, values?: {input: value}, run?: bool,
 // cancel?: bool (start a run and cancel it), preview?: {preset?, values?, expect} (wait for the
 // first mask preview, pick the preset, type the values, wait for the preview whose values include
-// `expect`), screenshot?: file, idle_ms?: wait before picking the model, timeout_s?: for each
+// `expect`), screenshot?: file, idle_ms?: wait before opening the model, timeout_s?: for each
 // step (300), url?: the page's address (default: URL), browser?: "webgpu" (a second Chromium
 // with its software WebGPU adapter; the default one has no GPU), open_url?: a model's address
 // to open (instead of `model`), remove_cached?: click the first kept model's remove button}. The
@@ -31,7 +31,8 @@ const browsers = {};
 const browserFor = async (kind = "default") => (browsers[kind] ??= await puppeteer.launch({
   executablePath: chromium,
   headless: true,
-  protocolTimeout: 3 * TIMEOUT, // a poll may wait behind a long WebGPU run (puppeteer's default: 180 s)
+  // one wait is one protocol call: it must outlast the longest step (puppeteer's default: 180 s)
+  protocolTimeout: Math.max(3 * TIMEOUT, ...scenarios.map((s) => 2 * (s.timeout_s ?? 0) * 1000)),
   args: ["--no-sandbox", "--disable-dev-shm-usage", ...FLAGS[kind]],
 }));
 
@@ -59,6 +60,7 @@ async function runScenario(page, scenario, log) {
     opened = (await page.evaluate(() => document.body.dataset.state)) === "ready";
   }
   if (scenario.open_url) {
+    await sleep(scenario.idle_ms ?? 0);
     times.model = Date.now();
     await page.$eval("#model-url", (e, v) => { e.value = v; }, scenario.open_url);
     await page.click("#url-form button");
