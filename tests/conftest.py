@@ -30,6 +30,16 @@ DETERMINISTIC_CASES = ["tiny_periodic", "tiny_inpaint_c2f_chunks", "tiny_lora"]
 OUTPUTS = list(OUTPUT_NAMES)  # the model's, in order
 
 
+def as_a_terminal_starts_it() -> None:
+    """`preexec_fn` for a child that a test interrupts with SIGINT: the signal unblocked and at its
+    default, as a shell's foreground job has it. A child inherits its parent's ignored signals and
+    signal mask, and a pytest worker can have SIGINT ignored or blocked by what ran in it before
+    (seen once in a full run on two xdist workers); such a child rightly ignores Ctrl-C."""
+    import signal
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def app_case(case: str) -> dict:
     """A golden-app fixture (upstream's app beyond the model: preprocessing, pitch, beats)."""
     return dict(np.load(FIXTURES / "golden-app" / f"{case}.npz"))

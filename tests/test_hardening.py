@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import CHECKPOINTS
+from conftest import CHECKPOINTS, as_a_terminal_starts_it
 from vampnet_onnx import cli
 from vampnet_onnx.audio import choose_subtype
 from vampnet_onnx.cli import main
@@ -173,7 +173,7 @@ def _vamp_process(tmp_path: Path, model_path: Path, steps: int,
             "--save-codes", str(tmp_path / "codes.npz")]
     cmd = [sys.executable, "-m", "vampnet_onnx"] if prelude is None else [sys.executable, "-c", prelude]
     return subprocess.Popen(cmd + args, cwd=tmp_path, env=env_with_repo(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_a_terminal_starts_it)
 
 
 def _wait_for_model_run(proc) -> None:

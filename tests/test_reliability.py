@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import as_a_terminal_starts_it
 from vampnet_onnx import batch
 from vampnet_onnx.cli import main
 from vampnet_onnx.model import Model, run_in_progress
@@ -311,7 +312,8 @@ def start_batch(in_dir: Path, out: Path, model: Path) -> tuple[subprocess.Popen,
     """`batch` in its own process group (as a terminal runs it); returns once a file is done, with
     the driver's descendants (its local Ray, workers included) and the lines printed so far."""
     proc = subprocess.Popen(batch_command(in_dir, out, model, "--workers", "1"), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_a_terminal_starts_it)
     lines = []
     while not lines or not lines[-1].startswith("done "):
         line = proc.stdout.readline()
