@@ -33,8 +33,9 @@ from onnx.external_data_helper import set_external_data
 
 from vampnet_onnx.builder.assemble import assemble, export_components
 from vampnet_onnx.builder.codec import load_codec
-from vampnet_onnx.builder.quantize import quantize_components
+from vampnet_onnx.builder.quantize import WEB, quantize_components
 from vampnet_onnx.builder.transformer import load_transformer
+from vampnet_onnx.builder.web import preoptimize
 from vampnet_onnx.interface import MAX_ADAPTERS
 from vampnet_onnx.paths import data_file
 from vampnet_onnx.session import interface_feeds
@@ -229,6 +230,9 @@ def build_model(codec: Path, coarse: Path, c2f: Path, output: Path, coarse_lora:
         del model
         if data.exists() and data not in written:
             written.append(data)
+        if weights == WEB:
+            step("onnxruntime's basic graph optimizations, done once for the browser (builder/web.py)")
+            preoptimize(written[0])
         step("checking (onnx.checker, full check)")
         onnx.checker.check_model(str(written[0]), full_check=True)
         step("test run in onnxruntime")

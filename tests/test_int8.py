@@ -116,6 +116,41 @@ def test_web_variant_keeps_the_int8_weights_in_the_main_graph(build_variant):
     assert not [t.name for t in _initializers(model.graph) if t.name.endswith("_int8") and t.name not in main]
 
 
+def test_web_variant_preoptimized_once_gives_the_same_outputs(build_variant, tmp_path):
+    """builder/web.py, as `build --weights web` ends: onnxruntime's basic rewrite, done once, leaves
+    standard ops only (opset 20), fewer nodes and no Constant node; the int8 weights stay main-graph
+    initializers in the .data file, the Loop bodies' initializers stay in the .onnx (onnxruntime-web
+    reads no external data of a body's); the outputs equal the model's before it (a deterministic
+    fixture and one that samples, one step per stage)."""
+    import shutil
+
+    from vampnet_onnx.builder.web import preoptimize
+
+    before = build_variant("tiny:web").path
+    path = tmp_path / "vampnet.onnx"
+    shutil.copy(before, path)
+    preoptimize(path)
+    model = onnx.load(str(path), load_external_data=False)
+    original = onnx.load(str(before))
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20)}
+    assert {n.domain for _, n in _nodes(model.graph)} <= {""}
+    assert not [n for _, n in _nodes(model.graph) if n.op_type == "Constant"]
+    assert len(list(_nodes(model.graph))) < len(list(_nodes(original.graph)))
+    external = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    assert {n.input[1] for _, n in _nodes(model.graph) if n.op_type == "MatMulInteger"} <= external
+    main = {t.name for t in model.graph.initializer}
+    bodies = [t for t in _initializers(model.graph) if t.name not in main]
+    assert bodies and all(t.data_location != onnx.TensorProto.EXTERNAL for t in bodies)
+    for case in ("tiny_periodic", "tiny_stochastic_seed5"):
+        g = golden(case)
+        inputs = {**fixture_inputs(g), "sampling_steps": 1, "c2f_sampling_steps": 1}
+        feeds = interface_feeds(g["preprocessed_audio"][:, 0], **inputs)
+        want = _session(before).run(OUTPUTS, feeds)
+        got = _session(path).run(OUTPUTS, feeds)
+        for name, w, o in zip(OUTPUTS, want, got):
+            np.testing.assert_array_equal(o, w, err_msg=f"{case}: {name}")
+
+
 def test_int8_weights_are_at_most_30_percent(tiny, int8):
     floats = {t.name: t for t in _initializers(onnx.load(str(tiny.path)).graph)}
     quantized = [t for t in _initializers(onnx.load(str(int8.path)).graph) if t.name.endswith(("_int8", "_scale"))]

@@ -1,0 +1,66 @@
+"""The browser's variant (`build --weights web`), rewritten once at build time by onnxruntime's
+basic graph optimizations, so that onnxruntime-web does not redo them at every load.
+
+    preoptimize(model_path)   # in place: model_path and its .data file beside it
+
+At real size these rewrites of the graph (constant folding, removing redundant nodes, Constant
+nodes to initializers: 18,915 nodes become 12,162) took about two fifths of onnxruntime-web's
+session creation (docs/browser.md, "Loading faster"). The basic level gives standard ONNX ops only and depends
+on no CPU feature (onnxruntime applies it before it assigns nodes to a provider); the
+provider-specific fusions (level "extended" and above: `com.microsoft` ops) are left to
+onnxruntime-web at load, as before. The rewritten model gives the same codes (tests/test_web.py).
+
+Constant folding turns what the graph computes from weights alone into weights: the codec
+decoder's float16 weights become the float32 ones its Loop body casts them to (about 60 MB more
+to download at real size; onnxruntime-web made the same float32 copies in memory at every load).
+Those land in the Loop body, and onnxruntime-web reads no external data of a body's initializer
+(docs/browser.md), so the body's initializers stay in the `.onnx` file and only the main graph's
+go to the `.data` file.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from vampnet_onnx.paths import data_file
+
+
+def preoptimize(model_path: Path) -> None:
+    """Replace model_path (and `<model_path>.data`) by onnxruntime's basic-level rewrite of it."""
+    import onnxruntime as ort
+
+    from vampnet_onnx.builder.build import externalize_weights, save_model
+
+    model_path = Path(model_path)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
+        # onnxruntime writes what it made into the protobuf (the browser's variant is far below
+        # 2 GB) and leaves references to model_path's .data file for the weights it did not touch
+        options.optimized_model_filepath = str(Path(tmp) / model_path.name)
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    onnx.load_external_data_for_model(optimized, str(model_path.parent))
+    # onnxruntime lists every domain it knows; the model uses the standard one only, as before
+    original = onnx.load(str(model_path), load_external_data=False)
+    foreign = {n.domain for n in _nodes(optimized.graph)} - {"", "ai.onnx"}
+    if foreign:
+        raise RuntimeError(f"onnxruntime's basic optimizations wrote ops of {sorted(foreign)}; expected standard ops")
+    del optimized.opset_import[:]
+    optimized.opset_import.extend(original.opset_import)
+    data = data_file(model_path)
+    data.unlink(missing_ok=True)
+    components = {"model": optimized}
+    externalize_weights(components, data)  # the main graph's initializers only
+    written = save_model(components["model"], model_path)
+    assert written == [model_path], written
+
+
+def _nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                yield from _nodes(body)
