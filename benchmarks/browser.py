@@ -131,6 +131,8 @@ def visit(result: dict, samples: list[tuple[float, int]], model_url: str | None 
         "opened": "run" in times or result["state"] == "ready", "state": result["state"], "error": result["error"],
         "model_line": result["model"], "backend_line": result["backend"], "download_line": result["download"],
         "threads": (result.get("runtime") or {}).get("threads"),
+        # the page's own parts of the load (web/app.mjs): fetch, read, runtime, session (ms)
+        "load_parts_s": {k: v / 1000 for k, v in (result.get("load_ms") or {}).items() if v is not None},
         "load_s": (times["loaded"] - times["model"]) / 1000,
         "run_s": (times["ran"] - times["run"]) / 1000 if ran else None,
         "idle_rss_bytes": idle,
@@ -241,7 +243,8 @@ def main() -> None:
         visits = [r["first"], r["cached"]]
     print("\n".join(lines) + "\n")
     for v in visits:
-        print(f"the page: state {v['state']}; {v['backend_line']}; model line: {v['model_line']}; "
+        parts = ", ".join(f"{k} {t:.1f} s" for k, t in v["load_parts_s"].items())
+        print(f"the page: load {v['load_s']:.1f} s ({parts}); state {v['state']}; {v['backend_line']}; model line: {v['model_line']}; "
               f"download line: {v['download_line']}; error line: {v['error']}; idle {gb(v['idle_rss_bytes'])}")
     print(f"{r['chromium']} (headless), onnxruntime-web {r['onnxruntime_web']}, {r['machine']}")
     print(f"command: {r['command']}")

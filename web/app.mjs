@@ -78,7 +78,7 @@ function memoryText(size) {
     `4 GiB and the model's weights must all be in it (see the README on model sizes)`;
 }
 
-/** source: {label, demo, model: File | URL, data: File | null, size: bytes (for a URL)}. */
+/** source: {label, demo, model: File | URL, data: File | null, size: bytes (for a URL), fetchMs: by address}. */
 async function loadModel(source) {
   clearError();
   state.model = null;
@@ -93,6 +93,7 @@ async function loadModel(source) {
   }
   const message = { type: "load", backend: $("backend").value, threads: REQUESTED_THREADS };
   const transfer = [];
+  const reading = performance.now();
   try {
     if (source.model instanceof File) {
       message.model = await source.model.arrayBuffer();
@@ -109,6 +110,7 @@ async function loadModel(source) {
       ? `cannot load ${source.label}: ${memoryText(size)} (${firstLine(e)})`
       : `cannot read ${source.label}: ${firstLine(e)}`);
   }
+  const readMs = performance.now() - reading;
   startWorker();
   let loaded;
   try {
@@ -136,6 +138,9 @@ async function loadModel(source) {
   }
   state.source = source;
   state.model = { ...loaded, defaults, size };
+  // ms: fetching a model by address (downloading it, or finding it in the cache), reading the .onnx
+  // here, then the worker's parts (worker.mjs)
+  state.loadMs = { fetch: source.fetchMs ?? null, read: readMs, ...loaded.ms };
   $("backend-status").textContent = backendText(loaded);
   $("model-status").textContent = `${source.label}${source.cached ? " (from this browser's cache)" : ""}: ` +
     `${gb(size)}, ${loaded.inputs.length} inputs, ` +
@@ -268,6 +273,7 @@ async function openUrl(address) {
   }
   let model, data, cached;
   setState("loading-model");
+  const started = performance.now();
   try {
     const cache = await caches.open(MODEL_CACHE);
     cached = Boolean(await cache.match(url));
@@ -290,7 +296,7 @@ async function openUrl(address) {
   await listCached();
   const name = baseName(url);
   await loadModel({ label: name, url, cached, demo: false, model: new File([model.blob], name),
-    data: data ? new File([data.blob], `${name}.data`) : null });
+    data: data ? new File([data.blob], `${name}.data`) : null, fetchMs: performance.now() - started });
 }
 
 /** The kept models, each with an Open and a Remove button. */
@@ -745,6 +751,7 @@ window.vampnet = {
   get outputUrls() { return state.outputUrls; },
   get eta() { return state.eta; },
   get preview() { return state.preview; },
+  get loadMs() { return state.loadMs; },
   get runtime() { return state.model && { backend: state.model.backend, threads: state.model.threads, isolated: state.model.isolated }; },
 };
 

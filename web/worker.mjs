@@ -5,7 +5,8 @@
 //                backend: "auto" (WebGPU when the browser has an adapter) | "wasm",
 //                threads?: at most this many (default: every core)}
 //               {type: "run", audio: Float32Array, rows, values: {input name: number}}
-// Messages out: {type: "loaded", inputs, outputs, metadata, backend: "webgpu" | "wasm", threads, isolated}
+// Messages out: {type: "loaded", inputs, outputs, metadata, backend: "webgpu" | "wasm", threads, isolated,
+//                ms: {runtime: importing onnxruntime-web and reading the model, session: creating the session}}
 //               {type: "result", outputs, ms}
 //               {type: "error", message, memory: true when the browser ran out of memory}
 let ort = null; // onnxruntime-web, imported on the first load (which build depends on the backend)
@@ -96,15 +97,20 @@ async function load({ model, data, backend: wanted = "auto", threads: most = nul
   const backend = await pickBackend(wanted);
   // the WebGPU build holds the wasm backend too (the fallback for the ops WebGPU lacks), but its
   // larger asyncify wasm is fetched only when there is a GPU to use
+  const started = performance.now();
   ort = await import(backend === "webgpu" ? "./vendor/ort.webgpu.bundle.min.mjs" : "./vendor/ort.wasm.bundle.min.mjs");
   ort.env.wasm.numThreads = threads;
   const bytes = await bytesOf(model);
   metadata = readMetadata(bytes);
   const options = { executionProviders: backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"] };
   if (data) options.externalData = [{ path: data.name, data: data.buffer ? new Uint8Array(data.buffer) : data.url }];
+  const creating = performance.now();
   session = await ort.InferenceSession.create(bytes, options);
+  // where a load's time goes (benchmarks/browser.py): the session's creation includes reading the
+  // .data file from its URL
+  const ms = { runtime: creating - started, session: performance.now() - creating };
   postMessage({ type: "loaded", inputs: session.inputMetadata, outputs: session.outputNames, metadata,
-    backend, threads, isolated });
+    backend, threads, isolated, ms });
 }
 
 // Every input is fed (the model stores no defaults): the values given, the mask empty.

@@ -136,7 +136,7 @@ async function runScenario(page, scenario, log) {
     };
     const text = (id) => (document.getElementById(id).hidden ? null : document.getElementById(id).textContent);
     const out = { state: document.body.dataset.state, error: text("error"), notice: text("notice"),
-      model: text("model-status"), backend: text("backend-status"), runtime: window.vampnet.runtime, cores: navigator.hardwareConcurrency,
+      model: text("model-status"), backend: text("backend-status"), runtime: window.vampnet.runtime, load_ms: window.vampnet.loadMs, cores: navigator.hardwareConcurrency,
       bodyText: document.body.innerText.length };
     const p = window.vampnet.preview;
     if (p) {
