@@ -101,9 +101,9 @@ async function loadModel(source) {
     } else {
       message.model = source.model;
     }
-    // The weights go by URL: onnxruntime-web streams a large file into memory, where reading it
-    // into one ArrayBuffer here would fail beyond 2 GiB (Chromium's limit for reading a file).
-    if (source.data) message.data = { name: source.data.name, url: URL.createObjectURL(source.data) };
+    // The weights go as the File itself (a handle: nothing is read or copied here); the worker
+    // reads them.
+    if (source.data) message.data = { name: source.data.name, blob: source.data };
   } catch (e) {
     $("model-status").textContent = "no model loaded";
     return showError(e instanceof RangeError || /memory/i.test(firstLine(e))
@@ -123,8 +123,6 @@ async function loadModel(source) {
         ? `cannot load ${source.label}: it keeps weights of its loops in its .data file, which onnxruntime-web ` +
           `cannot read (build the browser's variant with \`vampnet-onnx build --weights web\`; ${e.message})`
         : `cannot load the model ${source.label}: ${e.message}`);
-  } finally {
-    if (message.data) URL.revokeObjectURL(message.data.url);
   }
   let defaults;
   try {
