@@ -119,12 +119,14 @@ def with_external_data(model: Path, folder: Path, name: str = "external") -> lis
 
 def as_built(base, weights: str, folder: Path) -> list[Path]:
     """The tiny model with `weights` as `vampnet-onnx build` writes it (builder/build.py): the
-    components quantized, their weights moved to vampnet.onnx.data, the model assembled around them."""
+    components quantized, their weights moved to vampnet.onnx.data, the model assembled around them
+    (and, for "web", rewritten once by onnxruntime's basic optimizations)."""
     import onnx
 
     from vampnet_onnx.builder.assemble import assemble
     from vampnet_onnx.builder.build import externalize_weights, save_model
-    from vampnet_onnx.builder.quantize import quantize_components
+    from vampnet_onnx.builder.quantize import WEB, quantize_components
+    from vampnet_onnx.builder.web import preoptimize
 
     components = {name: onnx.ModelProto.FromString(c.SerializeToString()) for name, c in base.components.items()}
     quantize_components(components, weights)
@@ -133,6 +135,8 @@ def as_built(base, weights: str, folder: Path) -> list[Path]:
     written = save_model(assemble(base.codec, base.coarse, base.c2f, components=components, weights=weights),
                          folder / "vampnet.onnx")
     assert written == [folder / "vampnet.onnx"]  # the weights are in the .data file already
+    if weights == WEB:
+        preoptimize(folder / "vampnet.onnx")  # onnxruntime's basic rewrite, done once (builder/web.py)
     return [folder / "vampnet.onnx", folder / "vampnet.onnx.data"]
 
 
