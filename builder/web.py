@@ -10,12 +10,14 @@ on no CPU feature (onnxruntime applies it before it assigns nodes to a provider)
 provider-specific fusions (level "extended" and above: `com.microsoft` ops) are left to
 onnxruntime-web at load, as before. The rewritten model gives the same codes (tests/test_web.py).
 
-Constant folding turns what the graph computes from weights alone into weights: the codec
-decoder's float16 weights become the float32 ones its Loop body casts them to (about 60 MB more
-to download at real size; onnxruntime-web made the same float32 copies in memory at every load).
-Those land in the Loop body, and onnxruntime-web reads no external data of a body's initializer
-(docs/browser.md), so the body's initializers stay in the `.onnx` file and only the main graph's
-go to the `.data` file.
+Constant folding turns what the graph computes from weights alone into weights; left to it, the
+codec decoder's float16 weights would become the float32 copies its Loop body casts them to (60 MB
+more to download at real size, and 0.3 GB more memory while loading in the browser: the float32
+copies in the `.onnx` file, then in onnxruntime-web's protobuf and tensors). So the float16 weights
+are listed as graph inputs while onnxruntime rewrites the graph (an initializer that is also an
+input can be overridden, so it is not folded) and stay float16; the Cast is left to the load. What
+is folded inside a Loop body stays in the `.onnx` file (onnxruntime-web reads no external data of
+a body's initializer, docs/browser.md); the main graph's weights go to the `.data` file.
 """
 from __future__ import annotations
 
@@ -34,17 +36,30 @@ def preoptimize(model_path: Path) -> None:
     from vampnet_onnx.builder.build import externalize_weights, save_model
 
     model_path = Path(model_path)
+    original = onnx.load(str(model_path), load_external_data=False)
+    held = onnx.ModelProto()
+    held.CopyFrom(original)
+    kept = [t for t in held.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    held.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in kept)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3  # not a warning per float16 weight listed as an input
+    # the weights in the .data file beside model_path
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_path.parent))
     with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
         # onnxruntime writes what it made into the protobuf (the browser's variant is far below
         # 2 GB) and leaves references to model_path's .data file for the weights it did not touch
         options.optimized_model_filepath = str(Path(tmp) / model_path.name)
-        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(held.SerializeToString(), options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
     onnx.load_external_data_for_model(optimized, str(model_path.parent))
+    names = {t.name for t in kept}
+    inputs = [i for i in optimized.graph.input if i.name not in names]
+    del optimized.graph.input[:]
+    optimized.graph.input.extend(inputs)
+    if [i.name for i in inputs] != [i.name for i in original.graph.input]:
+        raise RuntimeError("onnxruntime's basic optimizations changed the model's inputs")
     # onnxruntime lists every domain it knows; the model uses the standard one only, as before
-    original = onnx.load(str(model_path), load_external_data=False)
     foreign = {n.domain for n in _nodes(optimized.graph)} - {"", "ai.onnx"}
     if foreign:
         raise RuntimeError(f"onnxruntime's basic optimizations wrote ops of {sorted(foreign)}; expected standard ops")
