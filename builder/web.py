@@ -4,11 +4,12 @@ basic graph optimizations, so that onnxruntime-web does not redo them at every l
     preoptimize(model_path)   # in place: model_path and its .data file beside it
 
 At real size these rewrites of the graph (constant folding, removing redundant nodes, Constant
-nodes to initializers: 18,915 nodes become 12,162) took about two fifths of onnxruntime-web's
-session creation (docs/browser.md, "Loading faster"). The basic level gives standard ONNX ops only and depends
-on no CPU feature (onnxruntime applies it before it assigns nodes to a provider); the
-provider-specific fusions (level "extended" and above: `com.microsoft` ops) are left to
-onnxruntime-web at load, as before. The rewritten model gives the same codes (tests/test_web.py).
+nodes to initializers: 18,915 nodes become 12,162) took two fifths to a half of onnxruntime-web's
+session creation (docs/browser.md, "Loading faster"). The basic level gives standard ONNX ops
+only and depends on no CPU feature (onnxruntime applies it before it assigns nodes to a
+provider); the provider-specific fusions (level "extended" and above: `com.microsoft` ops) are
+left to onnxruntime-web at load, as before. The rewritten model gives the same outputs
+(tests/test_int8.py; in the browser, tests/test_web.py).
 
 Constant folding turns what the graph computes from weights alone into weights; left to it, the
 codec decoder's float16 weights would become the float32 copies its Loop body casts them to (60 MB
