@@ -29,7 +29,9 @@ rates the filter is upstream's float32 one (a table made at build time), at othe
 in the graph. The IIR runs block-recursively, one pole at a time (`one_pole`): each 64-sample
 block is filtered from rest with one MatMul, and the value each block starts from comes from a
 parallel prefix scan over the blocks, so the filter is exact (to float32 rounding) without a
-sample-by-sample Loop.
+sample-by-sample Loop. The meter filters the signal in segments of SEGMENT_CHUNKS chunks of 0.1 s
+(a Loop that carries the filters' state from one segment to the next) and keeps only the sums of
+squares per chunk, so its memory does not grow with the input.
 
 Every Loop here carries a single value (a pair is packed into one tensor): onnxscript 0.7.2 lists
 a Loop's outputs in the order of a Python set built separately from the one that orders its
@@ -62,6 +64,8 @@ TAPS_PER_STEP = 1 << 21  # resampler taps gathered per Loop iteration (8 MB of f
 EUCLID_STEPS = 32
 FILTER_BLOCK_BITS = 6
 FILTER_BLOCK = 1 << FILTER_BLOCK_BITS  # samples per block of the block-recursive IIR
+SEGMENT_CHUNKS = 64  # loudness filters 6.4 s (64 chunks of 0.1 s) at a time, whatever the length
+FIRST_SUMS = 12 + 2 * SEGMENT_CHUNKS  # where the meter's sums start (after the filter state and a zero segment)
 # K-weighting (pyloudnorm's constants, as audiotools uses them)
 SHELF_A = 10.0 ** (4.0 / 40.0)  # RBJ's A of a +4 dB shelf
 SHELF_Q = 1.0 / math.sqrt(2.0)
@@ -258,14 +262,32 @@ def one_pole(v: FLOAT[2, "B", "L"], p: FLOAT[2, 1]) -> FLOAT[2, "B", "L"]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def biquad(x: FLOAT["B", "L"], b: FLOAT[3], p: FLOAT[2, 1], q: FLOAT[2, 1]) -> FLOAT["B", "L"]:
+def one_pole_after(v: FLOAT[2, "B", "L"], p: FLOAT[2, 1], last: FLOAT["B", 2]) -> FLOAT[2, "B", "L"]:
+    """`one_pole` continuing a filter whose previous output was `last` ((re, im) per row): that
+    output enters as p·last added to v's first sample, which is what u[0] = p·u[−1] + v[0] says."""
+    entering = op.Unsqueeze(complex_mul(p, op.Transpose(last)), [2])  # (2, B, 1)
+    L = op.Shape(v, start=2, end=3)
+    return one_pole(v + op.Pad(entering, op.Concat([0, 0, 0, 0, 0], L - 1, axis=0)), p)
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def biquad(x: FLOAT["B", "L"], b: FLOAT[3], p: FLOAT[2, 1], q: FLOAT[2, 1],
+           state: FLOAT["B", 6]) -> tuple[FLOAT["B", "L"], FLOAT["B", 6]]:
     """lfilter(b, a, x) for a = (1 − p·z⁻¹)(1 − q·z⁻¹), p and q complex ((re, im)): the zeros first
     (as torchaudio), then one pole after the other (complex poles: a conjugate pair, whose output is
-    real)."""
-    one = op.Constant(value_int=1)
-    v = op.Gather(b, 0) * x + op.Gather(b, 1) * delayed(x, one) + op.Gather(b, 2) * delayed(x, one + one)
+    real). It continues from `state` (all zeros: from rest) and returns the state after x: per row
+    the last two inputs, then the last output of each pole ((re, im))."""
+    L = op.Shape(x, start=1, end=2)
+    before = op.Concat(op.Slice(state, [0], [2], [1]), x, axis=1)  # x[−2], x[−1], x
+    v = (op.Gather(b, 0) * op.Slice(before, [2], L + 2, [1]) + op.Gather(b, 1) * op.Slice(before, [1], L + 1, [1])
+         + op.Gather(b, 2) * op.Slice(before, [0], L, [1]))
     v = op.Concat(op.Unsqueeze(v, [0]), op.Unsqueeze(op.Mul(v, op.CastLike(0.0, v)), [0]), axis=0)
-    return op.Gather(one_pole(one_pole(v, p), q), 0)
+    u = one_pole_after(v, p, op.Slice(state, [2], [4], [1]))
+    w = one_pole_after(u, q, op.Slice(state, [4], [6], [1]))
+    after = op.Concat(op.Slice(before, L, L + 2, [1]), op.Transpose(op.Squeeze(op.Slice(u, [-1], L, [2]), [2])),
+                      op.Transpose(op.Squeeze(op.Slice(w, [-1], L, [2]), [2])), axis=1)
+    y = op.Gather(w, 0)
+    return y, after
 
 
 def k_weighting_stages(rate: int) -> np.ndarray:
@@ -338,25 +360,35 @@ def designed_k_weighting(rate: INT64) -> FLOAT[2, 7]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def filter_stage(x: FLOAT["B", "L"], stage: FLOAT[7]) -> FLOAT["B", "L"]:
-    b = op.Slice(stage, [0], [3])
-    p = op.Reshape(op.Slice(stage, [3], [5]), [2, 1])
-    q = op.Reshape(op.Slice(stage, [5], [7]), [2, 1])
-    return biquad(x, b, p, q)
-
-
-@onnxscript.script(vampnet, default_opset=op)
-def k_weighting(x: FLOAT["B", "L"], rate: INT64) -> FLOAT["B", "L"]:
+def k_weighting_filters(rate: INT64) -> FLOAT[2, 7]:
     """BS.1770's K-weighting at `rate`: pyloudnorm's RBJ high shelf (+4 dB above 1500 Hz, Q 1/√2),
     then its high pass (38 Hz, Q 0.5), normalised by a0 (passband gain 1): upstream's float32
-    filter at the COMMON_RATES, designed in the graph at any other rate."""
+    filter at the COMMON_RATES, designed in the graph at any other rate. Row: b (3), p, q ((re, im))."""
     rates = op.Constant(value_ints=list(COMMON_RATES))
     match = op.Cast(rates == rate, to=INT64.dtype)  # (no int64 ArgMax: onnxruntime 1.17 has none)
     known = op.ReduceSum(match, keepdims=0) > 0
     index = op.ReduceSum(match * op.Range(0, op.Size(rates), 1), keepdims=0)
     table = op.Gather(op.Constant(value=COMMON_STAGES_TENSOR), index)
-    stages = op.Where(known, table, designed_k_weighting(rate))
-    return filter_stage(filter_stage(x, op.Gather(stages, 0)), op.Gather(stages, 1))
+    return op.Where(known, table, designed_k_weighting(rate))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def filter_stage(x: FLOAT["B", "L"], stage: FLOAT[7], state: FLOAT["B", 6]) -> tuple[FLOAT["B", "L"], FLOAT["B", 6]]:
+    b = op.Slice(stage, [0], [3])
+    p = op.Reshape(op.Slice(stage, [3], [5]), [2, 1])
+    q = op.Reshape(op.Slice(stage, [5], [7]), [2, 1])
+    y, after = biquad(x, b, p, q, state)
+    return y, after
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def k_weighting(x: FLOAT["B", "L"], filters: FLOAT[2, 7], state: FLOAT["B", 12]) -> tuple[FLOAT["B", "L"], FLOAT["B", 12]]:
+    """x through both of `filters` (`k_weighting_filters`), continuing from `state` (zeros: from
+    rest); returns the filtered x and the state after it (`biquad`'s, one per filter)."""
+    y, first = filter_stage(x, op.Gather(filters, 0), op.Slice(state, [0], [6], [1]))
+    z, second = filter_stage(y, op.Gather(filters, 1), op.Slice(state, [6], [12], [1]))
+    after = op.Concat(first, second, axis=1)
+    return z, after
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,17 +417,34 @@ def loudness(x: FLOAT["B", "L"], rate: INT64) -> FLOAT["B"]:
     once."""
     L = op.Shape(x, start=1, end=2)
     measured = op.Max(L, op.Reshape(rate / 2, [1]))  # shorter than 0.5 s: zero-padded to 0.5 s
-    y = k_weighting(op.Pad(x, op.Concat([0, 0, 0], measured - L, axis=0)), rate)
     K = 2 * rate / 5
     S = rate / 10
     n_blocks = (op.Max(measured, op.Reshape(K, [1])) - K + S - 1) / S + 1
     chunks = n_blocks + 4  # covers (n_blocks − 1)·S + K samples
-    square = op.Pad(y * y, op.Concat([0, 0, 0], chunks * S - measured, axis=0))
-    square = op.Reshape(square, op.Concat(op.Shape(x, start=0, end=1), chunks, op.Reshape(S, [1]), axis=0))
-    chunk_sum = op.ReduceSum(square, [2], keepdims=0)  # (B, chunks)
-    head = op.Slice(square, [0], [4], [2])  # the first 4 samples of each chunk (S >= 100)
-    in_head = op.Range(0, 4, 1) < K - 4 * S
-    head_sum = op.ReduceSum(op.Where(in_head, head, op.CastLike(0.0, head)), [2], keepdims=0)
+    # The K-weighted squares, summed per chunk, segment by segment (the filter's state carried
+    # from one to the next): only a segment's worth of the filter's work is ever held.
+    rows = op.Shape(x, start=0, end=1)
+    segment = S * SEGMENT_CHUNKS
+    segments = (chunks + SEGMENT_CHUNKS - 1) / SEGMENT_CHUNKS
+    signal = op.Pad(x, op.Concat([0, 0, 0], segments * segment - L, axis=0))  # zeros after the end
+    filters = k_weighting_filters(rate)
+    in_head = op.Range(0, 4, 1) < K - 4 * S  # the first 4 samples of each chunk (S >= 100)
+    # one loop-carried value (see the module's docstring): the filter state (12 per row), then
+    # the sums of each segment (chunk sums, then head sums), after a first segment of zeros
+    sums = op.Expand(op.Constant(value_float=0.0), op.Concat(rows, op.Constant(value_ints=[FIRST_SUMS]), axis=0))
+    for i in range(op.Squeeze(segments)):
+        start = op.Reshape(i * segment, [1])
+        y, state = k_weighting(op.Slice(signal, start, start + segment, [1]), filters, op.Slice(sums, [0], [12], [1]))
+        inside = op.Unsqueeze(start + op.Range(0, segment, 1), [0]) < measured  # the end zero-padded after filtering
+        square = op.Where(inside, y * y, op.CastLike(0.0, y))
+        square = op.Reshape(square, op.Concat(rows, op.Constant(value_ints=[SEGMENT_CHUNKS]), op.Reshape(S, [1]), axis=0))
+        chunk = op.ReduceSum(square, [2], keepdims=0)
+        head = op.ReduceSum(op.Where(in_head, op.Slice(square, [0], [4], [2]), op.CastLike(0.0, square)), [2], keepdims=0)
+        sums = op.Concat(state, op.Slice(sums, [12], op.Shape(sums, start=1, end=2), [1]), chunk, head, axis=1)
+    per_segment = op.Reshape(op.Slice(sums, op.Constant(value_ints=[FIRST_SUMS]), op.Shape(sums, start=1, end=2), [1]),
+                             op.Concat(rows, segments, op.Constant(value_ints=[2, SEGMENT_CHUNKS]), axis=0))
+    chunk_sum = op.Reshape(op.Gather(per_segment, 0, axis=2), op.Concat(rows, [-1], axis=0))  # (B, chunks and more)
+    head_sum = op.Reshape(op.Gather(per_segment, 1, axis=2), op.Concat(rows, [-1], axis=0))
     block_sum = (op.Slice(chunk_sum, [0], n_blocks, [1]) + op.Slice(chunk_sum, [1], n_blocks + 1, [1])
                  + op.Slice(chunk_sum, [2], n_blocks + 2, [1]) + op.Slice(chunk_sum, [3], n_blocks + 3, [1])
                  + op.Slice(head_sum, [4], n_blocks + 4, [1]))
