@@ -313,7 +313,7 @@ def build_function_form(checkpoints: Path, path: Path) -> None:
     import onnx
 
     from vampnet_onnx.builder.assemble import assemble, export_components
-    from vampnet_onnx.builder.build import externalize_weights
+    from vampnet_onnx.builder.files import externalize_weights
     from vampnet_onnx.builder.codec import load_codec
     from vampnet_onnx.builder.transformer import load_transformer
 

@@ -32,7 +32,7 @@ import onnx
 
 from vampnet_onnx.builder.assemble import assemble, export_components
 from vampnet_onnx.builder.codec import load_codec
-from vampnet_onnx.builder.files import PROTOBUF_LIMIT, externalize_weights, save_model, weights_size  # noqa: F401 (also imported from here)
+from vampnet_onnx.builder.files import PROTOBUF_LIMIT, externalize_weights, save_model, weights_size
 from vampnet_onnx.builder.quantize import WEB, quantize_components
 from vampnet_onnx.builder.transformer import load_transformer
 from vampnet_onnx.builder.web import preoptimize

@@ -27,14 +27,13 @@ from pathlib import Path
 
 import onnx
 
+from vampnet_onnx.builder.files import externalize_weights, save_model
 from vampnet_onnx.paths import data_file
 
 
 def preoptimize(model_path: Path) -> None:
     """Replace model_path (and `<model_path>.data`) by onnxruntime's basic-level rewrite of it."""
     import onnxruntime as ort
-
-    from vampnet_onnx.builder.files import externalize_weights, save_model
 
     model_path = Path(model_path)
     original = onnx.load(str(model_path), load_external_data=False)

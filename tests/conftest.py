@@ -106,7 +106,7 @@ class Built:
 @pytest.fixture(scope="session")
 def build_variant(tmp_path_factory):
     from vampnet_onnx.builder.assemble import assemble, export_components
-    from vampnet_onnx.builder.build import save_model
+    from vampnet_onnx.builder.files import save_model
     from vampnet_onnx.builder.codec import load_codec
     from vampnet_onnx.builder.transformer import load_transformer
 

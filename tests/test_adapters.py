@@ -55,7 +55,7 @@ def models(files, tmp_path_factory) -> dict[str, Path]:
     """The two-adapter model (through the command line), and the base and "rand" models with the
     LoRA folded in (assembled directly, sharing the codec's export)."""
     from vampnet_onnx.builder.assemble import assemble, export_codec, export_transformer
-    from vampnet_onnx.builder.build import save_model
+    from vampnet_onnx.builder.files import save_model
     from vampnet_onnx.builder.codec import load_codec
     from vampnet_onnx.builder.transformer import load_transformer
 

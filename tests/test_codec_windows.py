@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from vampnet_onnx.builder.assemble import assemble, bind_weights, component_functions, export_codec
-from vampnet_onnx.builder.build import save_model
+from vampnet_onnx.builder.files import save_model
 from vampnet_onnx.builder.codec import Codec, codec_window_frames, load_codec, receptive_field_frames
 from vampnet_onnx.builder.synthetic import TINY_C2F, TINY_COARSE, write_random_checkpoints
 from conftest import CHECKPOINTS

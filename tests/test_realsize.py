@@ -94,7 +94,7 @@ def test_externalized_build_equals_the_in_memory_build(tiny, tmp_path):
     import onnxruntime as ort
 
     from vampnet_onnx.builder.assemble import assemble
-    from vampnet_onnx.builder.build import externalize_weights, save_model
+    from vampnet_onnx.builder.files import externalize_weights, save_model
 
     # private copies: externalize_weights strips the weights out of the protos it is given
     components = {k: onnx.ModelProto.FromString(v.SerializeToString()) for k, v in tiny.components.items()}

@@ -124,7 +124,7 @@ def as_built(base, weights: str, folder: Path) -> list[Path]:
     import onnx
 
     from vampnet_onnx.builder.assemble import assemble
-    from vampnet_onnx.builder.build import externalize_weights, save_model
+    from vampnet_onnx.builder.files import externalize_weights, save_model
     from vampnet_onnx.builder.quantize import WEB, quantize_components
     from vampnet_onnx.builder.web import preoptimize
 
