@@ -19,8 +19,9 @@ short warm-up of each; medians are reported. Peak memory is measured apart, in
 one fresh process per side (load + one run), because in the timing process all sides are resident.
 
 `--profile` runs the model(s) once under onnxruntime's profiler instead and prints the seconds per
-stage (encode, each stage's transformer and sampling, decode, the rest); the profiler adds a little
-time per node, so its total is somewhat above a plain run's.
+stage (encode, each stage's transformer and sampling, decode, the rest), and within the encoder, the
+decoder and each transformer the shares of its top op types; the profiler adds a little time per
+node, so its total is somewhat above a plain run's.
 """
 from __future__ import annotations
 
@@ -394,15 +395,18 @@ def stage_times(events: list[dict]) -> dict:
     stage_loops.sort()  # innermost first
     seconds = dict.fromkeys(STAGES, 0.0)
     calls = {stage: {} for stage in COMPONENT_STAGE.values()}
+    op_types = {stage: {} for stage in COMPONENT_STAGE.values()}  # seconds per op type within a component
     for e, c in zip(leaves, component):
         if c is None:
             inner = next((kind for _, start, end, kind in stage_loops if start <= e["ts"] < end), None)
             c = f"{inner} sampling" if inner else "masks and other nodes"
         else:
             calls[c][e["name"]] = calls[c].get(e["name"], 0) + 1
+            op = e["args"]["op_name"]
+            op_types[c][op] = op_types[c].get(op, 0.0) + e["dur"] / 1e6
         seconds[c] += e["dur"] / 1e6
     seconds["runtime (loops, copies)"] = max(0.0, run / 1e6 - sum(seconds.values()))
-    return {"seconds": seconds, "total": run / 1e6,
+    return {"seconds": seconds, "total": run / 1e6, "op_types": op_types,
             "calls": {stage: max(n.values(), default=0) for stage, n in calls.items()}}
 
 
@@ -443,6 +447,20 @@ def profile_markdown(profiles: dict[str, dict]) -> str:
             cells.append(f"{s:.1f} s ({100 * s / total:.0f} %{per})")
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     lines.append("| total (profiled run) | " + " | ".join(f"**{p['total']:.1f} s**" for p in profiles.values()) + " |")
+    for name, p in profiles.items():
+        lines += ["", op_type_lines(p, f"{name}: " if len(profiles) > 1 else "")]
+    return "\n".join(lines)
+
+
+def op_type_lines(p: dict, prefix: str = "", top: int = 5) -> str:
+    """Per component stage, its `top` op types by share of the stage's node time (fused nodes under
+    onnxruntime's own names, e.g. FusedConv, MatMulNBits)."""
+    lines = []
+    for stage, ops in p["op_types"].items():
+        total = sum(ops.values())
+        if total:
+            ranked = sorted(ops.items(), key=lambda kv: -kv[1])[:top]
+            lines.append(f"{prefix}{stage} by op type: " + ", ".join(f"{op} {100 * s / total:.0f} %" for op, s in ranked))
     return "\n".join(lines)
 
 

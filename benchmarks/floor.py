@@ -13,7 +13,8 @@ Per stage it reports:
   floor      GFLOP / this CPU's float32 GEMM rate: the better of onnxruntime and torch on one
              (575 × 1280) @ (1280 × 5120) product, a coarse feed-forward's, with the same threads
              (measured before and after the runs, the best kept: other processes may share the CPU);
-  % of floor floor / ORT seconds: 100 % would be the stage's work done at GEMM speed.
+  % of floor floor / ORT seconds: 100 % would be the stage's work done at GEMM speed;
+and, from the same profile, each stage's top op types by share of its time.
 It also times the same GEMM with 8- and 4-bit weights (onnxruntime's MatMulNBits, float or int8
 multiplies) and with int8 weights and int8 activations (DynamicQuantizeMatMul): what fewer bits
 could buy on this CPU. `--gemm-only` ends with the kernels ranked and the `build --weights` choice
@@ -33,8 +34,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from benchmarks.benchmark import (WARMUP_SECONDS, TorchVamp, _cpu_name, add_clip_arguments, ensure_build, profile,
-                                  torch_setup, write_json)
+from benchmarks.benchmark import (WARMUP_SECONDS, TorchVamp, _cpu_name, add_clip_arguments, ensure_build, op_type_lines,
+                                  profile, torch_setup, write_json)
 from benchmarks.realsize import SAMPLE_RATE, test_signal
 
 # the ORT stages and the TorchVamp modules that do the same work
@@ -345,6 +346,8 @@ def markdown(r: dict) -> str:
         f"{100 * r['eager_cpu_share']:.0f} % of their CPU time.",
         "",
         f"Command: `{r['command'].strip()}`",
+        "",
+        op_type_lines(r["ort_profile"]),
     ]
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ import torch
 from onnx import helper
 from torch.export import Dim
 
-from vampnet_onnx.builder.codec import Codec, codec_window_frames, receptive_field_frames
+from vampnet_onnx.builder.codec import Codec, codec_window_frames, decoder_for_export, receptive_field_frames
 from vampnet_onnx.builder.export import DOMAIN, component_function, export_component
 from vampnet_onnx.builder.quantize import OPSET as INT8_OPSET, WEB, move_into_bodies, quantize_components
 from vampnet_onnx.graphs.model import GraphConfig, main_graph
@@ -114,7 +114,8 @@ def export_codec(codec: Codec) -> dict[str, onnx.ModelProto]:
             {"audio": {0: batch, 2: frames * hop}}, ["audio"], ["codes"], _DIM_NAMES,
         ),
         "codec_decoder": export_component(
-            codec.decoder, (_example_codes(k),), {"codes": {0: batch, 2: frames}}, ["codes"], ["audio"], _DIM_NAMES,
+            decoder_for_export(codec.decoder), (_example_codes(k),), {"codes": {0: batch, 2: frames}}, ["codes"],
+            ["audio"], _DIM_NAMES,
         ),
     }
 

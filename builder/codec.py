@@ -13,10 +13,11 @@ is the file's `…weight_g/weight_v` pair. `load_codec(path)` maps a `codec.pth`
   is written exactly as upstream writes it, so the codes are bit-identical in eager mode.
 
 Public API: `CodecConfig`, `LAC`, `CodecEncoder` (audio -> codes), `CodecDecoder` (codes -> audio),
-`Codec` and `load_codec(path)`.
+`decoder_for_export` (the decoder as exported, below), `Codec` and `load_codec(path)`.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -175,8 +176,10 @@ class Snake1d(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Upstream reshapes to (B, C, -1) and back, a no-op for our 3-D activations.
-        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        # Upstream reshapes to (B, C, -1) and back, a no-op for our 3-D activations. Its `.pow(2)`
+        # is written s·s: the same correctly rounded square, one Mul instead of a Pow node.
+        s = torch.sin(self.alpha * x)
+        return x + (self.alpha + 1e-9).reciprocal() * (s * s)
 
 
 class ResidualUnit(nn.Module):
@@ -399,6 +402,114 @@ class CodecDecoder(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         codes = torch.where(codes == self.mask_token, torch.zeros_like(codes), codes)
         return self.decoder(self.quantizer.decode(codes))
+
+
+# --------------------------------------------------------------------------------------------
+# The decoder as exported: the same function, arranged for fewer and faster passes
+# --------------------------------------------------------------------------------------------
+#
+# The decoder's audio only has to equal upstream's to float32 noise (tests/tolerances.py), so its
+# export may round differently; the encoder's may not (its codes must be bit-identical), and is
+# exported as written above. With g = αx, Snake(x) = x + sin²(αx)/α = (g + sin²g)/α: the α in front
+# scales the previous convolution's output channels, the 1/α behind scales the next convolution's
+# input channels, and what is left runs as three passes (Sin, Mul, Add) instead of five. Where x
+# itself is needed (a residual layer's input, added back at its end), g = αx stays one Mul; the
+# MRF's mean (÷3) and the next block's α become one Mul. Upstream divides by α + 1e-9, not α: the
+# difference, sin²(αx)·1e-9/α², is below 1e-9·x². (The transposed convolutions stay: as an
+# ordinary Conv in polyphase form, interleaved by a Transpose, they ran no faster in onnxruntime;
+# docs/performance.md.)
+
+FOLD_MIN_ALPHA = 1e-6  # |α| below this (upstream's α may be 0: Snake is then x) keeps Snake unfolded
+
+
+def _scaled(conv: nn.Conv1d | nn.ConvTranspose1d, inputs: torch.Tensor | None = None,
+            outputs: torch.Tensor | None = None) -> nn.Module:
+    """A copy of `conv` computing conv(inputs·x)·outputs, per channel (scaled in float64, stored float32)."""
+    new = copy.deepcopy(conv)
+    in_axis, out_axis = (0, 1) if isinstance(conv, nn.ConvTranspose1d) else (1, 0)  # weight (C_in, C_out, k)
+    w, b = conv.weight.detach().double(), conv.bias.detach().double()
+    if inputs is not None:
+        w = w * inputs.view([-1 if a == in_axis else 1 for a in range(3)])
+    if outputs is not None:
+        w, b = w * outputs.view([-1 if a == out_axis else 1 for a in range(3)]), b * outputs
+    new.weight, new.bias = nn.Parameter(w.float()), nn.Parameter(b.float())
+    return new
+
+
+def _alpha(snake: Snake1d) -> torch.Tensor:
+    return snake.alpha.detach().double().view(-1)
+
+
+def snake_scaled(g: torch.Tensor) -> torch.Tensor:
+    """α·Snake(x) for g = αx."""
+    s = torch.sin(g)
+    return g + s * s
+
+
+class FoldedResidualLayer(nn.Module):
+    """ResidualLayer: x + conv2(Snake(conv1(Snake(x)))), both Snakes folded."""
+
+    def __init__(self, layer: ResidualLayer):
+        super().__init__()
+        snake1, conv1, snake2, conv2 = layer.layer
+        self.alpha = nn.Parameter(snake1.alpha.detach().clone())
+        self.conv1 = _scaled(conv1, inputs=1 / _alpha(snake1), outputs=_alpha(snake2))
+        self.conv2 = _scaled(conv2, inputs=1 / _alpha(snake2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(snake_scaled(self.conv1(snake_scaled(self.alpha * x))))
+
+
+class FoldedDecoderBlock(nn.Module):
+    """DecoderBlock on g = α·x (its Snake's α applied by whatever computed x); returns the MRF's
+    stacks summed, the ÷3 left to the next scale."""
+
+    def __init__(self, block: DecoderBlock):
+        super().__init__()
+        snake, up, mrf = block.block
+        self.up = _scaled(up, inputs=1 / _alpha(snake))
+        self.stacks = nn.ModuleList(
+            nn.Sequential(*[FoldedResidualLayer(layer) for layer in stack.block]) for stack in mrf.mrf_blocks
+        )
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        x = self.up(snake_scaled(g))
+        total = self.stacks[0](x)
+        for stack in self.stacks[1:]:
+            total = total + stack(x)
+        return total
+
+
+class FoldedDecoder(nn.Module):
+    """CodecDecoder's function with every Snake folded into the convolutions around it."""
+
+    def __init__(self, codec_decoder: CodecDecoder):
+        super().__init__()
+        self.mask_token, self.quantizer = codec_decoder.mask_token, codec_decoder.quantizer
+        first, *blocks, snake, last, _tanh = codec_decoder.decoder.model
+        snakes = [b.block[0] for b in blocks] + [snake]
+        self.conv_in = _scaled(first, outputs=_alpha(snakes[0]))
+        self.blocks = nn.ModuleList(FoldedDecoderBlock(b) for b in blocks)
+        # after each block: the MRF's mean, then the next Snake's α, as one per-channel scale
+        self.scales = nn.ParameterList(nn.Parameter((s.alpha.detach().double() / len(MRF_KERNELS)).float())
+                                       for s in snakes[1:])
+        self.conv_out = _scaled(last, inputs=1 / _alpha(snake))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        codes = torch.where(codes == self.mask_token, torch.zeros_like(codes), codes)
+        g = self.conv_in(self.quantizer.decode(codes))
+        for block, scale in zip(self.blocks, self.scales):
+            g = block(g) * scale
+        return torch.tanh(self.conv_out(snake_scaled(g)))
+
+
+def decoder_for_export(codec_decoder: CodecDecoder) -> nn.Module:
+    """The decoder as the model ships it: `FoldedDecoder`, unless a Snake's α is too small to divide
+    by (then the decoder as written)."""
+    alphas = [m.alpha for m in codec_decoder.decoder.modules() if isinstance(m, Snake1d)]
+    if min(a.detach().abs().min().item() for a in alphas) < FOLD_MIN_ALPHA:
+        return codec_decoder
+    return FoldedDecoder(codec_decoder).eval()
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vampnet_onnx.builder.checkpoint import CheckpointError
-from vampnet_onnx.builder.codec import CodecConfig, load_codec
+from vampnet_onnx.builder.codec import CodecConfig, FoldedDecoder, Snake1d, decoder_for_export, load_codec
 from tolerances import AUDIO_ATOL, AUDIO_MAX, assert_audio_close
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
@@ -164,6 +164,33 @@ def test_batch_rows_are_independent(codecs):
         # Batch 2 vs 1 changes the conv kernels' blocking: float32 noise only (tests/tolerances.py).
         np.testing.assert_allclose(wav[:1].numpy(), codec.decoder(codes[:1]).numpy(), rtol=0, atol=AUDIO_MAX)
         np.testing.assert_allclose(wav[1:].numpy(), codec.decoder(codes[1:]).numpy(), rtol=0, atol=AUDIO_MAX)
+
+
+# ------------------------------------------------------------------- the decoder as exported
+
+@pytest.mark.parametrize("case", CASES)
+def test_exported_decoder_form_matches_upstream(codecs, case):
+    """The form the model ships (Snakes folded into the convolutions) rounds differently from the
+    decoder as written, and still gives upstream's audio to float32 noise."""
+    g = np.load(FIXTURES / "golden" / f"{case}.npz")
+    folded = decoder_for_export(codecs[_variant(case)].decoder)
+    assert isinstance(folded, FoldedDecoder)
+    with torch.no_grad():
+        audio = folded(torch.from_numpy(g["codes"])).numpy()
+    assert_audio_close(audio, g["decoded_input"], case)
+
+
+def test_decoder_with_a_zero_alpha_is_exported_unfolded(codecs):
+    """Upstream's Snake with α = 0 is the identity; folding would divide by that α."""
+    decoder = copy.deepcopy(codecs["tiny"].decoder)
+    snake = next(m for m in decoder.decoder.modules() if isinstance(m, Snake1d))
+    with torch.no_grad():
+        snake.alpha[0, 1, 0] = 0.0
+    codes = torch.from_numpy(np.load(GOLDEN[0])["codes"])
+    with torch.no_grad():
+        assert not torch.isfinite(FoldedDecoder(decoder)(codes)).all()
+        assert decoder_for_export(decoder) is decoder
+        assert torch.isfinite(decoder(codes)).all()
 
 
 # ------------------------------------------------------------------------- bad checkpoints
