@@ -496,7 +496,8 @@ def ensure_max_of_audio(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
 @onnxscript.script(vampnet, default_opset=op)
 def finite(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
     """NaN and ±inf samples read as 0. The Where runs only when the sum says a sample may not be
-    finite: onnxruntime's Where holds two more copies of a whole signal while it selects."""
+    finite: on a whole signal onnxruntime's Where peaked at about two copies of it more than its
+    output and masks (docs/performance.md, "Where the memory went")."""
     total = op.ReduceSum(x, keepdims=0)
     if op.Or(op.IsNaN(total), op.IsInf(total)):
         y = op.Where(op.Or(op.IsNaN(x), op.IsInf(x)), op.CastLike(0.0, x), x)
