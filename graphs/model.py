@@ -132,6 +132,7 @@ def main_graph(config: GraphConfig):
         # tensor (some divide by a zero dimension, which kills the host process).
         batch = op.Shape(audio, start=0, end=1)
         rows = op.Pad(audio, op.Concat([0, 0], op.Max(1 - batch, 0), [0], axis=0))
+        n_rows = op.Shape(rows, start=0, end=1)  # taken here, so that `rows` is freed after `finite`
 
         # upstream's _preprocess (graphs/preprocess.py): to the codec's rate, −24 LUFS, peak <= 1
         rate = clamp_rate(scalar(sample_rate))
@@ -174,8 +175,14 @@ def main_graph(config: GraphConfig):
         row_mask = stretch_mask(input_mask, stretch)
         samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S at the input's rate
         fine_tune = op.Clip(scalar(adapter), 0, ADAPTERS)
+        # Two Ifs on `generate`, not one: a value an If's branch reads from outside stays alive
+        # until the If ends, so the encoder's input (a whole copy of the signal) is read by an If
+        # of its own and freed before the generation and the decoder run (docs/performance.md).
         if scalar(generate) != 0:
             input_codes = encode(to_encode, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
+        else:
+            input_codes = op.Identity(grid)  # the preview's placeholder: no codec
+        if scalar(generate) != 0:
             row_codes = stretch_time(input_codes, stretch)
             row_coarse = coarse_stage(
                 row_codes, row_mask, derive_key(root, STREAM_COARSE), derive_key(root, STREAM_FEEDBACK),
@@ -196,7 +203,7 @@ def main_graph(config: GraphConfig):
             row_codes = op.Expand(op.Constant(value_int=MASK), op.Shape(row_mask))
             row_coarse = op.Identity(row_codes)
             row_out = op.Identity(row_codes)
-            row_audio = op.Expand(op.Constant(value_float=0.0), op.Concat(op.Shape(rows, start=0, end=1), samples, axis=0))
+            row_audio = op.Expand(op.Constant(value_float=0.0), op.Concat(n_rows, samples, axis=0))
         # the outputs are named after these variables
         audio_out = op.Slice(row_audio, [0], batch, [0])
         codes = op.Slice(row_codes, [0], batch, [0])

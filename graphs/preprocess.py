@@ -147,7 +147,6 @@ def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]
     L = op.Squeeze(op.Shape(x, start=1, end=2))
     total = op.Max(new * L / old, 1)
     step = op.Max(TAPS_PER_STEP / (2 * w + 1), 1)
-    padded = op.Pad(x, op.Concat(op.Constant(value_ints=[0]), op.Reshape(w, [1]), op.Constant(value_ints=[0]), op.Reshape(w, [1]), axis=0), mode="edge")  # replicate padding
     y = op.Expand(op.CastLike(0.0, x), op.Concat(op.Shape(x, start=0, end=1), [0], axis=0))
     for c in range(op.Div(total + step - 1, step)):
         j = op.Range(c * step, op.Min(c * step + step, total), 1)
@@ -155,7 +154,14 @@ def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]
         centre = j / new * old + phase * old / new  # k·old + floor(i·old/new) <= L − 1: its taps start there in `padded`
         low = op.Gather(centre, 0)  # `centre` grows with j
         high = op.Gather(centre, op.Shape(centre) - 1)
-        segment = op.Slice(padded, op.Reshape(low, [1]), high + 2 * w + 1, op.Constant(value_ints=[1]))
+        # padded[low : high + 2W + 1] of the input replicate-padded by W either side, cut from the
+        # input itself (never empty: low <= L − 1) and padded here, so that no padded copy of the
+        # whole input is ever held
+        first = op.Max(low - w, 0)
+        last = op.Min(high + w + 1, L)
+        segment = op.Pad(op.Slice(x, op.Reshape(first, [1]), op.Reshape(last, [1]), op.Constant(value_ints=[1])),
+                         op.Concat(op.Constant(value_ints=[0]), op.Reshape(first - (low - w), [1]), op.Constant(value_ints=[0]),
+                                   op.Reshape(high + w + 1 - last, [1]), axis=0), mode="edge")
         samples = op.Gather(sliding_windows(segment, 2 * w + 1), centre - low, axis=1)  # (B, J, 2W + 1)
         piece = op.ReduceSum(samples * op.Gather(kernel, phase, axis=0), [2], keepdims=0)
         y = op.Concat(y, piece, axis=1)
@@ -426,7 +432,7 @@ def loudness(x: FLOAT["B", "L"], rate: INT64) -> FLOAT["B"]:
     rows = op.Shape(x, start=0, end=1)
     segment = S * SEGMENT_CHUNKS
     segments = (chunks + SEGMENT_CHUNKS - 1) / SEGMENT_CHUNKS
-    signal = op.Pad(x, op.Concat([0, 0, 0], segments * segment - L, axis=0))  # zeros after the end
+    last = L - 1
     filters = k_weighting_filters(rate)
     in_head = op.Range(0, 4, 1) < K - 4 * S  # the first 4 samples of each chunk (S >= 100)
     # one loop-carried value (see the module's docstring): the filter state (12 per row), then
@@ -434,7 +440,13 @@ def loudness(x: FLOAT["B", "L"], rate: INT64) -> FLOAT["B"]:
     sums = op.Expand(op.Constant(value_float=0.0), op.Concat(rows, op.Constant(value_ints=[FIRST_SUMS]), axis=0))
     for i in range(op.Squeeze(segments)):
         start = op.Reshape(i * segment, [1])
-        y, state = k_weighting(op.Slice(signal, start, start + segment, [1]), filters, op.Slice(sums, [0], [12], [1]))
+        # the segment, zeros after the end: cut from x and padded here, so that no padded copy
+        # of the whole signal is held; a segment wholly after the end (the last can be) cuts
+        # x's last sample (never an empty tensor) and zeroes it
+        piece = op.Slice(x, op.Min(start, last), start + segment, [1])
+        piece = piece * op.Cast(start < L, to=FLOAT.dtype)
+        piece = op.Pad(piece, op.Concat([0, 0, 0], segment - op.Shape(piece, start=1, end=2), axis=0))
+        y, state = k_weighting(piece, filters, op.Slice(sums, [0], [12], [1]))
         inside = op.Unsqueeze(start + op.Range(0, segment, 1), [0]) < measured  # the end zero-padded after filtering
         square = op.Where(inside, y * y, op.CastLike(0.0, y))
         square = op.Reshape(square, op.Concat(rows, op.Constant(value_ints=[SEGMENT_CHUNKS]), op.Reshape(S, [1]), axis=0))
@@ -477,14 +489,21 @@ def normalize_unless_there(x: FLOAT["B", "L"], rate: INT64, target: FLOAT["B"]) 
 @onnxscript.script(vampnet, default_opset=op)
 def ensure_max_of_audio(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
     """Rows whose peak exceeds 1 scaled down to peak 1 (audiotools' ensure_max_of_audio(1.0))."""
-    peak = op.ReduceMax(op.Abs(x), [1], keepdims=1)
+    peak = op.Max(op.ReduceMax(x, [1], keepdims=1), op.Neg(op.ReduceMin(x, [1], keepdims=1)))  # max |x|, no |x| held
     return x * op.Where(peak > 1.0, 1.0 / op.Max(peak, op.CastLike(1.0, peak)), op.CastLike(1.0, peak))
 
 
 @onnxscript.script(vampnet, default_opset=op)
 def finite(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
-    """NaN and ±inf samples read as 0."""
-    return op.Where(op.Or(op.IsNaN(x), op.IsInf(x)), op.CastLike(0.0, x), x)
+    """NaN and ±inf samples read as 0. The Where runs only when the sum says a sample may not be
+    finite: on a whole signal onnxruntime's Where peaked at about two copies of it more than its
+    output and masks (docs/performance.md, "Where the memory went")."""
+    total = op.ReduceSum(x, keepdims=0)
+    if op.Or(op.IsNaN(total), op.IsInf(total)):
+        y = op.Where(op.Or(op.IsNaN(x), op.IsInf(x)), op.CastLike(0.0, x), x)
+    else:
+        y = op.Identity(x)
+    return y
 
 
 @onnxscript.script(vampnet, default_opset=op)

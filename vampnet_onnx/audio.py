@@ -84,15 +84,23 @@ def load_audio(path: str | os.PathLike) -> PreparedAudio:
         raise AudioError(f"input file not found: {p}")
     if p.is_dir():
         raise AudioError(f"input is a folder, not an audio file: {p}")
-    blocks = []
+    mono, n = np.zeros(0, np.float32), 0
     try:
         with sf.SoundFile(str(p)) as f:
             rate, channels, subtype, fmt = f.samplerate, f.channels, f.subtype, f.format
             if 0 < rate <= MAX_SAMPLE_RATE:
+                # filled in place (the file's frame count, grown if a format reports too few):
+                # the mix is held once, not as blocks and their concatenation
+                mono = np.empty(max(int(f.frames), 0), np.float32)
                 for block in f.blocks(READ_BLOCK, dtype="float64", always_2d=True):
                     if not np.all(np.isfinite(block)):
                         raise AudioError(f"input contains NaN or infinite samples: {p}")
-                    blocks.append(block.mean(axis=1).astype(np.float32))
+                    if n + block.shape[0] > mono.shape[0]:
+                        grown = np.empty(max(2 * mono.shape[0], n + block.shape[0]), np.float32)
+                        grown[:n] = mono[:n]
+                        mono = grown
+                    mono[n:n + block.shape[0]] = block.mean(axis=1)
+                    n += block.shape[0]
     except PermissionError as e:
         raise AudioError(f"cannot read {p}: permission denied") from e
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as e:
@@ -103,7 +111,7 @@ def load_audio(path: str | os.PathLike) -> PreparedAudio:
     if rate <= 0 or rate > MAX_SAMPLE_RATE:
         raise AudioError(f"input has a sample rate of {rate} Hz; the model takes 1 to {MAX_SAMPLE_RATE} Hz "
                          f"(resample the file first): {p}")
-    mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    mono = mono[:n] if n < mono.shape[0] else mono
     if mono.shape[0] == 0 or channels == 0:
         raise AudioError(f"input has no samples: {p}")
     if not np.any(mono):
