@@ -55,6 +55,8 @@ TOO_LARGE = 5 * 2**30  # bytes of weights: more than wasm32's 4 GiB of memory
 # one step per stage
 WEBGPU_CLIP_S = 0.3
 WEBGPU_STEPS = {"seed": 7, "sampling_steps": 1, "c2f_sampling_steps": 1}
+# the features whose graph paths are skipped by default (each built an empty tensor once: docs/browser.md)
+WEBGPU_FEATURES = {"onset_mask_width": 2, "beat_mask_ms": 50.0, "dropout": 0.3, "time_stretch_factor": 2}
 PREVIEW_PRESET = "timbre transfer"
 PREVIEW_VALUES = {"seed": 5, "upper_codebook_mask": 2, "onset_mask_width": 2}  # typed over the preset
 
@@ -216,7 +218,7 @@ def webgpu_page(servers, tmp_path_factory):
     sf.write(folder / "short.wav", clip()[:int(WEBGPU_CLIP_S * SAMPLE_RATE)], SAMPLE_RATE, subtype="PCM_16")
     scenarios = [
         {"name": "webgpu", "browser": "webgpu", "audio": str(folder / "short.wav"),
-         "values": {**DETERMINISTIC, **WEBGPU_STEPS}, "run": True, "timeout_s": 900},
+         "values": {**DETERMINISTIC, **WEBGPU_STEPS, **WEBGPU_FEATURES}, "run": True, "timeout_s": 900},
         {"name": "webgpu sampled", "browser": "webgpu", "audio": str(folder / "short.wav"),
          "values": WEBGPU_STEPS, "run": True, "timeout_s": 900},
     ]
@@ -313,9 +315,10 @@ def test_webgpu_runs_the_whole_vamp_close_to_wasm(webgpu_page, tiny):
     """With Chromium's WebGPU adapter the page runs on WebGPU (wasm for the ops it lacks): no kernel
     fails, the mask is exact, and the codes agree with Python onnxruntime's (equal to wasm's, see
     the tests above) but not exactly, since WebGPU's Sin is looser than float32 (the codec's Snake
-    activations; docs/browser.md). Measured on the 0.3 s clip: 251 of 252 input codes equal (codebook
-    0 all), and all 243 generated tokens equal in both runs; the bounds leave room for a flipped
-    input code that changes the steps after it."""
+    activations; docs/browser.md). The deterministic run also switches on the features whose graph
+    paths are skipped by default (WEBGPU_FEATURES). Measured on the 0.3 s clip before those were
+    added: 251 of 252 input codes equal (codebook 0 all), and all 243 generated tokens equal in both
+    runs; the bounds leave room for a flipped input code that changes the steps after it."""
     for name, generated_agree in (("webgpu", 0.9), ("webgpu sampled", 0.75)):
         result = webgpu_page[name]
         assert result["state"] == "done" and result["error"] is None, result

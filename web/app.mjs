@@ -21,6 +21,9 @@ const NOT_CONTROLS = new Set(["audio", "mask", "sample_rate", "generate", "adapt
 const MASK_CONTROLS = new Set(["seed", "periodic_prompt", "upper_codebook_mask", "onset_mask_width",
   "beat_mask_ms", "dropout", "prefix_s", "suffix_s", "rand_mask_intensity", "periodic_prompt_width", "ncc",
   "time_stretch_factor", "pitch_shift"]);
+// WGSL's sin and cos are accurate only near [-π, π]; the pitch shift's phase vocoder feeds them
+// phases of 10^4 rad and more (docs/browser.md, "WebGPU").
+const PITCH_ON_WEBGPU = "; the pitch shift is only approximate on WebGPU: run on WebAssembly for the exact one";
 const PREVIEW_DELAY_MS = 250; // wait for a pause in typing
 const MAX_VARIATIONS = 16;
 
@@ -421,7 +424,8 @@ async function vamp() {
     const { outputs, ms } = await ask({ type: "run", audio: state.audio.samples, ...request });
     state.result = { outputs, values: request.values, rows: request.rows, ms };
     remember(work, ms);
-    $("run-status").textContent = `done in ${(ms / 1000).toFixed(1)} s (expected ${(eta.ms / 1000).toFixed(1)} s)`;
+    $("run-status").textContent = `done in ${(ms / 1000).toFixed(1)} s (expected ${(eta.ms / 1000).toFixed(1)} s)` +
+      (state.model.backend === "webgpu" && Number(request.values.pitch_shift ?? 0) !== 0 ? PITCH_ON_WEBGPU : "");
     showResult();
     setBusy(false);
   } catch (e) {
