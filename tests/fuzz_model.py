@@ -28,9 +28,12 @@ EXTREME_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-6, 1e-45, 1e6, 1e30, -1e30, 3.4e
                   np.inf, -np.inf, np.nan]
 # A coarse-to-fine step costs about 80 ms per batch row even on one frame (it runs on a whole
 # chunk), so its step count is always fed and stays at or below one (clamped to 1); its upper clamp
-# (128 steps, 10 s here) is left to the CLI tests. The first case takes the most coarse steps.
+# (128 steps, 10 s here) is left to the CLI tests. Coarse steps at the upper clamp cost 10x the
+# default: only the first case (one short clip) takes them, the others draw from the lower edges
+# (one long, slow-rate, stretched clip at 128 steps once took two minutes of this test's four).
 # Feedback passes and the time stretch multiply every step: their edges are drawn from short lists.
 FEW_STEPS = {"c2f_sampling_steps": [INT64_MIN, -(2**31), -1, 0, 1],
+             "sampling_steps": [INT64_MIN, -(2**31), -1, 0, 1, 2, 12, 13],
              "feedback_steps": [INT64_MIN, -1, 0, 1, 2, 9],
              "time_stretch_factor": [INT64_MIN, -1, 0, 1, 2, 3, INT64_MAX]}
 FIRST_CASE = {"sampling_steps": INT64_MAX}
