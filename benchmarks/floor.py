@@ -107,18 +107,18 @@ def dynamic_int8_gemm_rate(threads: int) -> float:
     """The same product with int8 activations too: x quantized at run time (DynamicQuantizeLinear,
     uint8, one scale per tensor), times int8 weights with one scale per column (MatMulInteger),
     scaled back to float; onnxruntime fuses the four standard ops into its DynamicQuantizeMatMul,
-    which multiplies uint8 × int8 (VNNI's vpdpbusd where the CPU has it)."""
+    which multiplies uint8 × int8 (VNNI's vpdpbusd where the CPU has it). The weights are the
+    build's (7-bit, builder/quantize.py says why)."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from vampnet_onnx.builder.quantize import quantize_columns
     from vampnet_onnx.graphs.opsets import OPSET_VERSION
 
     m, k, n = GEMM
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((k, n), dtype=np.float32)
-    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    q, scale = quantize_columns(rng.standard_normal((k, n), dtype=np.float32))
     nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
              helper.make_node("MatMulInteger", ["xq", "q", "xz", "qz"], ["acc"]),
              helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),

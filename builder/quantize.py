@@ -17,7 +17,7 @@ assembler puts weights. Each transformer is called from one Loop body, so its qu
 move into that body (`move_into_bodies`), stored once as before.
 
 int8-dynamic: the same MatMuls multiply int8 by int8. The weight is int8 with one scale per
-column (symmetric); the activation x is quantized as the graph runs, to uint8 with one scale and
+column (symmetric, 7 bits: |q| <= 63, see DYNAMIC_LIMIT); the activation x is quantized as the graph runs, to uint8 with one scale and
 zero point for the whole tensor (DynamicQuantizeLinear), and y = (MatMulInteger(xq, q) · x_scale) ·
 scale: standard ops of opset 20 (onnxruntime >= 1.17 fuses them into its DynamicQuantizeMatMul,
 VNNI's uint8 × int8 dot products where the CPU has them). One scale for a whole activation is
@@ -54,6 +54,11 @@ DECODER = "codec_decoder"
 
 DYNAMIC = "int8-dynamic"  # the --weights choice whose activations are int8 too
 WEB = "web"  # int8-dynamic with its weights in the main graph (the browser's variant)
+# int8-dynamic's weights use 7 bits: without VNNI, onnxruntime's uint8 × int8 kernel (AVX2's
+# vpmaddubsw) adds pairs of products in int16, which saturates for |q| > 64 (2 · 255 · 127 > 32767)
+# and wrecked the logits there (docs/performance.md); 2 · 255 · 63 fits, so every CPU computes
+# the exact integer products, at the cost of one bit of the weights
+DYNAMIC_LIMIT = 63
 
 
 def quantize_components(components: dict[str, onnx.ModelProto], weights: str = "int8") -> list[str]:
@@ -93,11 +98,11 @@ def _dequantize(name: str, w: np.ndarray, node_name: str, new: list) -> onnx.Nod
                             name=f"{node_name}_dequantize", axis=0, block_size=block)
 
 
-def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """W (K, N) -> q int8 (K, N), scale (N,) with W ≈ q · scale, |q| <= 127."""
-    scale = np.abs(w).max(axis=0) / 127.0
+def quantize_columns(w: np.ndarray, limit: int = DYNAMIC_LIMIT) -> tuple[np.ndarray, np.ndarray]:
+    """W (K, N) -> q int8 (K, N), scale (N,) with W ≈ q · scale, |q| <= limit."""
+    scale = np.abs(w).max(axis=0) / limit
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
+    return np.clip(np.rint(w / scale), -limit, limit).astype(np.int8), scale
 
 
 def _integer_matmul(x: str, name: str, w: np.ndarray, out: str, node_name: str, new: list) -> list[onnx.NodeProto]:
