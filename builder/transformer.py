@@ -10,9 +10,10 @@ per-codebook table (C, V+1, d_q) made of the codec's raw codebook rows plus the 
 row at index V. `load_transformer(path, codec, kind)` maps a VampNet `coarse.pth` / `c2f.pth` onto it
 (builder/checkpoint.py, docs/checkpoints.md).
 
-The math follows upstream op for op (same einsums, same scalar forms), so that torch CPU results match
-upstream's to the last bit where the kernels are the same. Everything that depends on the sequence length
-is computed from `codes.shape[2]` inside `forward`, so `torch.export` keeps T dynamic.
+The math follows upstream op for op (its einsums as the same matrix products, same scalar forms), so
+that torch CPU results match upstream's to the last bit where the kernels are the same. Everything that
+depends on the sequence length is computed from `codes.shape[2]` inside `forward`, so `torch.export`
+keeps T dynamic.
 """
 from __future__ import annotations
 
@@ -239,16 +240,21 @@ class Attention(nn.Module):
         if has_relative_attention_bias:  # the first layer's; its bias is used by every layer
             self.relative_attention_bias = RelativePositionBias(cfg.n_heads)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H·d_h) -> (H, B, T, d_h), feature h·d_h + j
-        return x.unflatten(-1, (self.n_heads, self.head_dim)).permute(2, 0, 1, 3)
+    def _heads(self, x: torch.Tensor, order=(2, 0, 1, 3)) -> torch.Tensor:
+        """(B, T, H·d_h) -> (H, B, T, d_h), feature h·d_h + j; keys take order (2, 0, 3, 1): (H, B, d_h, T)."""
+        return x.unflatten(-1, (self.n_heads, self.head_dim)).permute(*order)
 
     def forward(self, y: torch.Tensor, position_bias: torch.Tensor, adapter: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self._heads(self.w_qs(y, adapter)), self._heads(self.w_ks(y)), self._heads(self.w_vs(y, adapter))
-        attn = torch.einsum("hblk,hbtk->hblt", q, k) / math.sqrt(self.head_dim)
+        q, v = self._heads(self.w_qs(y, adapter)), self._heads(self.w_vs(y, adapter))
+        k = self._heads(self.w_ks(y), order=(2, 0, 3, 1))
+        # upstream's einsums as plain MatMuls with the keys already transposed: onnxruntime fuses
+        # q·kᵀ and the 1/√d_h into one FusedMatMul, where an exported Einsum runs on its own, slower
+        # kernel (docs/performance.md); the products are the same.
+        attn = torch.matmul(q, k) / math.sqrt(self.head_dim)
         attn = attn + position_bias
         # (upstream's masked_fill with an all-ones mask never fires and is left out)
         attn = torch.softmax(attn, dim=3)
-        out = torch.einsum("hblt,hbtv->hblv", attn, v)
+        out = torch.matmul(attn, v)
         out = out.permute(1, 2, 0, 3).flatten(2, 3)  # (B, T, E)
         return self.fc(out, adapter)
 
