@@ -3,10 +3,18 @@
 The codec's activations are long: its outer layers run at the sample rate with tens of channels, so
 coding a whole song at once costs memory in proportion to its length. Both stages therefore run
 a Loop over windows of `window` frames: each iteration codes its window plus `overlap` frames either
-side, keeps the window's own frames and appends them (a loop-carried Concat, grown from an empty
-tensor). With `overlap` at least the codec's receptive field (builder/codec.py,
-`receptive_field_frames`), every kept frame reads exactly what it reads in a whole-signal run, so
-the result equals the whole-signal one to float32 noise, and a short input is one window.
+side and keeps the window's own frames. With `overlap` at least the codec's receptive field
+(builder/codec.py, `receptive_field_frames`), every kept frame reads exactly what it reads in a
+whole-signal run, so the result equals the whole-signal one to float32 noise, and a short input is
+one window.
+
+The encoder appends each window's codes to a loop-carried result (a Concat, grown from an empty
+tensor): codes are small. The decoder's audio is not: a grown result is allocated anew each
+iteration, and onnxruntime's arena keeps every size it grew through. So each decoder iteration emits
+its kept samples as a Loop scan output instead, padded to one size (a scan output stacks its pieces,
+which must be equal): `window` frames, or the signal's frames when it is a single window (a short
+clip does not decode a whole window). After the Loop, `joined` lays the pieces end to end and the
+result is cut to its length.
 
 Windows start on whole frames, so every strided layer of the encoder sees the same grid as in a
 whole-signal run (a frame is the product of its strides). At the ends of the signal a window is
@@ -16,7 +24,7 @@ The components are opaque ops of the "vampnet" domain (`vampnet.codec_encoder`,
 `vampnet.codec_decoder`), bound by builder/assemble.py to weights in the outer scope.
 """
 import onnxscript
-from onnxscript import FLOAT, INT64
+from onnxscript import BOOL, FLOAT, INT64, graph
 
 from vampnet_onnx.graphs.opsets import op, vampnet
 
@@ -52,15 +60,31 @@ def encode(
 
 
 @onnxscript.script(vampnet, default_opset=op)
+def joined(pieces: FLOAT["W", "B", "N"], batch: INT64[1]) -> FLOAT["B", "S"]:
+    """Loop scan outputs, W pieces of (B, N), end to end: (B, W·N). The first Reshape takes both
+    onnxruntime's stack (W, B, N) and the ONNX reference evaluator's concatenation (W·B, N)."""
+    n = op.Shape(pieces, start=-1)
+    stacked = op.Reshape(pieces, op.Concat(op.Constant(value_ints=[-1]), batch, n, axis=0))
+    return op.Reshape(op.Transpose(stacked, perm=[1, 0, 2]), op.Concat(batch, op.Constant(value_ints=[-1]), axis=0))
+
+
+@onnxscript.script(vampnet, default_opset=op)
 def decode(
     codes: INT64["B", "K", "T"], samples: INT64[1], hop: INT64, window: INT64, overlap: INT64
 ) -> FLOAT["B", "S"]:
     """Decode window by window and trim to `samples` (the input's length, times the time stretch)."""
     frames = op.Shape(codes, start=2, end=3)
-    audio = op.Expand(op.Constant(value_float=0.0), op.Concat(op.Shape(codes, start=0, end=1), [0], axis=0))
-    for i in range(op.Squeeze(op.Div(frames + window - 1, window))):
+    # every piece's samples: a whole window, or the whole signal when it is one window
+    full = op.Min(window, frames) * hop
+
+    @graph()
+    def decode_step(i: INT64, going: BOOL):
         start = op.Unsqueeze(i * window, [0])
         lo, hi, end = window_span(start, window, overlap, frames)
         piece = op.Squeeze(vampnet.codec_decoder(op.Slice(codes, lo, hi, [2])), [1])
-        audio = op.Concat(audio, op.Slice(piece, (start - lo) * hop, (end - lo) * hop, [1]), axis=1)
-    return op.Slice(audio, [0], samples, [1])
+        kept = op.Slice(piece, (start - lo) * hop, (end - lo) * hop, [1])
+        # the last window may be short: zeros to the pieces' size, cut off after the Loop
+        return op.Identity(going), op.Pad(kept, op.Concat(op.Constant(value_ints=[0, 0, 0]), full - (end - start) * hop, axis=0))
+
+    pieces = op.Loop(op.Squeeze(op.Div(frames + window - 1, window)), None, body=decode_step)
+    return op.Slice(joined(pieces, op.Shape(codes, start=0, end=1)), [0], samples, [1])

@@ -129,15 +129,19 @@ def main_graph(config: GraphConfig):
         overlap = op.Constant(value_int=OVERLAP)
 
         # An empty batch runs as one silent row and returns none: no kernel ever sees a 0-row
-        # tensor (some divide by a zero dimension, which kills the host process).
+        # tensor (some divide by a zero dimension, which kills the host process). The row is made
+        # in an If of its own, so that a batch of rows reaches `finite` as it is (padding the
+        # input to at least one row copied the whole signal).
         batch = op.Shape(audio, start=0, end=1)
-        rows = op.Pad(audio, op.Concat([0, 0], op.Max(1 - batch, 0), [0], axis=0))
-        n_rows = op.Shape(rows, start=0, end=1)  # taken here, so that `rows` is freed after `finite`
+        n_rows = op.Max(batch, 1)
+        if op.Squeeze(batch) == 0:
+            clean = op.Expand(op.Constant(value_float=0.0), op.Concat(n_rows, op.Shape(audio, start=1, end=2), axis=0))
+        else:
+            clean = finite(audio)
 
         # upstream's _preprocess (graphs/preprocess.py): to the codec's rate, −24 LUFS, peak <= 1
         rate = clamp_rate(scalar(sample_rate))
         model_rate = op.Constant(value_int=MODEL_RATE)
-        clean = finite(rows)
         loudness_in = loudness(clean, rate)  # the app gives the output this loudness
         prepared = prepare(clean, rate, model_rate)
 

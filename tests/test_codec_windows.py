@@ -127,6 +127,25 @@ def test_windowed_decode_equals_whole_signal(stages, window):
         assert_audio_close(stages.decode(codes, samples, window), whole, f"{frames} frames, window {window}")
 
 
+def test_decode_lays_the_windows_end_to_end(stages):
+    """Bit for bit, the windowed decode is each window decoded alone (its frames and overlap, as
+    one window) and cut to its own frames, end to end: one window, one window exactly, a short
+    last window, two rows."""
+    window, o, hop = 8, stages.overlap, stages.hop
+    k, vocab = stages.codec.config.n_codebooks, stages.codec.config.codebook_size
+    rng = np.random.default_rng(7)
+    for frames, batch in ((1, 1), (window, 2), (window + 1, 1), (3 * window + 5, 2)):
+        codes = rng.integers(0, vocab + 1, (batch, k, frames))
+        parts = []
+        for start in range(0, frames, window):
+            lo, hi, end = max(start - o, 0), min(start + window + o, frames), min(start + window, frames)
+            alone = stages.decode(codes[:, :, lo:hi], (hi - lo) * hop, WHOLE)
+            parts.append(alone[:, (start - lo) * hop:(end - lo) * hop])
+        samples = frames * hop - 3
+        want = np.concatenate(parts, axis=1)[:, :samples]
+        np.testing.assert_array_equal(stages.decode(codes, samples, window), want, err_msg=f"{frames} frames")
+
+
 def test_one_window_is_the_component_itself(stages):
     """A window as long as the signal runs the encoder and decoder once: the bare components' results."""
     frames = 12
