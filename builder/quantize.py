@@ -17,10 +17,10 @@ assembler puts weights. Each transformer is called from one Loop body, so its qu
 move into that body (`move_into_bodies`), stored once as before.
 
 int8-dynamic: the same MatMuls multiply int8 by int8. The weight is int8 with one scale per
-column (symmetric, 7 bits: |q| <= 63, see DYNAMIC_LIMIT); the activation x is quantized as the graph runs, to uint8 with one scale and
-zero point for the whole tensor (DynamicQuantizeLinear), and y = (MatMulInteger(xq, q) · x_scale) ·
-scale: standard ops of opset 20 (onnxruntime >= 1.17 fuses them into its DynamicQuantizeMatMul,
-VNNI's uint8 × int8 dot products where the CPU has them). One scale for a whole activation is
+column (symmetric, 7 bits: |q| <= 63, see DYNAMIC_LIMIT); the activation x is quantized as the
+graph runs, to uint8 with one scale and zero point for the whole tensor (DynamicQuantizeLinear),
+and y = (MatMulInteger(xq, q) · x_scale) · scale: standard ops of opset 20 (onnxruntime >= 1.17
+fuses them into its DynamicQuantizeMatMul, VNNI's uint8 × int8 dot products where the CPU has them). One scale for a whole activation is
 coarser than MatMulNBits' float activations: token agreement with float32 is measured in
 tests/test_int8.py and docs/performance.md. Its weights move into the Loop bodies too.
 
@@ -98,11 +98,11 @@ def _dequantize(name: str, w: np.ndarray, node_name: str, new: list) -> onnx.Nod
                             name=f"{node_name}_dequantize", axis=0, block_size=block)
 
 
-def quantize_columns(w: np.ndarray, limit: int = DYNAMIC_LIMIT) -> tuple[np.ndarray, np.ndarray]:
-    """W (K, N) -> q int8 (K, N), scale (N,) with W ≈ q · scale, |q| <= limit."""
-    scale = np.abs(w).max(axis=0) / limit
+def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """W (K, N) -> q int8 (K, N), scale (N,) with W ≈ q · scale, |q| <= DYNAMIC_LIMIT."""
+    scale = np.abs(w).max(axis=0) / DYNAMIC_LIMIT
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    return np.clip(np.rint(w / scale), -limit, limit).astype(np.int8), scale
+    return np.clip(np.rint(w / scale), -DYNAMIC_LIMIT, DYNAMIC_LIMIT).astype(np.int8), scale
 
 
 def _integer_matmul(x: str, name: str, w: np.ndarray, out: str, node_name: str, new: list) -> list[onnx.NodeProto]:
