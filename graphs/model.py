@@ -150,9 +150,6 @@ def main_graph(config: GraphConfig):
         # costs the preprocessing, the mask builders and the onset detector, no codec, no generation
         frames = op.Max(op.Div(op.Shape(prepared, start=1, end=2) + hop - 1, hop), 1)
         grid = op.Expand(op.Constant(value_int=0), op.Concat(op.Shape(prepared, start=0, end=1), op.Constant(value_ints=[N_CODEBOOKS]), frames, axis=0))
-        # upstream detects onsets in its preprocessed signal, which is zero-padded to whole hops
-        # like the encoder's input; the prompt only serves a built mask (explicit: detect on nothing)
-        hop_padded = op.Pad(prepared, op.Concat([0, 0], [0], frames * hop - op.Shape(prepared, start=1, end=2), axis=0))
         width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
         beat_ms = op.Where(op.Size(mask) == 0, scalar(beat_mask_ms), 0.0)  # beat_mask clamps it
         # upstream's app shifts the pitch of its preprocessed (padded) signal (graphs/pitch.py); the
@@ -160,13 +157,17 @@ def main_graph(config: GraphConfig):
         # preview (generate 0) without those prompts hears no audio: no shift.
         heard_at_all = op.Or(scalar(generate) != 0, op.Or(width > 0, beat_ms > 0.0))
         semitones = op.Where(heard_at_all, op.Clip(scalar(pitch_shift), -MAX_PITCH_SHIFT, MAX_PITCH_SHIFT), 0)
-        # the input itself for 0 semitones (an If inside); not called inside the If below: OpenVINO
+        # upstream detects onsets in its preprocessed signal, which is zero-padded to whole hops
+        # like the encoder's input; the prompt only serves a built mask (explicit: detect on nothing).
+        # Without a shift or a prompt nothing reads that signal: it is then one sample, not a
+        # whole copy (the shifter passes it through, the detectors do not run).
+        listened = op.Or(semitones != 0, op.Or(width > 0, beat_ms > 0.0))
+        length = op.Where(listened, frames * hop, op.Constant(value_ints=[1]))
+        kept = op.Slice(prepared, [0], length, [1])
+        hop_padded = op.Pad(kept, op.Concat([0, 0], [0], length - op.Shape(kept, start=1, end=2), axis=0))
+        # the input itself for 0 semitones (an If inside); not called inside an If: OpenVINO
         # 2026.4's ONNX reader crashed on the shifter's Loops two Ifs deep
         heard = shift_pitch(hop_padded, semitones)
-        if semitones != 0:
-            to_encode = prepare(heard, model_rate, model_rate)
-        else:
-            to_encode = op.Identity(prepared)
         built_mask = build_mask(
             grid, derive_key(root, STREAM_MASK), scalar(rand_mask_intensity), scalar(prefix_s),
             scalar(suffix_s), scalar(periodic_prompt), scalar(periodic_prompt_width), scalar(dropout),
@@ -179,13 +180,20 @@ def main_graph(config: GraphConfig):
         row_mask = stretch_mask(input_mask, stretch)
         samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S at the input's rate
         fine_tune = op.Clip(scalar(adapter), 0, ADAPTERS)
-        # Two Ifs on `generate`, not one: a value an If's branch reads from outside stays alive
-        # until the If ends, so the encoder's input (a whole copy of the signal) is read by an If
-        # of its own and freed before the generation and the decoder run (docs/performance.md).
-        if scalar(generate) != 0:
-            input_codes = encode(to_encode, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
+        # The encoder runs in Ifs of its own, not in the generation's: a value an If's branch reads
+        # from outside stays alive until the If ends, so its input (a whole copy of the signal) is
+        # freed before the generation and the decoder run (docs/performance.md). One If per input
+        # (the prepared signal, or the shifted one prepared again), so that no whole signal is
+        # handed out of an If (onnxruntime copies such a value).
+        generating = scalar(generate) != 0
+        if op.And(generating, semitones == 0):
+            unshifted_codes = encode(prepared, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
         else:
-            input_codes = op.Identity(grid)  # the preview's placeholder: no codec
+            unshifted_codes = op.Identity(grid)  # the preview's placeholder: no codec
+        if op.And(generating, semitones != 0):
+            input_codes = encode(prepare(heard, model_rate, model_rate), hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
+        else:
+            input_codes = op.Identity(unshifted_codes)
         if scalar(generate) != 0:
             row_codes = stretch_time(input_codes, stretch)
             row_coarse = coarse_stage(

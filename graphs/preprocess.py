@@ -19,7 +19,8 @@ convolves each phase with 2w + old taps, most of them outside the ±24 window (e
 value there, which is 1e-23 of the rest): here each output sample gathers only the 2W + 1 taps
 around its own position, W = ceil(24·old / (min(old, new)·0.945)), so the cost is the same small
 number of taps for any pair of rates (44101 → 44100 has 44100 phases). The output is computed in
-chunks of at most TAPS_PER_STEP taps (a Loop), so memory does not grow with the input.
+pieces of at most TAPS_PER_STEP taps, a Loop's scan outputs laid end to end after it, so the work's
+memory does not grow with the input.
 
 Loudness (`loudness`): audiotools' Meter on CPU: K-weighting (a high shelf, then a high pass, RBJ
 biquads, filtered exactly as an IIR), 0.4 s blocks every 0.1 s, the end zero-padded so every
@@ -43,8 +44,9 @@ import math
 import numpy as np
 import onnxscript
 from onnx import numpy_helper
-from onnxscript import BOOL, FLOAT, INT64
+from onnxscript import BOOL, FLOAT, INT64, graph
 
+from vampnet_onnx.graphs.codec import joined
 from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.interface import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
@@ -146,9 +148,10 @@ def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]
     w = half_width(old, new)
     L = op.Squeeze(op.Shape(x, start=1, end=2))
     total = op.Max(new * L / old, 1)
-    step = op.Max(TAPS_PER_STEP / (2 * w + 1), 1)
-    y = op.Expand(op.CastLike(0.0, x), op.Concat(op.Shape(x, start=0, end=1), [0], axis=0))
-    for c in range(op.Div(total + step - 1, step)):
+    step = op.Min(op.Max(TAPS_PER_STEP / (2 * w + 1), 1), total)  # samples per piece
+
+    @graph()
+    def resample_step(c: INT64, going: BOOL):
         j = op.Range(c * step, op.Min(c * step + step, total), 1)
         phase = op.Mod(j, new)
         centre = j / new * old + phase * old / new  # k·old + floor(i·old/new) <= L − 1: its taps start there in `padded`
@@ -164,8 +167,12 @@ def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]
                                    op.Reshape(high + w + 1 - last, [1]), axis=0), mode="edge")
         samples = op.Gather(sliding_windows(segment, 2 * w + 1), centre - low, axis=1)  # (B, J, 2W + 1)
         piece = op.ReduceSum(samples * op.Gather(kernel, phase, axis=0), [2], keepdims=0)
-        y = op.Concat(y, piece, axis=1)
-    return y
+        # a scan output, not a grown Concat (graphs/codec.py says why); the last piece may be
+        # short: zeros to one size, cut off after the Loop
+        return op.Identity(going), op.Pad(piece, op.Concat(op.Constant(value_ints=[0, 0, 0]), op.Reshape(step - op.Size(j), [1]), axis=0))
+
+    pieces = op.Loop((total + step - 1) / step, None, body=resample_step)
+    return op.Slice(joined(pieces, op.Shape(x, start=0, end=1)), [0], op.Reshape(total, [1]), [1])
 
 
 @onnxscript.script(vampnet, default_opset=op)

@@ -1,7 +1,7 @@
 """Shared fixtures: the upstream golden files and the tiny models built from their checkpoints.
 
 Building a variant (export of four components + assembly) takes about a minute, so each is
-built once per test session and shared.
+built once per test run and shared, also between the xdist workers (`build_variant`).
 """
 from __future__ import annotations
 
@@ -105,35 +105,60 @@ class Built:
 
 @pytest.fixture(scope="session")
 def build_variant(tmp_path_factory):
+    """`build(variant)`: the variant built once per test run, shared by the xdist workers.
+
+    The first worker to ask builds it into a folder beside the workers' own temporary folders
+    (under a file lock), with its exported components; the others load those files, and the torch
+    modules from the checkpoints (seconds instead of a build's minute). Tests treat the files as
+    read-only."""
+    from filelock import FileLock
+
     from vampnet_onnx.builder.assemble import assemble, export_components
     from vampnet_onnx.builder.files import save_model
     from vampnet_onnx.builder.codec import load_codec
     from vampnet_onnx.builder.transformer import load_transformer
 
+    base_temp = tmp_path_factory.getbasetemp()
+    shared = (base_temp.parent if os.environ.get("PYTEST_XDIST_WORKER") else base_temp) / "built"
+    shared.mkdir(exist_ok=True)
     cache: dict[str, Built] = {}
 
-    def build(variant: str) -> Built:
-        """`variant` names a checkpoint folder; "<folder>:int8" is its int8 build (`--weights
-        int8`), assembled from copies of the float32 build's exported components."""
+    def modules(folder_name: str):
+        folder = CHECKPOINTS / folder_name
+        codec = load_codec(folder / "codec.pth")
+        return codec, load_transformer(folder / "coarse.pth", codec, "coarse"), load_transformer(folder / "c2f.pth", codec, "c2f")
+
+    def make(variant: str, folder: Path) -> None:
         folder_name, _, weights = variant.partition(":")
-        if weights and variant not in cache:
+        if weights:  # assembled from copies of the float32 build's exported components
             base = build(folder_name)
+            codec, coarse, c2f = base.codec, base.coarse, base.c2f
             components = {}
             for name, component in base.components.items():
                 components[name] = onnx.ModelProto()
                 components[name].CopyFrom(component)
-            path = tmp_path_factory.mktemp(variant.replace(":", "-")) / "vampnet.onnx"
-            save_model(assemble(base.codec, base.coarse, base.c2f, components=components, weights=weights), path)
-            cache[variant] = Built(base.codec, base.coarse, base.c2f, components, path)
-        if variant not in cache:
-            folder = CHECKPOINTS / variant
-            codec = load_codec(folder / "codec.pth")
-            coarse = load_transformer(folder / "coarse.pth", codec, "coarse")
-            c2f = load_transformer(folder / "c2f.pth", codec, "c2f")
+            model = assemble(codec, coarse, c2f, components=components, weights=weights)
+        else:
+            codec, coarse, c2f = modules(folder_name)
             components = export_components(codec, coarse, c2f)
-            path = tmp_path_factory.mktemp(variant) / "vampnet.onnx"
-            save_model(assemble(codec, coarse, c2f, components=components), path)
-            cache[variant] = Built(codec, coarse, c2f, components, path)
+            model = assemble(codec, coarse, c2f, components=components)
+        save_model(model, folder / "vampnet.onnx")
+        for name, component in components.items():
+            onnx.save_model(component, folder / f"{name}.component.onnx")
+        (folder / "components.json").write_text(json.dumps(list(components)))  # written last: complete
+
+    def build(variant: str) -> Built:
+        """`variant` names a checkpoint folder; "<folder>:<weights>" is that build with `--weights
+        <weights>` (int8, int8-dynamic, web)."""
+        if variant not in cache:
+            folder = shared / variant.replace(":", "-")
+            with FileLock(str(folder) + ".lock"):
+                if not (folder / "components.json").exists():
+                    folder.mkdir(exist_ok=True)
+                    make(variant, folder)
+            components = {name: onnx.load_model(folder / f"{name}.component.onnx")
+                          for name in json.loads((folder / "components.json").read_text())}
+            cache[variant] = Built(*modules(variant.partition(":")[0]), components, folder / "vampnet.onnx")
         return cache[variant]
 
     return build

@@ -9,7 +9,9 @@
 // `expect`), screenshot?: file, idle_ms?: wait before opening the model, timeout_s?: for each
 // step (300), url?: the page's address (default: URL), browser?: "webgpu" (a second Chromium
 // with its software WebGPU adapter; the default one has no GPU), open_url?: a model's address
-// to open (instead of `model`), remove_cached?: click the first kept model's remove button}. The
+// to open (instead of `model`), remove_cached?: click the first kept model's remove button,
+// again?: {name, values} (after the run, type these values and run again in the same session;
+// its result is `name`'s)}. The
 // result lists every request the page made (`requests`). Its result: the page's state, error and notice lines,
 // the times (ms since the epoch) at which each step began and ended, and after a run the page's
 // preprocessed audio, its outputs, the downloaded WAV and the canvas's pixels in numbers. A model
@@ -39,6 +41,65 @@ const browserFor = async (kind = "default") => (browsers[kind] ??= await puppete
 const settled = (page, states, timeout = TIMEOUT) =>
   page.waitForFunction((s) => s.includes(document.body.dataset.state), { timeout, polling: 100 }, states);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// the page's state, its outputs, and pictures in numbers, after a scenario
+const pageResult = (page) => page.evaluate(async () => {
+  const b64 = (view) => {
+    const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+    let s = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(s);
+  };
+  const text = (id) => (document.getElementById(id).hidden ? null : document.getElementById(id).textContent);
+  const out = { state: document.body.dataset.state, error: text("error"), notice: text("notice"),
+    model: text("model-status"), backend: text("backend-status"), runtime: window.vampnet.runtime, load_ms: window.vampnet.loadMs, cores: navigator.hardwareConcurrency,
+    bodyText: document.body.innerText.length };
+  const p = window.vampnet.preview;
+  if (p) {
+    const canvas = document.getElementById("mask-preview");
+    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    const count = (rgb) => {
+      let n = 0;
+      for (let i = 0; i < pixels.length; i += 4) n += pixels[i] === rgb[0] && pixels[i + 1] === rgb[1] && pixels[i + 2] === rgb[2];
+      return n;
+    };
+    out.preview = { mask: { dims: p.mask.dims, data: b64(p.mask.data) }, onsets: p.onsets, beats: p.beats,
+      values: p.values, serial: p.serial, ms: p.ms, prepared: b64(window.vampnet.prepared),
+      status: document.getElementById("preview-status").textContent,
+      kept_pixels: count([0x1f, 0x5f, 0xa8]), generated_pixels: count([0xf2, 0xb2, 0x5c]),
+      onset_pixels: count([0x11, 0x11, 0x11]) };
+  }
+  const r = window.vampnet.result;
+  if (r) {
+    out.prepared = b64(window.vampnet.prepared);
+    out.values = r.values;
+    out.rows = r.rows;
+    out.outputs = Object.fromEntries(Object.entries(r.outputs).map(([k, t]) => [k, { type: t.type, dims: t.dims, data: b64(t.data) }]));
+    const wav = await (await fetch(window.vampnet.outputUrls[0])).arrayBuffer();
+    out.wav = b64(new Uint8Array(wav));
+    const canvas = document.getElementById("codes");
+    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    const colours = new Set();
+    let inked = 0;
+    for (let i = 0; i < pixels.length; i += 4) {
+      colours.add((pixels[i] << 16) | (pixels[i + 1] << 8) | pixels[i + 2]);
+      if (pixels[i] + pixels[i + 1] + pixels[i + 2] < 600) inked++;
+    }
+    out.canvas = { width: canvas.width, height: canvas.height, colours: colours.size, inked: inked / (pixels.length / 4) };
+    out.eta = window.vampnet.eta;
+    out.status = document.getElementById("run-status").textContent;
+    const waves = document.getElementById("waveforms");
+    const wp = waves.getContext("2d").getImageData(0, 0, waves.width, waves.height).data;
+    const count = (rgb) => {
+      let n = 0;
+      for (let i = 0; i < wp.length; i += 4) n += wp[i] === rgb[0] && wp[i + 1] === rgb[1] && wp[i + 2] === rgb[2];
+      return n;
+    };
+    out.waveforms = { hidden: waves.hidden, width: waves.width, height: waves.height,
+      wave: count([0x33, 0x33, 0x33]), kept: count([0xcf, 0xe0, 0xf5]), white: count([255, 255, 255]) };
+  }
+  return out;
+});
 
 async function runScenario(page, scenario, log) {
   page.on("console", (m) => log.push(`${m.type()}: ${m.text()}`));
@@ -127,63 +188,7 @@ async function runScenario(page, scenario, log) {
     await settled(page, ["ready", "error"]); // the model is loaded again in a new worker
     ticks = [await page.$eval("#run-status", (e) => e.textContent), await page.$eval("#run", (e) => e.disabled)];
   }
-  const result = await page.evaluate(async () => {
-    const b64 = (view) => {
-      const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
-      let s = "";
-      for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-      return btoa(s);
-    };
-    const text = (id) => (document.getElementById(id).hidden ? null : document.getElementById(id).textContent);
-    const out = { state: document.body.dataset.state, error: text("error"), notice: text("notice"),
-      model: text("model-status"), backend: text("backend-status"), runtime: window.vampnet.runtime, load_ms: window.vampnet.loadMs, cores: navigator.hardwareConcurrency,
-      bodyText: document.body.innerText.length };
-    const p = window.vampnet.preview;
-    if (p) {
-      const canvas = document.getElementById("mask-preview");
-      const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-      const count = (rgb) => {
-        let n = 0;
-        for (let i = 0; i < pixels.length; i += 4) n += pixels[i] === rgb[0] && pixels[i + 1] === rgb[1] && pixels[i + 2] === rgb[2];
-        return n;
-      };
-      out.preview = { mask: { dims: p.mask.dims, data: b64(p.mask.data) }, onsets: p.onsets, beats: p.beats,
-        values: p.values, serial: p.serial, ms: p.ms, prepared: b64(window.vampnet.prepared),
-        status: document.getElementById("preview-status").textContent,
-        kept_pixels: count([0x1f, 0x5f, 0xa8]), generated_pixels: count([0xf2, 0xb2, 0x5c]),
-        onset_pixels: count([0x11, 0x11, 0x11]) };
-    }
-    const r = window.vampnet.result;
-    if (r) {
-      out.prepared = b64(window.vampnet.prepared);
-      out.values = r.values;
-      out.rows = r.rows;
-      out.outputs = Object.fromEntries(Object.entries(r.outputs).map(([k, t]) => [k, { type: t.type, dims: t.dims, data: b64(t.data) }]));
-      const wav = await (await fetch(window.vampnet.outputUrls[0])).arrayBuffer();
-      out.wav = b64(new Uint8Array(wav));
-      const canvas = document.getElementById("codes");
-      const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-      const colours = new Set();
-      let inked = 0;
-      for (let i = 0; i < pixels.length; i += 4) {
-        colours.add((pixels[i] << 16) | (pixels[i + 1] << 8) | pixels[i + 2]);
-        if (pixels[i] + pixels[i + 1] + pixels[i + 2] < 600) inked++;
-      }
-      out.canvas = { width: canvas.width, height: canvas.height, colours: colours.size, inked: inked / (pixels.length / 4) };
-      out.eta = window.vampnet.eta;
-      out.status = document.getElementById("run-status").textContent;
-      const waves = document.getElementById("waveforms");
-      const wp = waves.getContext("2d").getImageData(0, 0, waves.width, waves.height).data;
-      const count = (rgb) => {
-        let n = 0;
-        for (let i = 0; i < wp.length; i += 4) n += wp[i] === rgb[0] && wp[i + 1] === rgb[1] && wp[i + 2] === rgb[2];
-        return n;
-      };
-      out.waveforms = { hidden: waves.hidden, width: waves.width, height: waves.height,
-        wave: count([0x33, 0x33, 0x33]), kept: count([0xcf, 0xe0, 0xf5]), white: count([255, 255, 255]) };
-    }
-    return out;
-  });
+  const result = await pageResult(page);
   result.times = times;
   result.requests = requests;
   result.download = await page.$eval("#download-status", (e) => e.textContent);
@@ -198,6 +203,20 @@ async function runScenario(page, scenario, log) {
   return result;
 }
 
+// A second run on the same page and session with `again.values` typed over the first's.
+async function runAgain(page, scenario, log) {
+  const timeout = (scenario.timeout_s ?? TIMEOUT / 1000) * 1000;
+  for (const [name, value] of Object.entries(scenario.again.values)) {
+    await page.$eval(`#input-${name}`, (e, v) => { e.value = v; }, String(value));
+  }
+  const times = { run: Date.now() };
+  await page.click("#run");
+  await page.waitForFunction(() => document.body.dataset.state !== "done", { timeout: 10_000 }).catch(() => {});
+  await settled(page, ["done", "error"], timeout);
+  times.ran = Date.now();
+  return { ...(await pageResult(page)), times, log: [...log] };
+}
+
 const results = {};
 try {
   for (const scenario of scenarios) {
@@ -205,6 +224,7 @@ try {
     const log = [];
     try {
       results[scenario.name] = await runScenario(page, scenario, log);
+      if (scenario.again) results[scenario.again.name] = await runAgain(page, scenario, log);
     } catch (e) {
       const status = await page.evaluate(() => document.body.innerText.slice(0, 2000)).catch(() => "");
       results[scenario.name] = { failure: `${e?.stack ?? e}\nthe page: ${status}\nits log: ${log.join("\n")}` };
