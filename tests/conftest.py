@@ -92,6 +92,19 @@ def runtime_only(blocked: tuple[str, ...]) -> str:
     """)
 
 
+# The heaviest test files first (minutes each on two cores), the rest in collection order: the
+# xdist scheduler hands out whole files in this order (--no-loadscope-reorder in pyproject.toml),
+# so the two workers end together instead of one running a long file alone at the end.
+HEAVY_FIRST = ("test_web.py", "test_adapters.py", "test_realsize.py", "test_model.py", "test_hardening.py",
+               "test_runtimes.py", "test_batch.py", "test_reliability.py", "test_int8.py", "test_build.py",
+               "test_cli.py", "test_demo.py", "test_codec_windows.py", "test_export.py", "test_beats.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @dataclass
 class Built:
     """One variant: the torch modules, each exported component, and the single model on disk."""
