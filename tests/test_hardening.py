@@ -507,7 +507,7 @@ def test_demo_model_is_the_fallback(capsys, tmp_path, wav, model_path, monkeypat
 
 
 def test_fuzz_model_inputs(model_path):
-    """40 seeded random cases (about 1.5 minutes of CPU on the tiny model, most of it the slowest
+    """40 seeded random cases (about 3 minutes on the tiny model, most of it the slowest
     rates resampled, stretched and shifted; more cases ran in earlier sessions, the suite's time is
     CI's limit): no crash, no hang, no NaN/Inf in any output, outputs of
     the expected shapes."""
