@@ -45,16 +45,19 @@ def window_span(
 def encode(
     audio: FLOAT["B", "S"], hop: INT64, n_codebooks: INT64, window: INT64, overlap: INT64
 ) -> INT64["B", "K", "T"]:
-    """Right-pad to whole hops (at least one, so an empty input still runs) and encode, window by window."""
+    """Encode, window by window, the input right-padded with zeros to whole hops (at least one, so
+    an empty input still runs). Each window is cut from the input and padded itself, so that no
+    padded copy of the whole signal is held."""
     s = op.Shape(audio, start=1, end=2)
     frames = op.Max(op.Div(s + hop - 1, hop), 1)
-    padded = op.Pad(audio, op.Concat([0, 0], [0], frames * hop - s, axis=0))
     batch = op.Shape(audio, start=0, end=1)
     codes = op.Expand(op.Constant(value_int=0), op.Concat(batch, op.Reshape(n_codebooks, [1]), [0], axis=0))
     for i in range(op.Squeeze(op.Div(frames + window - 1, window))):
         start = op.Unsqueeze(i * window, [0])
         lo, hi, end = window_span(start, window, overlap, frames)
-        piece = vampnet.codec_encoder(op.Unsqueeze(op.Slice(padded, lo * hop, hi * hop, [1]), [1]))
+        cut = op.Slice(audio, lo * hop, op.Min(hi * hop, s), [1])
+        samples = op.Pad(cut, op.Concat([0, 0], [0], (hi - lo) * hop - op.Shape(cut, start=1, end=2), axis=0))
+        piece = vampnet.codec_encoder(op.Unsqueeze(samples, [1]))
         codes = op.Concat(codes, op.Slice(piece, start - lo, end - lo, [2]), axis=2)
     return codes
 
