@@ -38,7 +38,7 @@ from vampnet_onnx.graphs.stages import injected_noise, prng_noise
 from vampnet_onnx import interface
 
 # stage functions (vampnet domain), inlined into the main graph before the components are bound
-STAGES = ("encode", "decode", "coarse_stage", "c2f_stage", "coarse_generation", "c2f_generation")
+STAGES = ("encode", "decode", "decode_windows", "coarse_stage", "c2f_stage", "coarse_generation", "c2f_generation")
 # noise op -> the extra graph inputs of a noise_inputs=True model: q (D, B, N, V), u (D, B, N)
 NOISE_INPUTS = {
     "coarse_noise": ("coarse_noise_q", "coarse_noise_u"),

@@ -13,8 +13,8 @@ tensor): codes are small. The decoder's audio is not: a grown result is allocate
 iteration, and onnxruntime's arena keeps every size it grew through. So each decoder iteration emits
 its kept samples as a Loop scan output instead, padded to one size (a scan output stacks its pieces,
 which must be equal): `window` frames, or the signal's frames when it is a single window (a short
-clip does not decode a whole window). After the Loop, `joined` lays the pieces end to end and the
-result is cut to its length.
+clip does not decode a whole window). After the Loop, `joined` lays the pieces end to end; the
+model cuts the result to its length only once, at its end (`restore`).
 
 Windows start on whole frames, so every strided layer of the encoder sees the same grid as in a
 whole-signal run (a frame is the product of its strides). At the ends of the signal a window is
@@ -72,10 +72,10 @@ def joined(pieces: FLOAT["W", "B", "N"], batch: INT64[1]) -> FLOAT["B", "S"]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def decode(
-    codes: INT64["B", "K", "T"], samples: INT64[1], hop: INT64, window: INT64, overlap: INT64
-) -> FLOAT["B", "S"]:
-    """Decode window by window and trim to `samples` (the input's length, times the time stretch)."""
+def decode_windows(codes: INT64["B", "K", "T"], hop: INT64, window: INT64, overlap: INT64) -> FLOAT["B", "N"]:
+    """Decode window by window: the pieces end to end, T·hop samples and then zeros to whole
+    pieces. The model's end (`restore`) cuts this to its length in the same copy that fits it to
+    the output's, so the whole signal is not cut twice."""
     frames = op.Shape(codes, start=2, end=3)
     # every piece's samples: a whole window, or the whole signal when it is one window
     full = op.Min(window, frames) * hop
@@ -86,8 +86,16 @@ def decode(
         lo, hi, end = window_span(start, window, overlap, frames)
         piece = op.Squeeze(vampnet.codec_decoder(op.Slice(codes, lo, hi, [2])), [1])
         kept = op.Slice(piece, (start - lo) * hop, (end - lo) * hop, [1])
-        # the last window may be short: zeros to the pieces' size, cut off after the Loop
+        # the last window may be short: zeros to the pieces' size
         return op.Identity(going), op.Pad(kept, op.Concat(op.Constant(value_ints=[0, 0, 0]), full - (end - start) * hop, axis=0))
 
     pieces = op.Loop(op.Squeeze(op.Div(frames + window - 1, window)), None, body=decode_step)
-    return op.Slice(joined(pieces, op.Shape(codes, start=0, end=1)), [0], samples, [1])
+    return joined(pieces, op.Shape(codes, start=0, end=1))
+
+
+@onnxscript.script(vampnet, default_opset=op)
+def decode(
+    codes: INT64["B", "K", "T"], samples: INT64[1], hop: INT64, window: INT64, overlap: INT64
+) -> FLOAT["B", "S"]:
+    """Decode window by window and trim to `samples` (at most T·hop)."""
+    return op.Slice(decode_windows(codes, hop, window, overlap), [0], samples, [1])

@@ -14,7 +14,7 @@ import onnxscript
 from onnxscript import FLOAT, INT64
 
 from vampnet_onnx.graphs.beats import make_beat_tracker
-from vampnet_onnx.graphs.codec import decode, encode
+from vampnet_onnx.graphs.codec import decode_windows, encode
 from vampnet_onnx.graphs.masks import build_mask, resolve_mask
 from vampnet_onnx.graphs.onsets import make_onset_detector
 from vampnet_onnx.graphs.opsets import op, vampnet
@@ -208,8 +208,8 @@ def main_graph(config: GraphConfig):
                 scalar(c2f_mask_temperature), scalar(c2f_top_p), scalar(c2f_sample_cutoff), fine_tune,
             )
             # decode every frame, back to the input's rate, f·S samples, the input's loudness
-            decoded = decode(row_out, op.Shape(row_out, start=2, end=3) * hop, hop, window, overlap)
-            row_audio = restore(decoded, model_rate, rate, samples, loudness_in)
+            decoded = decode_windows(row_out, hop, window, overlap)
+            row_audio = restore(decoded, op.Shape(row_out, start=2, end=3) * hop, model_rate, rate, samples, loudness_in)
         else:
             # the mask preview: placeholders of a full run's shapes, no codec, no generation
             row_codes = op.Expand(op.Constant(value_int=MASK), op.Shape(row_mask))

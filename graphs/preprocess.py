@@ -141,12 +141,12 @@ def sliding_windows(x: FLOAT["B", "N"], width: INT64) -> FLOAT["B", "R", "W"]:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def resample_frac(x: FLOAT["B", "L"], old: INT64, new: INT64) -> FLOAT["B", "M"]:
-    """x resampled from rate `old` to `new` (reduced by their gcd, old != new), as julius:
-    M = floor(new·L/old) samples (at least one), sample j = new·k + i read around input k·old + i·old/new."""
+def resample_frac(x: FLOAT["B", "X"], old: INT64, new: INT64, L: INT64) -> FLOAT["B", "M"]:
+    """x's first L samples (what follows is never read) resampled from rate `old` to `new` (reduced
+    by their gcd, old != new), as julius: M = floor(new·L/old) samples (at least one), sample
+    j = new·k + i read around input k·old + i·old/new."""
     kernel = resample_kernel(old, new)
     w = half_width(old, new)
-    L = op.Squeeze(op.Shape(x, start=1, end=2))
     total = op.Max(new * L / old, 1)
     step = op.Min(op.Max(TAPS_PER_STEP / (2 * w + 1), 1), total)  # samples per piece
 
@@ -184,7 +184,7 @@ def resample(x: FLOAT["B", "L"], old_rate: INT64, new_rate: INT64) -> FLOAT["B",
     if old == new:
         y = op.Identity(x)
     else:
-        y = resample_frac(x, old, new)
+        y = resample_frac(x, old, new, op.Squeeze(op.Shape(x, start=1, end=2)))
     return y
 
 
@@ -533,10 +533,21 @@ def prepare(audio: FLOAT["B", "L"], rate: INT64, model_rate: INT64) -> FLOAT["B"
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def restore(out: FLOAT["B", "M"], model_rate: INT64, rate: INT64, samples: INT64[1],
+def restore(out: FLOAT["B", "N"], length: INT64[1], model_rate: INT64, rate: INT64, samples: INT64[1],
             target: FLOAT["B"]) -> FLOAT["B", "S"]:
-    """The generated audio at the input's `rate`, `samples` long (cut, or zero-padded at the end),
-    at the input's loudness `target` (the app's out.normalize(loudness_in), measured at `rate`)."""
-    y = resample(out, model_rate, rate)
-    y = op.Pad(y, op.Concat([0, 0, 0], op.Max(samples - op.Shape(y, start=1, end=2), 0), axis=0))
-    return normalize_loudness(op.Slice(y, [0], samples, [1]), rate, target)
+    """The generated audio, the first `length` samples of `out` (zeros may follow them), at the
+    input's `rate`, `samples` long (cut, or zero-padded at the end), at the input's loudness
+    `target` (the app's out.normalize(loudness_in), measured at `rate`). Each branch makes its
+    result itself: a value handed out of an If unchanged is copied by onnxruntime."""
+    g = gcd(model_rate, rate)
+    old = model_rate / g
+    new = rate / g
+    if old == new:
+        # whole frames are never fewer samples than the input's (times the time stretch), and
+        # zeros follow them: one cut
+        y = op.Slice(out, [0], samples, [1])
+    else:
+        resampled = resample_frac(out, old, new, op.Squeeze(length))
+        y = op.Pad(op.Slice(resampled, [0], samples, [1]),
+                   op.Concat([0, 0, 0], op.Max(samples - op.Shape(resampled, start=1, end=2), 0), axis=0))
+    return normalize_loudness(y, rate, target)
