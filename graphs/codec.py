@@ -43,11 +43,11 @@ def window_span(
 
 @onnxscript.script(vampnet, default_opset=op)
 def encode(
-    audio: FLOAT["B", "S"], hop: INT64, n_codebooks: INT64, window: INT64, overlap: INT64
+    audio: FLOAT["B", "S"], gain: FLOAT["B", 1], hop: INT64, n_codebooks: INT64, window: INT64, overlap: INT64
 ) -> INT64["B", "K", "T"]:
-    """Encode, window by window, the input right-padded with zeros to whole hops (at least one, so
-    an empty input still runs). Each window is cut from the input and padded itself, so that no
-    padded copy of the whole signal is held."""
+    """Encode, window by window, the input times `gain` (per row), right-padded with zeros to whole
+    hops (at least one, so an empty input still runs). Each window is cut from the input, scaled
+    and padded itself, so that neither a scaled nor a padded copy of the whole signal is held."""
     s = op.Shape(audio, start=1, end=2)
     frames = op.Max(op.Div(s + hop - 1, hop), 1)
     batch = op.Shape(audio, start=0, end=1)
@@ -55,7 +55,7 @@ def encode(
     for i in range(op.Squeeze(op.Div(frames + window - 1, window))):
         start = op.Unsqueeze(i * window, [0])
         lo, hi, end = window_span(start, window, overlap, frames)
-        cut = op.Slice(audio, lo * hop, op.Min(hi * hop, s), [1])
+        cut = op.Slice(audio, lo * hop, hi * hop, [1]) * gain
         samples = op.Pad(cut, op.Concat([0, 0], [0], (hi - lo) * hop - op.Shape(cut, start=1, end=2), axis=0))
         piece = vampnet.codec_encoder(op.Unsqueeze(samples, [1]))
         codes = op.Concat(codes, op.Slice(piece, start - lo, end - lo, [2]), axis=2)

@@ -20,7 +20,7 @@ from vampnet_onnx.graphs.onsets import make_onset_detector
 from vampnet_onnx.graphs.opsets import op, vampnet
 from vampnet_onnx.graphs.pitch import make_pitch_shifter
 from vampnet_onnx.graphs.sampling import MASK_TOKEN
-from vampnet_onnx.graphs.preprocess import clamp_rate, finite, loudness, prepare, restore
+from vampnet_onnx.graphs.preprocess import clamp_rate, finite, loudness, prepare, prepared_by_one_gain, restore
 from vampnet_onnx.graphs.prng import STREAM_C2F, STREAM_COARSE, STREAM_FEEDBACK, STREAM_MASK, derive_key, seed_key
 from vampnet_onnx.graphs.stages import c2f_stage, coarse_stage, stretch_mask, stretch_time
 from vampnet_onnx.interface import MAX_FEEDBACK_STEPS, MAX_ONSET_WIDTH, MAX_PITCH_SHIFT, MAX_TIME_STRETCH
@@ -139,17 +139,21 @@ def main_graph(config: GraphConfig):
         else:
             clean = finite(audio)
 
-        # upstream's _preprocess (graphs/preprocess.py): to the codec's rate, −24 LUFS, peak <= 1
+        # upstream's _preprocess (graphs/preprocess.py): to the codec's rate, −24 LUFS, peak <= 1.
+        # At the codec's own rate that is mostly one gain (`prepared_by_one_gain`): the encoder and
+        # the prompts then read the input times that gain, window by window, no prepared copy of
+        # the whole signal is made, and `prepare` runs on one sample.
         rate = clamp_rate(scalar(sample_rate))
         model_rate = op.Constant(value_int=MODEL_RATE)
         loudness_in = loudness(clean, rate)  # the app gives the output this loudness
-        prepared = prepare(clean, rate, model_rate)
+        one_gain, gain = prepared_by_one_gain(clean, rate, model_rate, loudness_in)
+        samples_in = op.Shape(clean, start=1, end=2)
+        one = op.Constant(value_ints=[1])
 
-        # the mask needs only the codes' shape, (B, K, T) with T = ceil(S / hop) (at least 1, as
-        # `encode` pads), so it is built before, and without, the codec: a preview (generate 0)
-        # costs the preprocessing, the mask builders and the onset detector, no codec, no generation
-        frames = op.Max(op.Div(op.Shape(prepared, start=1, end=2) + hop - 1, hop), 1)
-        grid = op.Expand(op.Constant(value_int=0), op.Concat(op.Shape(prepared, start=0, end=1), op.Constant(value_ints=[N_CODEBOOKS]), frames, axis=0))
+        # What reads the signal before the codec: the mask builders (the codes' shape) and, with a
+        # pitch shift or an onset or beat prompt, the prepared signal zero-padded to whole hops.
+        # The preview (generate 0) costs the preprocessing, the mask builders and the onset
+        # detector: no codec, no generation.
         width = op.Where(op.Size(mask) == 0, op.Clip(scalar(onset_mask_width), 0, MAX_ONSET_WIDTH), 0)
         beat_ms = op.Where(op.Size(mask) == 0, scalar(beat_mask_ms), 0.0)  # beat_mask clamps it
         # upstream's app shifts the pitch of its preprocessed (padded) signal (graphs/pitch.py); the
@@ -157,13 +161,33 @@ def main_graph(config: GraphConfig):
         # preview (generate 0) without those prompts hears no audio: no shift.
         heard_at_all = op.Or(scalar(generate) != 0, op.Or(width > 0, beat_ms > 0.0))
         semitones = op.Where(heard_at_all, op.Clip(scalar(pitch_shift), -MAX_PITCH_SHIFT, MAX_PITCH_SHIFT), 0)
-        # upstream detects onsets in its preprocessed signal, which is zero-padded to whole hops
-        # like the encoder's input; the prompt only serves a built mask (explicit: detect on nothing).
         # Without a shift or a prompt nothing reads that signal: it is then one sample, not a
         # whole copy (the shifter passes it through, the detectors do not run).
         listened = op.Or(semitones != 0, op.Or(width > 0, beat_ms > 0.0))
-        length = op.Where(listened, frames * hop, op.Constant(value_ints=[1]))
-        kept = op.Slice(prepared, [0], length, [1])
+        generating = scalar(generate) != 0
+        n_codebooks = op.Constant(value_int=N_CODEBOOKS)
+        # The encoder runs in Ifs of its own, not in the generation's: a value an If's branch reads
+        # from outside stays alive until the If ends, so its input (a whole copy of the signal) is
+        # freed before the generation and the decoder run (docs/performance.md). One If per input,
+        # so that no whole signal is handed out of an If (onnxruntime copies such a value). The
+        # input's own readers come before `prepare`, which, at another rate, makes a second copy.
+        if op.And(op.And(generating, semitones == 0), one_gain):
+            scaled_codes = encode(clean, gain, hop, n_codebooks, window, overlap)
+        else:
+            scaled_codes = op.Expand(op.Constant(value_int=0), op.Concat(op.Shape(clean, start=0, end=1), op.Constant(value_ints=[N_CODEBOOKS]), one, axis=0))
+        scaled = op.Slice(clean, [0], op.Where(op.And(one_gain, listened), samples_in, one), [1]) * gain
+
+        prepared = prepare(clean, op.Where(one_gain, one, samples_in), rate, model_rate)
+        prepared_samples = op.Where(one_gain, samples_in, op.Shape(prepared, start=1, end=2))
+        # the mask needs only the codes' shape, (B, K, T) with T = ceil(S / hop) (at least 1, as
+        # `encode` pads), so it is built before, and without, the codec
+        frames = op.Max(op.Div(prepared_samples + hop - 1, hop), 1)
+        grid = op.Expand(op.Constant(value_int=0), op.Concat(op.Shape(prepared, start=0, end=1), op.Constant(value_ints=[N_CODEBOOKS]), frames, axis=0))
+        # upstream detects onsets in its preprocessed signal, which is zero-padded to whole hops
+        # like the encoder's input; the prompt only serves a built mask (explicit: detect on nothing)
+        length = op.Where(listened, frames * hop, one)
+        # one of the two is a single sample (a Where picks the other, broadcast: no If to copy it)
+        kept = op.Where(one_gain, scaled, op.Slice(prepared, [0], op.Where(one_gain, one, length), [1]))
         hop_padded = op.Pad(kept, op.Concat([0, 0], [0], length - op.Shape(kept, start=1, end=2), axis=0))
         # the input itself for 0 semitones (an If inside); not called inside an If: OpenVINO
         # 2026.4's ONNX reader crashed on the shifter's Loops two Ifs deep
@@ -180,18 +204,15 @@ def main_graph(config: GraphConfig):
         row_mask = stretch_mask(input_mask, stretch)
         samples = op.Shape(audio, start=1, end=2) * op.Reshape(stretch, [1])  # f·S at the input's rate
         fine_tune = op.Clip(scalar(adapter), 0, ADAPTERS)
-        # The encoder runs in Ifs of its own, not in the generation's: a value an If's branch reads
-        # from outside stays alive until the If ends, so its input (a whole copy of the signal) is
-        # freed before the generation and the decoder run (docs/performance.md). One If per input
-        # (the prepared signal, or the shifted one prepared again), so that no whole signal is
-        # handed out of an If (onnxruntime copies such a value).
-        generating = scalar(generate) != 0
-        if op.And(generating, semitones == 0):
-            unshifted_codes = encode(prepared, hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
+        unit = op.Reshape(op.Constant(value_float=1.0), op.Constant(value_ints=[1, 1]))
+        if op.And(op.And(generating, semitones == 0), op.Not(one_gain)):
+            unshifted_codes = encode(prepared, unit, hop, n_codebooks, window, overlap)
         else:
-            unshifted_codes = op.Identity(grid)  # the preview's placeholder: no codec
+            # the preview's placeholder (no codec), or the codes of the input times its gain
+            unshifted_codes = op.Where(op.And(generating, semitones == 0), scaled_codes, grid)
         if op.And(generating, semitones != 0):
-            input_codes = encode(prepare(heard, model_rate, model_rate), hop, op.Constant(value_int=N_CODEBOOKS), window, overlap)
+            input_codes = encode(prepare(heard, op.Shape(heard, start=1, end=2), model_rate, model_rate), unit, hop,
+                                 n_codebooks, window, overlap)
         else:
             input_codes = op.Identity(unshifted_codes)
         if scalar(generate) != 0:

@@ -176,15 +176,16 @@ def resample_frac(x: FLOAT["B", "X"], old: INT64, new: INT64, L: INT64) -> FLOAT
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def resample(x: FLOAT["B", "L"], old_rate: INT64, new_rate: INT64) -> FLOAT["B", "M"]:
-    """julius.resample_frac(x, old_rate, new_rate, zeros=24, rolloff=0.945); equal rates: x itself."""
+def resample(x: FLOAT["B", "X"], length: INT64[1], old_rate: INT64, new_rate: INT64) -> FLOAT["B", "M"]:
+    """julius.resample_frac(x[:, :length], old_rate, new_rate, zeros=24, rolloff=0.945); equal
+    rates: x[:, :length] itself."""
     g = gcd(old_rate, new_rate)
     old = old_rate / g
     new = new_rate / g
     if old == new:
-        y = op.Identity(x)
+        y = op.Slice(x, [0], length, [1])
     else:
-        y = resample_frac(x, old, new, op.Squeeze(op.Shape(x, start=1, end=2)))
+        y = resample_frac(x, old, new, op.Squeeze(length))
     return y
 
 
@@ -494,11 +495,28 @@ def normalize_unless_there(x: FLOAT["B", "L"], rate: INT64, target: FLOAT["B"]) 
 
 
 @onnxscript.script(vampnet, default_opset=op)
+def peak(x: FLOAT["B", "L"]) -> FLOAT["B", 1]:
+    """max |x| of each row, no |x| held."""
+    return op.Max(op.ReduceMax(x, [1], keepdims=1), op.Neg(op.ReduceMin(x, [1], keepdims=1)))
+
+
+@onnxscript.script(vampnet, default_opset=op)
 def ensure_max_of_audio(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
     """Rows whose peak exceeds 1 scaled down to peak 1 (audiotools' ensure_max_of_audio(1.0))."""
-    peak = op.Max(op.ReduceMax(x, [1], keepdims=1), op.Neg(op.ReduceMin(x, [1], keepdims=1)))  # max |x|, no |x| held
-    return x * op.Where(peak > 1.0, 1.0 / op.Max(peak, op.CastLike(1.0, peak)), op.CastLike(1.0, peak))
+    top = peak(x)
+    return x * op.Where(top > 1.0, 1.0 / op.Max(top, op.CastLike(1.0, top)), op.CastLike(1.0, top))
 
+
+@onnxscript.script(vampnet, default_opset=op)
+def prepared_by_one_gain(x: FLOAT["B", "L"], rate: INT64, model_rate: INT64, lufs: FLOAT["B"]) -> tuple[BOOL, FLOAT["B", 1]]:
+    """Whether `prepare` comes down to one gain for x, whose loudness at `rate` is `lufs`, and that
+    gain. It does at the model's own rate when no row peaks above 1 after normalize_unless_there's
+    gain: ensure_max_of_audio then multiplies by 1, which changes nothing. (Each row's peak after
+    the gain is its peak times the gain, exactly: rounding keeps the order of the products.)"""
+    change = op.Unsqueeze(op.CastLike(TARGET_LUFS, lufs) - lufs, [1])  # normalize_unless_there's gain
+    gain = op.Where(op.Abs(change) <= PREPARED_LU, op.CastLike(1.0, change), op.Exp(change * GAIN_PER_DB))
+    one = op.And(rate == model_rate, op.ReduceMax(peak(x) * gain, keepdims=0) <= 1.0)
+    return one, gain
 
 @onnxscript.script(vampnet, default_opset=op)
 def finite(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
@@ -524,10 +542,10 @@ def clamp_rate(sample_rate: INT64) -> INT64:
 
 
 @onnxscript.script(vampnet, default_opset=op)
-def prepare(audio: FLOAT["B", "L"], rate: INT64, model_rate: INT64) -> FLOAT["B", "M"]:
-    """Upstream `_preprocess` of mono rows at `rate`: at `model_rate`, −24 LUFS, peak <= 1.
-    (Padding to whole hops is the encoder's.)"""
-    x = resample(audio, rate, model_rate)
+def prepare(audio: FLOAT["B", "X"], length: INT64[1], rate: INT64, model_rate: INT64) -> FLOAT["B", "M"]:
+    """Upstream `_preprocess` of mono rows at `rate`, their first `length` samples: at
+    `model_rate`, −24 LUFS, peak <= 1. (Padding to whole hops is the encoder's.)"""
+    x = resample(audio, length, rate, model_rate)
     target = op.Expand(op.Constant(value_float=TARGET_LUFS), op.Shape(x, start=0, end=1))
     return ensure_max_of_audio(normalize_unless_there(x, model_rate, target))
 

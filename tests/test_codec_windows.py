@@ -63,7 +63,7 @@ class Stages:
 
     def encode(self, audio: np.ndarray, window: int) -> np.ndarray:
         k = self.codec.config.n_codebooks
-        feeds = [audio, i64(self.hop), i64(k), i64(window), i64(self.overlap)]
+        feeds = [audio, np.ones((audio.shape[0], 1), np.float32), i64(self.hop), i64(k), i64(window), i64(self.overlap)]
         return self._encode({f"in{i}": x for i, x in enumerate(feeds)})[0]
 
     def decode(self, codes: np.ndarray, samples: int, window: int) -> np.ndarray:
@@ -84,7 +84,8 @@ def stages(request, tmp_path_factory) -> Stages:
     audio, codes = np.zeros((1, hop), np.float32), np.zeros((1, k, 1), np.int64)
     return Stages(
         codec, receptive_field_frames(codec.config),
-        stage_model(encode, {"codec_encoder": components["codec_encoder"]}, audio, i64(0), i64(0), i64(0), i64(0)),
+        stage_model(encode, {"codec_encoder": components["codec_encoder"]}, audio, np.ones((1, 1), np.float32),
+                    i64(0), i64(0), i64(0), i64(0)),
         stage_model(decode, {"codec_decoder": components["codec_decoder"]}, codes, np.array([0]), i64(0), i64(0), i64(0)),
     )
 
@@ -161,7 +162,8 @@ def test_windows_in_the_reference_evaluator(stages):
     frames, window = 7, 3
     audio = _audio(1, frames * stages.hop, seed=4, rate=stages.codec.config.sample_rate)
     codes = stages.encode(audio, window)
-    feeds = [audio, i64(stages.hop), i64(stages.codec.config.n_codebooks), i64(window), i64(stages.overlap)]
+    feeds = [audio, np.ones((1, 1), np.float32), i64(stages.hop), i64(stages.codec.config.n_codebooks), i64(window),
+             i64(stages.overlap)]
     got = make_runner(stages.encode_model, "ref")({f"in{i}": x for i, x in enumerate(feeds)})[0]
     np.testing.assert_array_equal(got, codes)
     feeds = [codes, np.array([frames * stages.hop], np.int64), i64(stages.hop), i64(window), i64(stages.overlap)]
