@@ -44,6 +44,11 @@ def clip(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     return (x + 0.01 * rng.standard_normal(t.shape))[None, :].astype(np.float32)
 
 
+def length(x: np.ndarray) -> np.ndarray:
+    """The `length` input of `prepare` and `restore` that covers all of x."""
+    return np.array([x.shape[1]], np.int64)
+
+
 def median_seconds(fn, *inputs, reps: int) -> tuple[float, list]:
     """(median seconds of fn's run on `inputs`, its outputs) after a warm-up run."""
     inputs = [np.asarray(x) for x in inputs]
@@ -83,16 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"seconds": args.seconds, "reps": args.reps, "load_average": os.getloadavg()[0], "stages": {}}
     for rate in RATES:
         x = clip(args.seconds, rate)
-        s, (prepared,) = median_seconds(P.prepare, x, np.int64(rate), model_rate, reps=args.reps)
+        s, (prepared,) = median_seconds(P.prepare, x, length(x), np.int64(rate), model_rate, reps=args.reps)
         result["stages"][f"prepare at {rate} Hz"] = s
         target = np.full(1, -20.0, np.float32)
         samples = np.array([x.shape[1]], np.int64)
-        s, _ = median_seconds(P.restore, prepared, model_rate, np.int64(rate), samples, target, reps=args.reps)
+        s, _ = median_seconds(P.restore, prepared, length(prepared), model_rate, np.int64(rate), samples, target,
+                              reps=args.reps)
         result["stages"][f"restore to {rate} Hz"] = s
         if rate == MODEL_RATE:
             s, (shifted,) = median_seconds(pitch_shift, prepared, np.int64(SEMITONES), reps=args.reps)
             result["stages"][f"pitch shift by {SEMITONES}"] = s
-            s, _ = median_seconds(P.prepare, shifted, model_rate, model_rate, reps=args.reps)
+            s, _ = median_seconds(P.prepare, shifted, length(shifted), model_rate, model_rate, reps=args.reps)
             result["stages"]["prepare the shifted audio"] = s
     stages = result["stages"]
     shift = stages[f"pitch shift by {SEMITONES}"] + stages["prepare the shifted audio"]

@@ -39,7 +39,7 @@ def noise(rows: int, n: int, seed: int = 0) -> np.ndarray:
                                       (11025, 44100), (96000, 44100)])
 def test_resampler_is_julius(old, new):
     x = noise(2, 1500)
-    got = run_function(P.resample, x, np.int64(old), np.int64(new))
+    got = run_function(P.resample, x, whole(x), np.int64(old), np.int64(new))
     want = ref.julius_resample(x, old, new)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(x).max())
@@ -47,8 +47,8 @@ def test_resampler_is_julius(old, new):
 
 def test_resampler_reference_evaluator():
     x = noise(1, 400)
-    ours = run_function(P.resample, x, np.int64(48000), np.int64(44100))
-    theirs = run_function(P.resample, x, np.int64(48000), np.int64(44100), runtime="ref")
+    ours = run_function(P.resample, x, whole(x), np.int64(48000), np.int64(44100))
+    theirs = run_function(P.resample, x, whole(x), np.int64(48000), np.int64(44100), runtime="ref")
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-6 * np.abs(x).max())
 
 
@@ -56,18 +56,33 @@ def test_resampler_in_pieces_in_both_runtimes():
     """Long input: the output is made in several Loop iterations; onnxruntime and the reference
     evaluator both give julius's result, the pieces in order."""
     x = noise(2, 16000)  # 8 kHz -> 44.1 kHz: 88200 outputs, three pieces of 39568
-    ours = run_function(P.resample, x, np.int64(8000), np.int64(44100))
-    theirs = run_function(P.resample, x, np.int64(8000), np.int64(44100), runtime="ref")
+    ours = run_function(P.resample, x, whole(x), np.int64(8000), np.int64(44100))
+    theirs = run_function(P.resample, x, whole(x), np.int64(8000), np.int64(44100), runtime="ref")
     want = ref.julius_resample(x, 8000, 44100)
     assert ours.shape == theirs.shape == want.shape
     np.testing.assert_allclose(ours, want, rtol=0, atol=1e-6 * np.abs(x).max())
     np.testing.assert_allclose(theirs, want, rtol=0, atol=1e-6 * np.abs(x).max())
 
 
+def whole(x: np.ndarray) -> np.ndarray:
+    """The `length` input that covers all of x's samples."""
+    return np.array([x.shape[1]], np.int64)
+
+
+@pytest.mark.parametrize("old", [SR, 48000])
+def test_resampler_reads_only_the_first_length_samples(old):
+    """`resample` on x's first n samples is `resample` of x cut to them: what follows never counts."""
+    x = noise(2, 900)
+    cut = np.ascontiguousarray(x[:, :700])
+    got = run_function(P.resample, x, whole(cut), np.int64(old), np.int64(SR))
+    np.testing.assert_array_equal(got, run_function(P.resample, cut, whole(cut), np.int64(old), np.int64(SR)))
+    assert got.shape[1] == 700 * SR // old
+
+
 def test_equal_rates_are_the_identity_and_tiny_inputs_give_a_sample():
     x = noise(2, 5)
-    np.testing.assert_array_equal(run_function(P.resample, x, np.int64(SR), np.int64(SR)), x)
-    assert run_function(P.resample, x[:, :1], np.int64(48000), np.int64(SR)).shape == (2, 1)
+    np.testing.assert_array_equal(run_function(P.resample, x, whole(x), np.int64(SR), np.int64(SR)), x)
+    assert run_function(P.resample, x[:, :1], whole(x[:, :1]), np.int64(48000), np.int64(SR)).shape == (2, 1)
 
 
 def test_gcd():
@@ -106,7 +121,7 @@ def test_meter_reference_is_pyloudnorm():
 def test_silence_and_non_finite_audio():
     silent = np.zeros((1, 1000), np.float32)
     assert run_function(P.loudness, silent, np.int64(SR))[0] == np.float32(-70.0)
-    np.testing.assert_array_equal(run_function(P.prepare, silent, np.int64(48000), np.int64(SR)), 0)
+    np.testing.assert_array_equal(run_function(P.prepare, silent, whole(silent), np.int64(48000), np.int64(SR)), 0)
     huge = np.full((1, 1000), 1e30, np.float32)
     assert np.isfinite(run_function(P.loudness, huge, np.int64(SR))).all()
     bad = noise(1, 1000)
@@ -131,7 +146,7 @@ def test_normalize_and_ensure_max():
 def test_preprocessed_audio_is_upstreams(case):
     g = app_case(case)
     mono = g["input_audio"].mean(0, keepdims=True).astype(np.float32)
-    got = run_function(P.prepare, mono, np.int64(g["input_sr"]), np.int64(SR))
+    got = run_function(P.prepare, mono, whole(mono), np.int64(g["input_sr"]), np.int64(SR))
     want = g["preprocessed_audio"][0]
     assert got.shape[1] == mono.shape[1] * SR // int(g["input_sr"])
     np.testing.assert_allclose(got, want[:, : got.shape[1]], rtol=0, atol=1e-4)
