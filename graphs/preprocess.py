@@ -518,6 +518,7 @@ def prepared_by_one_gain(x: FLOAT["B", "L"], rate: INT64, model_rate: INT64, luf
     one = op.And(rate == model_rate, op.ReduceMax(peak(x) * gain, keepdims=0) <= 1.0)
     return one, gain
 
+
 @onnxscript.script(vampnet, default_opset=op)
 def finite(x: FLOAT["B", "L"]) -> FLOAT["B", "L"]:
     """NaN and ±inf samples read as 0. The Where runs only when the sum says a sample may not be
