@@ -1,6 +1,6 @@
 """Benchmark: the in-browser page (web/) with one model in headless Chromium, as a visitor uses it.
 
-    python -m benchmarks.browser MODEL.onnx [--seconds 10] [--no-run] [--screenshot FILE] [--json FILE]
+    python -m benchmarks.browser MODEL.onnx [--seconds 10] [--no-run] [--mbit N] [--screenshot FILE] [--json FILE]
     python -m benchmarks.browser MODEL.onnx --picker [--data MODEL.onnx.data] [--seconds 1] [--no-run]
 
 Serves the page as `vampnet-onnx web` does (`vampnet_onnx.web.make_server`, cross-origin isolated),
@@ -14,6 +14,11 @@ onnxruntime-web from web/vendor/: `npm ci --prefix web`) in one fresh browser pr
 2. second visit (a new tab, `?threads=1`): opens the same address, now from Cache Storage (the
    requests the page made for the model are counted: none is expected), and vamps the same clip on
    one thread.
+
+The server is on this machine, so a download takes what copying the file takes. --mbit N throttles
+both visits' requests to an N Mbit/s link with LATENCY_MS of latency (Chromium's network
+emulation, as its developer tools do it), which is what a visitor's first load also waits for; the
+second load makes no request and is not slowed.
 
 --picker instead opens MODEL (and --data) with the page's file picker once and vamps on every core:
 the rows of docs/browser.md's "How large a model the browser holds".
@@ -51,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "web"
 POLL_S = 0.1
 IDLE_MS = 2000
+LATENCY_MS = 20  # --mbit's round trip
 TIMEOUT_S = 3600  # per step in drive.mjs: a real-size model loads in about a minute, runs in more
 
 
@@ -144,10 +150,11 @@ def visit(result: dict, samples: list[tuple[float, int]], model_url: str | None 
     }
 
 
-def about(files: list[Path], seconds: float | None, visits: dict) -> dict:
+def about(files: list[Path], seconds: float | None, visits: dict, mbit: float | None = None) -> dict:
     return {
         "model": str(files[0]), "data": str(files[1]) if len(files) > 1 else None,
         "weights_bytes": sum(f.stat().st_size for f in files), "clip_s": seconds, **visits,
+        "network": {"mbit": mbit, "latency_ms": LATENCY_MS} if mbit else "localhost, not throttled",
         "chromium": subprocess.run([chromium(), "--version"], capture_output=True, text=True).stdout.strip(),
         "onnxruntime_web": (web.WEB / "vendor" / "VERSION").read_text().strip(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
@@ -155,17 +162,20 @@ def about(files: list[Path], seconds: float | None, visits: dict) -> dict:
     }
 
 
-def measure(model: Path, seconds: float | None, screenshot: Path | None = None) -> dict:
-    """The two visits by address (module docstring)."""
+def measure(model: Path, seconds: float | None, screenshot: Path | None = None, mbit: float | None = None) -> dict:
+    """The two visits by address (module docstring), their requests throttled to `mbit`."""
     data = model.with_name(model.name + ".data")
     files = [model] + ([data] if data.is_file() else [])
     first = {"name": "first", "open_url": f"../artifacts/demo/{model.name}", "query": "?backend=wasm"}
     if screenshot:
         first["screenshot"] = str(screenshot.resolve())
     second = {"name": "cached", "open_url": first["open_url"], "query": "?backend=wasm&threads=1"}
+    if mbit:
+        for scenario in (first, second):
+            scenario["network"] = {"mbit": mbit, "latency_ms": LATENCY_MS}
     results, samples = drive([first, second], model.parent, seconds)
     url = urljoin(results["first"]["requests"][0], first["open_url"])
-    return about(files, seconds, {name: visit(results[name], samples, url) for name in ("first", "cached")})
+    return about(files, seconds, {name: visit(results[name], samples, url) for name in ("first", "cached")}, mbit)
 
 
 def measure_picker(model: Path, data: Path | None, seconds: float | None) -> dict:
@@ -224,12 +234,15 @@ def main() -> None:
     parser.add_argument("--no-run", action="store_true", help="only open the model")
     parser.add_argument("--picker", action="store_true", help="open the files with the file picker, once")
     parser.add_argument("--data", type=Path, help="--picker: its external weights, opened with it")
+    parser.add_argument("--mbit", type=float, help=f"throttle the visits' requests to an MBIT Mbit/s link ({LATENCY_MS} ms latency)")
     parser.add_argument("--screenshot", type=Path, help="a picture of the page after the first visit's run")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args()
     for f in (args.model, args.data):
         if f and not f.is_file():
             sys.exit(f"no such file: {f}")
+    if args.mbit is not None and (args.picker or args.mbit <= 0):
+        sys.exit("--mbit takes a positive number of Mbit/s, and goes with visits by address (not --picker)")
     if args.data and not args.picker:
         sys.exit("--data goes with --picker; by address the page fetches MODEL.onnx.data beside MODEL")
     seconds = None if args.no_run else args.seconds or (1.0 if args.picker else 10.0)
@@ -238,9 +251,12 @@ def main() -> None:
         lines = ["| model | weights | opens? | peak RSS above idle |", "|---|---|---|---|", picker_row(r)]
         visits = [r["picker"]]
     else:
-        r = measure(args.model, seconds, args.screenshot)
+        r = measure(args.model, seconds, args.screenshot, args.mbit)
         lines = visits_table(r)
         visits = [r["first"], r["cached"]]
+        if r["first"]["opened"] and r["cached"]["opened"]:
+            network = f"{args.mbit:g} Mbit/s, {LATENCY_MS} ms" if args.mbit else "localhost, not throttled"
+            lines.append(f"\nsecond load / first load: {r['cached']['load_s'] / r['first']['load_s']:.2f} (network: {network})")
     print("\n".join(lines) + "\n")
     for v in visits:
         parts = ", ".join(f"{k} {t:.1f} s" for k, t in v["load_parts_s"].items())

@@ -529,6 +529,40 @@ def test_web_command_serves_the_page_without_torch():
     assert rc == 128 + signal.SIGTERM  # interrupted cleanly; 98/99: torch or a blocked module loaded
 
 
+def test_the_browser_keeps_served_files_and_checks_them_at_every_use(tmp_path):
+    """A second visit gets 304 for an unchanged file (onnxruntime-web's 14 MB are not sent again);
+    a rebuilt model is sent at once."""
+    vendored_runtime()
+    model = tmp_path / "vampnet.onnx"
+    model.write_bytes(b"one")
+    server = web.make_server("127.0.0.1", 0, demo=tmp_path)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def get(path, tag=None):
+        request = urllib.request.Request(f"{root}/{path}", headers={"If-None-Match": tag} if tag else {})
+        try:
+            with urllib.request.urlopen(request) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as e:  # urllib raises on 304
+            return e.code, e.headers, e.read()
+
+    try:
+        for path in ("web/vendor/ort-wasm-simd-threaded.wasm", "artifacts/demo/vampnet.onnx"):
+            status, headers, body = get(path)
+            assert status == 200 and headers["Cache-Control"] == "no-cache" and body, path
+            assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+            tag = headers["ETag"]
+            status, headers, body = get(path, tag)
+            assert (status, body, headers["ETag"]) == (304, b"", tag), path
+        os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 1))  # rebuilt
+        status, headers, body = get("artifacts/demo/vampnet.onnx", tag)
+        assert status == 200 and body == b"one" and headers["ETag"] != tag
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_web_command_says_how_to_vendor_the_runtime(tmp_path, monkeypatch):
     shutil.copy(web.WEB / "package.json", tmp_path / "package.json")
     assert "missing" in web.runtime_problem(tmp_path)

@@ -7,6 +7,11 @@ at the same relative URL as under any static server started at the repository's 
 * ``/web/``: the page (``/`` redirects there), with onnxruntime-web in ``web/vendor/``;
 * ``/artifacts/demo/``: the demo model that ``vampnet-onnx demo`` builds.
 
+Files may be kept by the browser but are checked on every use (``Cache-Control: no-cache`` with an
+``ETag`` of the file's size and modification time, answered ``304 Not Modified`` while it is
+unchanged): a second visit does not download onnxruntime-web's 14 MB WebAssembly again, and a
+rebuilt demo model is picked up at once.
+
 Every response says the page is cross-origin isolated (COOP ``same-origin``, COEP ``require-corp``):
 browsers give only such a page SharedArrayBuffer, which onnxruntime-web's multi-threaded
 WebAssembly needs. Served without them, the page runs on one thread.
@@ -61,6 +66,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def __init__(self, *args, mounts: dict[str, Path], isolated: bool = True, **kwargs):
         self.mounts = mounts
         self.isolated = isolated
+        self.version_tag = None  # the ETag of the file being answered with
         super().__init__(*args, directory=str(mounts["/web/"]), **kwargs)
 
     def translate_path(self, path: str) -> str:
@@ -73,6 +79,24 @@ class Handler(http.server.SimpleHTTPRequestHandler):
                 return str(folder.joinpath(*[p for p in rest.split("/") if p not in ("", ".", "..")]))
         return str(self.mounts["/web/"] / ".not-served")
 
+    def etag(self) -> str | None:
+        """The requested file's version: its size and modification time in nanoseconds."""
+        path = Path(self.translate_path(self.path))
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return None if path.is_dir() else f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+    def send_head(self):
+        self.version_tag = self.etag()
+        wanted = self.headers.get("If-None-Match")
+        if self.version_tag and wanted and self.version_tag in (t.strip() for t in wanted.split(",")):
+            self.send_response(304)
+            self.end_headers()
+            return None
+        return super().send_head()
+
     def do_GET(self):
         if self.path in ("/", "/index.html"):
             self.send_response(302)
@@ -82,7 +106,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
     def end_headers(self):
-        self.send_header("Cache-Control", "no-store")  # a rebuilt demo model is picked up at once
+        # kept, but checked again at every use (the module's docstring)
+        self.send_header("Cache-Control", "no-cache")
+        if self.version_tag:
+            self.send_header("ETag", self.version_tag)
         if self.isolated:  # SharedArrayBuffer, so threads (docs/browser.md lists these headers)
             self.send_header("Cross-Origin-Opener-Policy", "same-origin")
             self.send_header("Cross-Origin-Embedder-Policy", "require-corp")

@@ -11,7 +11,8 @@
 // with its software WebGPU adapter; the default one has no GPU), open_url?: a model's address
 // to open (instead of `model`), remove_cached?: click the first kept model's remove button,
 // again?: {name, values} (after the run, type these values and run again in the same session;
-// its result is `name`'s)}. The
+// its result is `name`'s), network?: {mbit, latency_ms} (the page's requests throttled to that
+// link, as Chromium's developer tools do)}. The
 // result lists every request the page made (`requests`). Its result: the page's state, error and notice lines,
 // the times (ms since the epoch) at which each step began and ended, and after a run the page's
 // preprocessed audio, its outputs, the downloaded WAV and the canvas's pixels in numbers. A model
@@ -107,6 +108,10 @@ async function runScenario(page, scenario, log) {
   const timeout = (scenario.timeout_s ?? TIMEOUT / 1000) * 1000;
   const requests = [];
   page.on("request", (r) => requests.push(r.url()));
+  if (scenario.network) {
+    const bytes = (scenario.network.mbit * 1e6) / 8;
+    await page.emulateNetworkConditions({ download: bytes, upload: bytes, latency: scenario.network.latency_ms ?? 0 });
+  }
   await page.goto(scenario.url ?? url);
   await settled(page, ["ready", "error"]);
   const times = { page: Date.now() };
