@@ -255,7 +255,8 @@ def main() -> None:
         lines = visits_table(r)
         visits = [r["first"], r["cached"]]
         if r["first"]["opened"] and r["cached"]["opened"]:
-            network = f"{args.mbit:g} Mbit/s, {LATENCY_MS} ms" if args.mbit else "localhost, not throttled"
+            n = r["network"]
+            network = f"{n['mbit']:g} Mbit/s, {n['latency_ms']} ms" if isinstance(n, dict) else n
             lines.append(f"\nsecond load / first load: {r['cached']['load_s'] / r['first']['load_s']:.2f} (network: {network})")
     print("\n".join(lines) + "\n")
     for v in visits:

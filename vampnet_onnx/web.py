@@ -24,7 +24,9 @@ import argparse
 import functools
 import http.server
 import json
+import os
 import posixpath
+import stat
 import urllib.parse
 from pathlib import Path
 
@@ -81,12 +83,11 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def etag(self) -> str | None:
         """The requested file's version: its size and modification time in nanoseconds."""
-        path = Path(self.translate_path(self.path))
         try:
-            st = path.stat()
+            st = os.stat(self.translate_path(self.path))
         except OSError:
             return None
-        return None if path.is_dir() else f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+        return f'"{st.st_size:x}-{st.st_mtime_ns:x}"' if stat.S_ISREG(st.st_mode) else None
 
     def send_head(self):
         self.version_tag = self.etag()
